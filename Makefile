@@ -1,0 +1,62 @@
+# semcache — every workflow goes through these targets (README and CI use the same ones).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+MODEL      ?=
+MODEL_DIR  ?= models/default
+PRECISION  ?= fp32
+PROTOS     := $(shell find protos -name '*.proto')
+PROTOC      = PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1)
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+setup: $(VENV)/.stamp-setup ## Create .venv with run-time, export and dev dependencies (quick when done)
+
+$(VENV)/.stamp-setup: pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# torch==2.13.0 is pinned: pip takes the CPU wheel; a bare `torch` would pull a CUDA build.
+	$(PY) -m pip install -q -e '.[export,dev]'
+	touch $@
+
+proto: $(VENV)/.stamp-proto ## Generate gRPC/protobuf stubs (with .pyi) from protos/
+
+$(VENV)/.stamp-proto: $(VENV)/.stamp-setup $(PROTOS)
+	$(call PROTOC,.) $(PROTOS)
+	touch $@
+
+proto-check: proto ## Fail if the generated stubs differ from what the .proto files give now
+	@tmp=$$(mktemp -d) && $(call PROTOC,$$tmp) $(PROTOS) && \
+	  for f in $$(cd $$tmp && find protos -type f); do \
+	    cmp -s $$tmp/$$f $$f || { echo "stale generated stub: $$f (run make proto)"; rm -rf $$tmp; exit 1; }; \
+	  done; rm -rf $$tmp; echo "generated stubs are up to date"
+
+model: $(MODEL_DIR)/semcache-model.json ## Export the embedding model to ONNX (MODEL=hub-id-or-folder, MODEL_DIR, PRECISION=fp32|int8|fp16)
+
+$(MODEL_DIR)/semcache-model.json: | $(VENV)/.stamp-proto
+	$(PY) -m embedder.export --output $(MODEL_DIR) --precision $(PRECISION) $(if $(MODEL),--model $(MODEL),)
+
+run: proto model ## Start the stack (the embedder on :50052 for now)
+	$(PY) -m embedder --model-dir $(MODEL_DIR)
+
+test: proto-check ## Install what is needed and run every test
+	$(PY) -m pytest -q -ra
+
+lint: proto ## ruff (check + format) and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy embedder tests bench
+
+bench: proto ## Benchmarks (compare against sentence-transformers in the same run)
+	$(PY) -m bench.embedder_bench
+	$(PY) -m bench.wire_encoding
+
+clean: ## Remove the venv, generated stubs and exported models
+	rm -rf $(VENV) models
+	find protos -name '*_pb2*' -delete
+
+.PHONY: help setup proto proto-check model run test lint bench clean

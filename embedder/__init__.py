@@ -1,0 +1,1 @@
+"""The embedder: exports a sentence-embedding model to ONNX and serves it over gRPC."""

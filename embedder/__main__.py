@@ -1,0 +1,5 @@
+import sys
+
+from embedder.server import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""ONNX Runtime inference: tokenize, run, pool, L2-normalise. Synchronous; no PyTorch.
+
+The serving path (EmbeddingBatcher) and the export's self-check both use this class, so what
+the export verified is exactly what the server runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from embedder.manifest import ModelManifest, Pooling, sha256_of
+
+log = logging.getLogger(__name__)
+
+Device = Literal["cpu", "cuda"]
+FloatArray = npt.NDArray[np.float32]
+
+
+class ProviderUnavailableError(RuntimeError):
+    """The configured execution provider (e.g. CUDA) cannot run here. Never silently replaced."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """The ONNX file does not match the checksum in the manifest."""
+
+
+class TextTooLongError(ValueError):
+    """A text has more tokens than the model takes, and truncation is off."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"has {tokens} tokens; the model takes at most {limit}")
+        self.tokens = tokens
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    encoding: Encoding
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.encoding.ids)
+
+
+def _providers(device: Device, cuda_device_id: int) -> list[str | tuple[str, dict[str, str]]]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise ProviderUnavailableError(
+            "model_device=cuda but this onnxruntime build has no CUDAExecutionProvider "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu, or use model_device=cpu"
+        )
+    return [("CUDAExecutionProvider", {"device_id": str(cuda_device_id)}), "CPUExecutionProvider"]
+
+
+class OnnxEncoder:
+    """One exported model folder, loaded into an ONNX Runtime session.
+
+    Vectors come back L2-normalised (when the manifest says so, which exports always do), so the
+    dot product of two vectors is their cosine similarity.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        device: Device = "cpu",
+        cuda_device_id: int = 0,
+        intra_op_threads: int = 0,
+        truncate: bool = True,
+        verify_checksum: bool = True,
+    ) -> None:
+        self.model_dir = model_dir
+        self.manifest = ModelManifest.read(model_dir)
+        self.truncate = truncate
+        onnx_path = model_dir / self.manifest.onnx_file
+        if verify_checksum and sha256_of(onnx_path) != self.manifest.onnx_sha256:
+            raise ModelIntegrityError(
+                f"{onnx_path} does not match the sha256 in the manifest: re-export the model"
+            )
+
+        options = ort.SessionOptions()
+        # Thread pools are sized on purpose: on a small machine, ONNX Runtime's pool and any
+        # other pool (numpy/BLAS, a second process) fight for the same cores.
+        options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(onnx_path), sess_options=options, providers=_providers(device, cuda_device_id)
+        )
+        self.execution_provider = self._session.get_providers()[0]
+        if device == "cuda" and self.execution_provider != "CUDAExecutionProvider":
+            raise ProviderUnavailableError(
+                f"model_device=cuda but ONNX Runtime runs on {self.execution_provider} "
+                "(CUDA libraries or a GPU missing?): refusing to fall back to CPU silently"
+            )
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        self._output_name = self._session.get_outputs()[0].name
+
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # Some tokenizer.json files fix padding at 128: a one-word query would then cost as much
+        # as a long one. Padding is done here, to the longest text of each batch.
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=self.manifest.max_seq_length)
+
+    @property
+    def dimension(self) -> int:
+        return self.manifest.dimension
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+        """Tokenizes (cut at max_seq_length); see `check_length` for truncation off."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        return [TokenizedText(e, truncated=bool(e.overflowing)) for e in encodings]
+
+    def check_length(self, item: TokenizedText) -> None:
+        """Raises TextTooLongError for a cut text when truncation is off."""
+        if item.truncated and not self.truncate:
+            full = item.length + sum(len(o.ids) for o in item.encoding.overflowing)
+            raise TextTooLongError(full, self.manifest.max_seq_length)
+
+    def run(self, batch: Sequence[TokenizedText]) -> FloatArray:
+        """Runs one padded batch through the model; returns (len(batch), dimension) float32."""
+        width = max(t.length for t in batch)
+        ids = np.full((len(batch), width), self.manifest.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, item in enumerate(batch):
+            ids[row, : item.length] = item.encoding.ids
+            mask[row, : item.length] = 1
+        feeds: dict[str, npt.NDArray[np.int64]] = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        (hidden,) = self._session.run([self._output_name], feeds)
+        return self._pool(np.asarray(hidden, dtype=np.float32), mask)
+
+    def encode(self, texts: Sequence[str]) -> FloatArray:
+        """Tokenizes and runs `texts` as one batch (no queue); for export checks and tests."""
+        tokenized = self.tokenize(texts)
+        for item in tokenized:
+            self.check_length(item)
+        return self.run(tokenized)
+
+    def _pool(self, hidden: FloatArray, mask: npt.NDArray[np.int64]) -> FloatArray:
+        pooling = self.manifest.pooling
+        if pooling is Pooling.CLS:
+            pooled = hidden[:, 0, :]
+        elif pooling is Pooling.MEAN:
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        elif pooling is Pooling.MAX:
+            pooled = np.where(mask[:, :, None] > 0, hidden, np.float32(-1e9)).max(axis=1)
+        else:  # LAST_TOKEN: right padding, so the last real token is at length - 1
+            last = mask.sum(axis=1) - 1
+            pooled = hidden[np.arange(hidden.shape[0]), last, :]
+        pooled = np.ascontiguousarray(pooled, dtype=np.float32)
+        if self.manifest.normalize:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled /= np.maximum(norms, 1e-12)
+        return pooled

@@ -1,0 +1,90 @@
+"""The manifest that makes an exported model folder self-describing.
+
+The serving side reads everything it needs (pooling, dimension, limits, checksum) from this
+file, so it never guesses and never needs PyTorch or the original model folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "semcache-model.json"
+FORMAT_VERSION = 1
+
+
+class Pooling(StrEnum):
+    """How token vectors become one sentence vector (as in sentence-transformers)."""
+
+    CLS = "cls"
+    MEAN = "mean"
+    MAX = "max"
+    LAST_TOKEN = "lasttoken"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Verification(BaseModel):
+    """How the export checked itself against the PyTorch model."""
+
+    texts: int
+    min_cosine: float
+    required_min_cosine: float
+    provider: str
+
+
+class ModelManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    format_version: int = FORMAT_VERSION
+    model_id: str = Field(description="Hub id or folder of the model that was exported")
+    fallback: bool = Field(
+        default=False, description="True when the requested model was unavailable offline"
+    )
+    requested_model_id: str | None = None
+    dimension: int = Field(gt=0)
+    pooling: Pooling
+    normalize: bool = Field(
+        default=True, description="L2-normalise pooled vectors (cosine = dot product)"
+    )
+    source_has_normalize_module: bool
+    max_seq_length: int = Field(gt=0, description="Tokens beyond this are truncated")
+    pad_token_id: int = Field(ge=0)
+    precision: Precision
+    opset: int
+    onnx_file: str = "model.onnx"
+    onnx_sha256: str
+    input_names: list[str]
+    exported_at: float = Field(description="Unix time, seconds")
+    verification: Verification | None = None
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST_NAME
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> ModelManifest:
+        path = folder / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{folder} is not an exported model folder: {MANIFEST_NAME} is missing "
+                "(run `make model` or `python -m embedder.export`)"
+            )
+        return cls.model_validate(json.loads(path.read_text()))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

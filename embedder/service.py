@@ -1,0 +1,127 @@
+"""The gRPC EmbeddingService: validation, error mapping, and the wire encoding."""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import grpc
+
+from embedder.batcher import (
+    EmbeddingBatcher,
+    QueueFullError,
+    ShuttingDownError,
+    TextRejectedError,
+)
+from embedder.encoder import OnnxEncoder
+from embedder.manifest import Pooling, Precision
+from embedder.settings import EmbedderSettings
+from protos.semcache.embedding.v1 import embedding_pb2 as pb
+from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_POOLING = {
+    Pooling.CLS: pb.POOLING_CLS,
+    Pooling.MEAN: pb.POOLING_MEAN,
+    Pooling.MAX: pb.POOLING_MAX,
+    Pooling.LAST_TOKEN: pb.POOLING_LAST_TOKEN,
+}
+_PRECISION = {
+    Precision.FP32: pb.PRECISION_FP32,
+    Precision.FP16: pb.PRECISION_FP16,
+    Precision.INT8: pb.PRECISION_INT8,
+}
+
+
+class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
+    """Answers UNAVAILABLE until `attach` hands it a loaded, warmed-up model."""
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        self._settings = settings
+        self._encoder: OnnxEncoder | None = None
+        self._batcher: EmbeddingBatcher | None = None
+
+    def attach(self, encoder: OnnxEncoder, batcher: EmbeddingBatcher) -> None:
+        self._encoder = encoder
+        self._batcher = batcher
+
+    async def Embed(  # noqa: N802 - gRPC method name
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.EmbedResponse:
+        problem = validate_texts(list(request.texts), self._settings)
+        if problem is not None:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if self._batcher is None or self._encoder is None:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        assert self._batcher is not None and self._encoder is not None
+        try:
+            result = await self._batcher.embed(list(request.texts))
+        except QueueFullError as exc:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except ShuttingDownError as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        except TextRejectedError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.EmbedResponse(
+            count=result.vectors.shape[0],
+            dimension=result.vectors.shape[1],
+            # float32, little-endian, row-major: the client reads it with np.frombuffer.
+            vectors=result.vectors.astype("<f4", copy=False).tobytes(),
+            token_counts=result.token_counts,
+            metadata=pb.Metadata(
+                queue_time_ms=result.queue_time_s * 1e3,
+                inference_time_ms=result.inference_time_s * 1e3,
+                batch_size=result.batch_size,
+                truncated=result.truncated,
+            ),
+        )
+
+    async def GetModelInfo(  # noqa: N802 - gRPC method name
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.GetModelInfoResponse:
+        if self._encoder is None:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        assert self._encoder is not None
+        manifest = self._encoder.manifest
+        return pb.GetModelInfoResponse(
+            model_id=manifest.model_id,
+            dimension=manifest.dimension,
+            pooling=_POOLING[manifest.pooling],
+            max_sequence_length=manifest.max_seq_length,
+            precision=_PRECISION[manifest.precision],
+            execution_provider=self._encoder.execution_provider,
+            fallback=manifest.fallback,
+            requested_model_id=manifest.requested_model_id or "",
+            normalized=manifest.normalize,
+            onnx_sha256=manifest.onnx_sha256,
+            max_batch_size=self._settings.max_batch_size,
+            max_texts_per_request=self._settings.max_texts_per_request,
+            max_text_chars=self._settings.max_text_chars,
+        )
+
+
+def validate_texts(texts: list[str], settings: EmbedderSettings) -> str | None:
+    """The reason a request is refused, or None when it is acceptable."""
+    if not texts:
+        return "texts is empty: send at least one text"
+    if len(texts) > settings.max_texts_per_request:
+        return (
+            f"too many texts: {len(texts)}; at most {settings.max_texts_per_request} per request"
+        )
+    for index, text in enumerate(texts):
+        if not text.strip():
+            return f"texts[{index}] is empty"
+        if len(text) > settings.max_text_chars:
+            return (
+                f"texts[{index}] has {len(text)} characters; "
+                f"the limit is {settings.max_text_chars}"
+            )
+    return None
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[object, object], code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")

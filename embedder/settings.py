@@ -1,0 +1,87 @@
+"""Embedder settings: environment variables (EMBEDDER_*) and command-line flags, validated at
+start-up. A flag beats an environment variable, which beats the default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Self, TypeVar
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class EmbedderSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EMBEDDER_", protected_namespaces=(), populate_by_name=True, extra="forbid"
+    )
+
+    host: str = Field("0.0.0.0", description="Interface to listen on")
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port (0: any free port)")
+    port_file: Path | None = Field(None, description="Write the bound port here once listening")
+    model_dir: Path = Field(Path("models/default"), description="Exported model folder")
+    model_device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        validation_alias=AliasChoices("model_device", "EMBEDDER_MODEL_DEVICE", "MODEL_DEVICE"),
+        description="ONNX Runtime provider; cuda fails at start-up if CUDA is not there",
+    )
+    cuda_device_id: int = Field(0, ge=0)
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads (0: one per core). On a shared machine give "
+        "it fewer than the cores, so it does not fight the cache server's BLAS pool",
+    )
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Texts per model run, at most")
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="Padded tokens (texts x longest) per model run, at most"
+    )
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="Extra wait for batch-mates, milliseconds. 0: batch whatever queued up "
+        "while the previous batch ran (no added latency when idle)",
+    )
+    max_queue: int = Field(2048, ge=1, description="Texts waiting, at most; then RESOURCE_EXHAUSTED")
+    max_texts_per_request: int = Field(256, ge=1)
+    max_text_chars: int = Field(8192, ge=1, description="Characters per text, at most")
+    truncate: bool = Field(True, description="Cut texts at the model's max length (else reject)")
+    verify_checksum: bool = Field(True, description="Check the ONNX file's sha256 at load")
+    grace_period_s: float = Field(10.0, ge=0, description="SIGTERM: seconds to finish in-flight")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.max_texts_per_request > self.max_queue:
+            raise ValueError(
+                f"max_texts_per_request ({self.max_texts_per_request}) cannot exceed max_queue "
+                f"({self.max_queue}): such a request could never be queued"
+            )
+        if self.intra_op_threads > 4 * (os.cpu_count() or 1):
+            raise ValueError(f"intra_op_threads={self.intra_op_threads} is far above the cores")
+        return self
+
+
+def settings_from_args(cls: type[S], argv: Sequence[str] | None, prog: str) -> S:
+    """Builds settings from flags (one `--field-name` per field) over environment variables."""
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+    for name, field in cls.model_fields.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{field.description or ''} (env {_env_name(cls, name)}; default {field.default})",
+        )
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return cls(**given)
+
+
+def _env_name(cls: type[BaseSettings], name: str) -> str:
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return f"{prefix}{name}".upper()
