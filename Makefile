@@ -43,10 +43,10 @@ $(MODEL_DIR)/semcache-model.json: | $(VENV)/.stamp-proto
 run: proto model ## Start the stack (the embedder on :50052 for now)
 	$(PY) -m embedder --model-dir $(MODEL_DIR)
 
-test: proto-check ## Install what is needed and run every test
+test: proto-check lint ## Install what is needed, lint, and run every test
 	$(PY) -m pytest -q -ra
 
-lint: proto ## ruff (check + format) and mypy
+lint: proto ## ruff (check + format) and mypy (part of make test)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy embedder tests bench

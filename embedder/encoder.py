@@ -37,9 +37,10 @@ class ModelIntegrityError(RuntimeError):
 class TextTooLongError(ValueError):
     """A text has more tokens than the model takes, and truncation is off."""
 
-    def __init__(self, tokens: int, limit: int) -> None:
-        super().__init__(f"has {tokens} tokens; the model takes at most {limit}")
-        self.tokens = tokens
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"has more than {limit} tokens, the model's limit (truncation is off): shorten it"
+        )
         self.limit = limit
 
 
@@ -129,8 +130,7 @@ class OnnxEncoder:
     def check_length(self, item: TokenizedText) -> None:
         """Raises TextTooLongError for a cut text when truncation is off."""
         if item.truncated and not self.truncate:
-            full = item.length + sum(len(o.ids) for o in item.encoding.overflowing)
-            raise TextTooLongError(full, self.manifest.max_seq_length)
+            raise TextTooLongError(self.manifest.max_seq_length)
 
     def run(self, batch: Sequence[TokenizedText]) -> FloatArray:
         """Runs one padded batch through the model; returns (len(batch), dimension) float32."""

@@ -80,7 +80,11 @@ def resolve_model(model: str | None) -> ModelSource:
     if model is not None:
         folder = Path(model).expanduser()
         if folder.is_dir():
-            return ModelSource(path=folder.resolve(), model_id=folder.resolve().name)
+            resolved = folder.resolve()
+            packaged = resolved == packaged_model_path().resolve()
+            return ModelSource(
+                path=resolved, model_id=FALLBACK_MODEL_ID if packaged else resolved.name
+            )
         if folder.exists() or model.startswith((".", "/", "~")):
             raise ModelUnavailableError(f"model folder {model!r} does not exist")
         return ModelSource(path=_download(model), model_id=model)
@@ -110,6 +114,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _pooling_from_config(config: dict[str, Any], where: Path) -> Pooling:
+    # sentence-transformers >= 5 writes {"pooling_mode": "cls"}; older ones one flag per mode.
+    named = config.get("pooling_mode")
+    if named is not None:
+        names = [named] if isinstance(named, str) else list(named)
+        aliases = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max"}
+        chosen_names = [aliases.get(str(n), str(n)) for n in names]
+        if len(chosen_names) != 1 or chosen_names[0] not in {p.value for p in Pooling}:
+            raise UnsupportedModelError(
+                f"{where}: exactly one of cls/mean/max/lasttoken pooling is supported; "
+                f"the model asks for {names}"
+            )
+        return Pooling(chosen_names[0])
     modes = {
         Pooling.CLS: config.get("pooling_mode_cls_token", False),
         Pooling.MEAN: config.get("pooling_mode_mean_tokens", False),
@@ -158,11 +174,23 @@ def read_sentence_layout(folder: Path) -> SentenceLayout:
             )
     if transformer_path is None or pooling is None:
         raise UnsupportedModelError(f"{modules_file}: needs a Transformer and a Pooling module")
-    max_seq_length: int | None = None
+    return SentenceLayout(
+        transformer_path, pooling, has_normalize, _max_seq_length(transformer_path, folder)
+    )
+
+
+def _max_seq_length(transformer_path: Path, folder: Path) -> int | None:
+    """sentence_bert_config.json's max_seq_length; sentence-transformers >= 5 keeps it as the
+    tokenizer's model_max_length instead (older tokenizers put a huge sentinel there)."""
     for candidate in (transformer_path, folder):
         config_file = candidate / "sentence_bert_config.json"
         if config_file.is_file():
             value = _read_json(config_file).get("max_seq_length")
-            max_seq_length = int(value) if value else None
-            break
-    return SentenceLayout(transformer_path, pooling, has_normalize, max_seq_length)
+            if value:
+                return int(value)
+    tokenizer_config = transformer_path / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        value = _read_json(tokenizer_config).get("model_max_length")
+        if isinstance(value, int | float) and 0 < value < 1_000_000:
+            return int(value)
+    return None

@@ -65,8 +65,11 @@ class EmbedderServer:
     async def start(self) -> None:
         await self._set_serving(False)
         await self.server.start()
-        log.info("listening on %s:%d (NOT_SERVING until the model is warm)", self.settings.host,
-                 self.port)
+        log.info(
+            "listening on %s:%d (NOT_SERVING until the model is warm)",
+            self.settings.host,
+            self.port,
+        )
         if self.settings.port_file is not None:
             self.settings.port_file.write_text(f"{self.port}\n")
 
@@ -115,8 +118,10 @@ class EmbedderServer:
 
     async def stop(self) -> None:
         await self._set_serving(False)
-        log.info("shutting down: finishing in-flight requests (grace %.1fs)",
-                 self.settings.grace_period_s)
+        log.info(
+            "shutting down: finishing in-flight requests (grace %.1fs)",
+            self.settings.grace_period_s,
+        )
         await self.server.stop(self.settings.grace_period_s)
         if self.batcher is not None:
             await self.batcher.stop()

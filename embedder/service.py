@@ -46,7 +46,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         self._encoder = encoder
         self._batcher = batcher
 
-    async def Embed(  # noqa: N802 - gRPC method name
+    async def Embed(
         self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.EmbedResponse:
         problem = validate_texts(list(request.texts), self._settings)
@@ -77,7 +77,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             ),
         )
 
-    async def GetModelInfo(  # noqa: N802 - gRPC method name
+    async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.GetModelInfoResponse:
         if self._encoder is None:
@@ -106,16 +106,13 @@ def validate_texts(texts: list[str], settings: EmbedderSettings) -> str | None:
     if not texts:
         return "texts is empty: send at least one text"
     if len(texts) > settings.max_texts_per_request:
-        return (
-            f"too many texts: {len(texts)}; at most {settings.max_texts_per_request} per request"
-        )
+        return f"too many texts: {len(texts)}; at most {settings.max_texts_per_request} per request"
     for index, text in enumerate(texts):
         if not text.strip():
             return f"texts[{index}] is empty"
         if len(text) > settings.max_text_chars:
             return (
-                f"texts[{index}] has {len(text)} characters; "
-                f"the limit is {settings.max_text_chars}"
+                f"texts[{index}] has {len(text)} characters; the limit is {settings.max_text_chars}"
             )
     return None
 

@@ -47,7 +47,9 @@ class EmbedderSettings(BaseSettings):
         description="Extra wait for batch-mates, milliseconds. 0: batch whatever queued up "
         "while the previous batch ran (no added latency when idle)",
     )
-    max_queue: int = Field(2048, ge=1, description="Texts waiting, at most; then RESOURCE_EXHAUSTED")
+    max_queue: int = Field(
+        2048, ge=1, description="Texts waiting, at most; then RESOURCE_EXHAUSTED"
+    )
     max_texts_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(8192, ge=1, description="Characters per text, at most")
     truncate: bool = Field(True, description="Cut texts at the model's max length (else reject)")
