@@ -122,7 +122,7 @@ class EmbeddingBatcher:
         model: Model,
         *,
         max_batch_size: int = 32,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int = 512,
         max_wait_s: float = 0.0,
         max_queue: int = 2048,
     ) -> None:

@@ -82,6 +82,7 @@ class OnnxEncoder:
         intra_op_threads: int = 0,
         truncate: bool = True,
         verify_checksum: bool = True,
+        spin_wait: bool = True,
     ) -> None:
         self.model_dir = model_dir
         self.manifest = ModelManifest.read(model_dir)
@@ -97,6 +98,10 @@ class OnnxEncoder:
         # other pool (numpy/BLAS, a second process) fight for the same cores.
         options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        # Spinning between runs lowers latency but burns cores that other processes may need.
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if spin_wait else "0"
+        )
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3

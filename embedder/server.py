@@ -84,6 +84,7 @@ class EmbedderServer:
             intra_op_threads=s.intra_op_threads,
             truncate=s.truncate,
             verify_checksum=s.verify_checksum,
+            spin_wait=s.spin_wait,
         )
         manifest = encoder.manifest
         if manifest.fallback:
@@ -97,7 +98,7 @@ class EmbedderServer:
         self.batcher = EmbeddingBatcher(
             encoder,
             max_batch_size=s.max_batch_size,
-            max_batch_tokens=s.max_batch_tokens,
+            max_batch_tokens=s.batch_token_budget,
             max_wait_s=s.max_wait_ms / 1e3,
             max_queue=s.max_queue,
         )

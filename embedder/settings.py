@@ -36,9 +36,19 @@ class EmbedderSettings(BaseSettings):
         description="ONNX Runtime intra-op threads (0: one per core). On a shared machine give "
         "it fewer than the cores, so it does not fight the cache server's BLAS pool",
     )
+    spin_wait: bool = Field(
+        True,
+        description="Let ONNX Runtime threads spin-wait between runs. Measured here, 32 gRPC "
+        "clients: 326/s with, 269/s without; turn it off when the embedder shares its cores "
+        "with other busy processes",
+    )
     max_batch_size: int = Field(32, ge=1, le=4096, description="Texts per model run, at most")
-    max_batch_tokens: int = Field(
-        16384, ge=1, description="Padded tokens (texts x longest) per model run, at most"
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Padded tokens (texts x longest) per model run, at most. Default: 512 on "
+        "cpu (measured: larger runs of mixed lengths cost more per text than they save), "
+        "16384 on cuda",
     )
     max_wait_ms: float = Field(
         0.0,
@@ -56,6 +66,12 @@ class EmbedderSettings(BaseSettings):
     verify_checksum: bool = Field(True, description="Check the ONNX file's sha256 at load")
     grace_period_s: float = Field(10.0, ge=0, description="SIGTERM: seconds to finish in-flight")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def batch_token_budget(self) -> int:
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return 512 if self.model_device == "cpu" else 16384
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
