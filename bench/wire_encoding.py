@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -16,7 +17,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from protos.semcache.embedding.v1 import embedding_pb2 as pb
 
 
-def _repeated_float_classes() -> type:
+def _repeated_float_classes() -> Any:
     file = descriptor_pb2.FileDescriptorProto(
         name="bench_wire.proto", package="bench", syntax="proto3"
     )
@@ -48,7 +49,7 @@ def _time_us(fn: Callable[[], object], repeat: int = 200) -> float:
     return (time.perf_counter() - started) / repeat * 1e6
 
 
-def measure(rows_cls: type, count: int, dims: int) -> list[str]:
+def measure(rows_cls: Any, count: int, dims: int) -> list[str]:
     vectors = np.random.default_rng(0).standard_normal((count, dims)).astype(np.float32)
 
     def encode_bytes() -> bytes:
