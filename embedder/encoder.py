@@ -58,6 +58,10 @@ def _providers(device: Device, cuda_device_id: int) -> list[str | tuple[str, dic
     if device == "cpu":
         return ["CPUExecutionProvider"]
     available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available and hasattr(ort, "preload_dlls"):
+        # Loads CUDA/cuDNN from the nvidia-* wheels when they are installed (as with
+        # `pip install onnxruntime-gpu[cuda,cudnn]`); a no-op for system-wide CUDA.
+        ort.preload_dlls()
     if "CUDAExecutionProvider" not in available:
         raise ProviderUnavailableError(
             "model_device=cuda but this onnxruntime build has no CUDAExecutionProvider "
