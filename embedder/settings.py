@@ -3,16 +3,12 @@ start-up. A flag beats an environment variable, which beats the default."""
 
 from __future__ import annotations
 
-import argparse
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Self, TypeVar
+from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-S = TypeVar("S", bound=BaseSettings)
 
 
 class EmbedderSettings(BaseSettings):
@@ -83,23 +79,3 @@ class EmbedderSettings(BaseSettings):
         if self.intra_op_threads > 4 * (os.cpu_count() or 1):
             raise ValueError(f"intra_op_threads={self.intra_op_threads} is far above the cores")
         return self
-
-
-def settings_from_args(cls: type[S], argv: Sequence[str] | None, prog: str) -> S:
-    """Builds settings from flags (one `--field-name` per field) over environment variables."""
-    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
-    for name, field in cls.model_fields.items():
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            default=None,
-            metavar=name.upper(),
-            help=f"{field.description or ''} (env {_env_name(cls, name)}; default {field.default})",
-        )
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return cls(**given)
-
-
-def _env_name(cls: type[BaseSettings], name: str) -> str:
-    prefix = str(cls.model_config.get("env_prefix", ""))
-    return f"{prefix}{name}".upper()

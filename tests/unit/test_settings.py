@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from embedder.service import validate_texts
-from embedder.settings import EmbedderSettings, settings_from_args
+from embedder.settings import EmbedderSettings
+from service_runtime.settings import settings_from_args
 
 
 def test_defaults_match_the_product() -> None:

@@ -1,0 +1,104 @@
+"""The shell every gRPC service runs in: a grpc.aio server with the standard health service and
+reflection, a port file for supervisors and tests, and graceful shutdown on SIGTERM/SIGINT.
+
+Start-up: listen with health NOT_SERVING -> `prepare()` (load models, open stores...) ->
+SERVING. Shutdown: NOT_SERVING -> stop taking RPCs and let in-flight ones finish within the
+grace period -> `cleanup()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class GrpcService:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        service_names: Iterable[str],
+        port_file: Path | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ]
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = list(service_names)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.host = host
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.port_file = port_file
+        self.log = logger
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        await self.set_serving(False)
+        await self.server.start()
+        self.log.info("listening on %s:%d (NOT_SERVING until ready)", self.host, self.port)
+        if self.port_file is not None:
+            self.port_file.write_text(f"{self.port}\n")
+
+    async def stop(self, grace_s: float) -> None:
+        await self.set_serving(False)
+        self.log.info("shutting down: finishing in-flight requests (grace %.1fs)", grace_s)
+        await self.server.stop(grace_s)
+
+
+async def serve_until_signal(
+    service: GrpcService,
+    *,
+    prepare: Callable[[], Coroutine[Any, Any, None]],
+    cleanup: Callable[[], Coroutine[Any, Any, None]],
+    grace_s: float,
+) -> int:
+    """Runs `service` until SIGTERM/SIGINT; a failing `prepare` stops it and is re-raised."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    preparing = asyncio.create_task(prepare())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({preparing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if preparing.done() and (error := preparing.exception()) is not None:
+        stopping.cancel()
+        await service.server.stop(0)
+        await cleanup()
+        raise error
+    if not stop.is_set():
+        await service.set_serving(True)
+    await stop.wait()
+    preparing.cancel()
+    await service.stop(grace_s)
+    await cleanup()
+    return 0

@@ -1,0 +1,35 @@
+"""Settings from flags over environment variables, for every service.
+
+Each field of a pydantic-settings class becomes a flag `--field-name`; a flag beats the
+environment, which beats the default; pydantic validates the result at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import TypeVar
+
+from pydantic_settings import BaseSettings
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def settings_from_args(cls: type[S], argv: Sequence[str] | None, prog: str) -> S:
+    """Builds settings from flags (one `--field-name` per field) over environment variables."""
+    parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+    for name, field in cls.model_fields.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{field.description or ''} (env {_env_name(cls, name)}; default {field.default})",
+        )
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return cls(**given)
+
+
+def _env_name(cls: type[BaseSettings], name: str) -> str:
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return f"{prefix}{name}".upper()
