@@ -1,0 +1,327 @@
+"""SemanticCache: the cache's behaviour, independent of gRPC.
+
+Look-up order for a query: an exact repeat of a stored prompt in the same scope (no embedder
+call, similarity 1.0), then the nearest stored prompt by embedding (hit when cosine similarity
+>= threshold). On a miss, the upstream LLM answers (once per prompt and scope, however many ask
+at the same time) and the answer is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from cache_server.embedder_client import EmbedderModel
+from cache_server.entries import (
+    CacheEntry,
+    EntryNotFoundError,
+    check_attributes,
+    check_cache_id,
+    check_entry_id,
+    check_max_results,
+    check_text,
+    check_threshold,
+    check_ttl,
+    entry_id,
+    normalize_prompt,
+)
+from cache_server.stats import CacheCounters, CacheStats
+from cache_server.store.base import CacheStore
+from cache_server.upstream import SingleFlight, Upstream
+
+log = logging.getLogger(__name__)
+FloatArray = npt.NDArray[np.float32]
+
+
+class Strategy(Enum):
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+
+
+class Embedder(Protocol):
+    """What the cache needs of the embedder client."""
+
+    model: EmbedderModel | None
+
+    async def embed(self, texts: Sequence[str]) -> FloatArray: ...
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    threshold: float = 0.85  # cosine similarity; higher is stricter
+    max_cache_size: int = 1000  # entries per cache
+    default_ttl_s: float | None = None
+    max_prompt_chars: int = 8192
+    max_response_chars: int = 200_000
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry: CacheEntry
+    similarity: float
+    strategy: Strategy
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query: str
+    response: str
+    hit: Hit | None
+    entry_id: str
+    embedding_dimension: int
+    processing_time_s: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    embedding_dimension: int
+    processing_time_s: float
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    cache_id: str
+    cache_size: int
+    max_cache_size: int
+    threshold: float
+    counters: CacheCounters = field(repr=False)
+
+
+class SemanticCache:
+    def __init__(
+        self,
+        store: CacheStore,
+        embedder: Embedder,
+        upstream: Upstream,
+        policy: CachePolicy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.upstream = upstream
+        self.policy = policy
+        self.stats = CacheStats()
+        self._clock = clock
+        self._single_flight = SingleFlight()
+
+    @property
+    def dimension(self) -> int:
+        model = self.embedder.model
+        return model.dimension if model is not None else 0
+
+    async def _embed_one(self, text: str) -> FloatArray:
+        vectors = await self.embedder.embed([text])
+        return np.asarray(vectors[0], dtype=np.float32)
+
+    # -- look-ups ------------------------------------------------------------------------
+
+    async def _lookup(
+        self,
+        cache_id: str,
+        prompt: str,
+        threshold: float,
+        k: int,
+        attributes: Mapping[str, str],
+        strategies: Sequence[Strategy],
+        vector_box: list[FloatArray],
+    ) -> list[Hit]:
+        """Strategies in order; the first that finds anything answers. A semantic look-up
+        leaves its query vector in `vector_box` so a miss can store it without re-embedding."""
+        now = self._clock()
+        for strategy in strategies:
+            if strategy is Strategy.EXACT:
+                entry = await self.store.find_exact(cache_id, prompt, attributes, now)
+                if entry is not None:
+                    return [Hit(entry, 1.0, Strategy.EXACT)]
+            else:
+                vector = await self._embed_one(prompt)
+                vector_box.append(vector)
+                found = await self.store.search(cache_id, vector, k, threshold, attributes, now)
+                if found:
+                    return [Hit(e, s, Strategy.SEMANTIC) for e, s in found]
+        return []
+
+    async def query(
+        self,
+        cache_id: str,
+        query: str,
+        *,
+        use_cache: bool = True,
+        threshold: float | None = None,
+        attributes: Mapping[str, str] | None = None,
+        ttl_s: float | None = None,
+    ) -> QueryResult:
+        started = time.perf_counter()
+        cache_id = check_cache_id(cache_id)
+        check_text("query", query, self.policy.max_prompt_chars)
+        threshold = check_threshold(threshold, self.policy.threshold)
+        attributes = check_attributes(attributes or {})
+        ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
+
+        vector_box: list[FloatArray] = []
+        if use_cache:
+            hits = await self._lookup(
+                cache_id,
+                query,
+                threshold,
+                1,
+                attributes,
+                (Strategy.EXACT, Strategy.SEMANTIC),
+                vector_box,
+            )
+            self.stats.record_lookup(cache_id, bool(hits), time.perf_counter() - started)
+            if hits:
+                hit = hits[0]
+                await self.store.touch(cache_id, hit.entry.id, self._clock())
+                return QueryResult(
+                    query=query,
+                    response=hit.entry.response,
+                    hit=hit,
+                    entry_id=hit.entry.id,
+                    embedding_dimension=self.dimension,
+                    processing_time_s=time.perf_counter() - started,
+                )
+
+        key = (cache_id, normalize_prompt(query), tuple(sorted(attributes.items())))
+
+        async def answer_and_store() -> str:
+            # Embed first: if the embedder is down, fail before paying for an LLM call.
+            vector = vector_box[0] if vector_box else await self._embed_one(query)
+            response = await self.upstream.complete(query)
+            await self._put(cache_id, query, response, attributes, ttl_s, vector)
+            return response
+
+        response = await self._single_flight.run(key, answer_and_store)
+        return QueryResult(
+            query=query,
+            response=response,
+            hit=None,
+            entry_id=entry_id(cache_id, query, attributes),
+            embedding_dimension=self.dimension,
+            processing_time_s=time.perf_counter() - started,
+        )
+
+    async def search(
+        self,
+        cache_id: str,
+        prompt: str,
+        *,
+        threshold: float | None = None,
+        max_results: int = 1,
+        attributes: Mapping[str, str] | None = None,
+        strategies: Sequence[Strategy] = (Strategy.SEMANTIC,),
+    ) -> SearchResult:
+        started = time.perf_counter()
+        cache_id = check_cache_id(cache_id)
+        check_text("prompt", prompt, self.policy.max_prompt_chars)
+        threshold = check_threshold(threshold, self.policy.threshold)
+        k = check_max_results(max_results)
+        attributes = check_attributes(attributes or {})
+        ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
+        hits = await self._lookup(cache_id, prompt, threshold, k, attributes, ordered, [])
+        self.stats.record_lookup(cache_id, bool(hits), time.perf_counter() - started)
+        now = self._clock()
+        for hit in hits:
+            await self.store.touch(cache_id, hit.entry.id, now)
+        return SearchResult(hits, self.dimension, time.perf_counter() - started)
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def set(
+        self,
+        cache_id: str,
+        prompt: str,
+        response: str,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        ttl_s: float | None = None,
+    ) -> str:
+        cache_id = check_cache_id(cache_id)
+        check_text("prompt", prompt, self.policy.max_prompt_chars)
+        check_text("response", response, self.policy.max_response_chars)
+        attributes = check_attributes(attributes or {})
+        ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
+        vector = await self._embed_one(prompt)
+        return await self._put(cache_id, prompt, response, attributes, ttl_s, vector)
+
+    async def _put(
+        self,
+        cache_id: str,
+        prompt: str,
+        response: str,
+        attributes: Mapping[str, str],
+        ttl_s: float | None,
+        vector: FloatArray,
+    ) -> str:
+        now = self._clock()
+        entry = CacheEntry(
+            cache_id=cache_id,
+            id=entry_id(cache_id, prompt, attributes),
+            prompt=prompt,
+            response=response,
+            attributes=dict(attributes),
+            created_at=now,
+            expires_at=now + ttl_s if ttl_s is not None else None,
+        )
+        outcome = await self.store.put(entry, vector, self.policy.max_cache_size, now)
+        self.stats.of(cache_id).evictions += outcome.evicted
+        return entry.id
+
+    async def delete(self, cache_id: str, entry_id_: str) -> None:
+        cache_id = check_cache_id(cache_id)
+        check_entry_id(entry_id_)
+        if not await self.store.delete(cache_id, entry_id_):
+            raise EntryNotFoundError(f"no entry {entry_id_} in cache {cache_id!r}")
+
+    async def delete_matching(self, cache_id: str, attributes: Mapping[str, str]) -> int:
+        cache_id = check_cache_id(cache_id)
+        attributes = check_attributes(attributes)
+        if not attributes:
+            return await self.flush(cache_id, reset_stats=False)
+        return await self.store.delete_matching(cache_id, attributes)
+
+    async def flush(self, cache_id: str, *, reset_stats: bool = True) -> int:
+        cache_id = check_cache_id(cache_id)
+        deleted = await self.store.flush(cache_id)
+        if reset_stats:
+            self.stats.reset(cache_id)
+        return deleted
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    async def stats_of(self, cache_id: str) -> StatsSnapshot:
+        cache_id = check_cache_id(cache_id)
+        size = await self.store.count(cache_id, self._clock())
+        return StatsSnapshot(
+            cache_id=cache_id,
+            cache_size=size,
+            max_cache_size=self.policy.max_cache_size,
+            threshold=self.policy.threshold,
+            counters=self.stats.of(cache_id),
+        )
+
+    async def purge_expired(self) -> int:
+        outcome = await self.store.purge_expired(self._clock())
+        for cache_id, count in outcome.expired.items():
+            self.stats.of(cache_id).expirations += count
+        return sum(outcome.expired.values())
+
+    async def run_purger(self, interval_s: float) -> None:
+        """Removes expired entries every `interval_s` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                purged = await self.purge_expired()
+                if purged:
+                    log.info("purged %d expired entries", purged)
+            except Exception:  # keep purging later; a transient store error is not fatal
+                log.exception("purging expired entries failed")

@@ -1,0 +1,117 @@
+"""The cache server's client of the embedder: deadlines, retries, round-robin over replicas.
+
+Addresses are a list ("host:port,host:port"); each may also be a DNS name that resolves to
+several embedders (grpc's round_robin policy spreads calls over them). A call that fails with a
+retryable status (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) is retried on the next
+address; when every try fails, EmbedderUnavailableError says so. gRPC reconnects on its own, with
+a short backoff, so service recovers by itself when an embedder returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from protos.semcache.embedding.v1 import embedding_pb2 as pb
+from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+_CHANNEL_OPTIONS = [
+    ("grpc.lb_policy_name", "round_robin"),
+    # Reconnect quickly after an embedder restarts (the default backoff grows to 2 minutes).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+class EmbedderUnavailableError(RuntimeError):
+    """No embedder answered in time."""
+
+
+class EmbedderRejectedError(ValueError):
+    """The embedder refused the input (INVALID_ARGUMENT); the message says why."""
+
+
+@dataclass(frozen=True)
+class EmbedderModel:
+    model_id: str
+    dimension: int
+    fallback: bool
+
+
+class EmbedderClient:
+    def __init__(
+        self, addresses: Sequence[str], *, timeout_s: float = 5.0, retries: int = 2
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one embedder address is needed")
+        self.addresses = list(addresses)
+        self._timeout_s = timeout_s
+        self._attempts = max(1, retries + 1)
+        self._channels = [grpc.aio.insecure_channel(a, options=_CHANNEL_OPTIONS) for a in addresses]
+        self._stubs = [pb_grpc.EmbeddingServiceStub(c) for c in self._channels]
+        self._next = itertools.cycle(range(len(self._stubs)))
+        self.model: EmbedderModel | None = None
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels))
+
+    async def embed(self, texts: Sequence[str]) -> FloatArray:
+        """Unit-length float32 vectors, one row per text."""
+        reply = await self._call("Embed", pb.EmbedRequest(texts=list(texts)))
+        assert isinstance(reply, pb.EmbedResponse)
+        return np.frombuffer(reply.vectors, dtype="<f4").reshape(reply.count, reply.dimension)
+
+    async def model_info(self) -> EmbedderModel:
+        reply = await self._call("GetModelInfo", pb.GetModelInfoRequest())
+        assert isinstance(reply, pb.GetModelInfoResponse)
+        self.model = EmbedderModel(reply.model_id, reply.dimension, reply.fallback)
+        return self.model
+
+    async def _call(
+        self, method: str, request: pb.EmbedRequest | pb.GetModelInfoRequest
+    ) -> pb.EmbedResponse | pb.GetModelInfoResponse:
+        last: grpc.aio.AioRpcError | None = None
+        for attempt in range(self._attempts):
+            index = next(self._next)
+            try:
+                rpc = getattr(self._stubs[index], method)
+                response: pb.EmbedResponse | pb.GetModelInfoResponse = await rpc(
+                    request, timeout=self._timeout_s
+                )
+                return response
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise EmbedderRejectedError(
+                        exc.details() or "rejected by the embedder"
+                    ) from exc
+                if exc.code() not in _RETRYABLE:
+                    raise EmbedderUnavailableError(
+                        f"embedder {self.addresses[index]} failed: {exc.code().name} "
+                        f"{exc.details()}"
+                    ) from exc
+                last = exc
+                log.debug("embedder %s: %s (try %d)", self.addresses[index], exc.code(), attempt)
+                if attempt + 1 < self._attempts:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+        assert last is not None
+        raise EmbedderUnavailableError(
+            f"embedder unavailable ({', '.join(self.addresses)}): {last.code().name} "
+            f"{last.details()}"
+        ) from last

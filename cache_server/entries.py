@@ -1,0 +1,134 @@
+"""What the cache stores, how entries are named, and what input is acceptable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_CACHE_ID = "default"
+_CACHE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_ENTRY_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_VALUE_CHARS = 1024
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600.0
+MAX_RESULTS = 100
+
+
+class InvalidInputError(ValueError):
+    """The request is malformed; the message says what to fix."""
+
+
+class EntryNotFoundError(LookupError):
+    """No entry with that id in that cache."""
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    cache_id: str
+    id: str
+    prompt: str
+    response: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    created_at: float = 0.0  # Unix seconds
+    expires_at: float | None = None  # Unix seconds; None: never
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def matches(self, attributes: Mapping[str, str]) -> bool:
+        """True when the entry carries every given attribute with the same value."""
+        return all(self.attributes.get(k) == v for k, v in attributes.items())
+
+
+def normalize_prompt(prompt: str) -> str:
+    """Exact matching ignores surrounding whitespace and nothing else."""
+    return prompt.strip()
+
+
+def prompt_key(prompt: str) -> str:
+    return hashlib.sha256(normalize_prompt(prompt).encode()).hexdigest()
+
+
+def entry_id(cache_id: str, prompt: str, attributes: Mapping[str, str]) -> str:
+    """Deterministic: the same prompt and attributes in the same cache is the same entry."""
+    material = json.dumps(
+        [cache_id, normalize_prompt(prompt), sorted(attributes.items())], ensure_ascii=False
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def check_cache_id(cache_id: str) -> str:
+    if not cache_id:
+        return DEFAULT_CACHE_ID
+    if not _CACHE_ID.match(cache_id):
+        raise InvalidInputError(
+            f"cache_id {cache_id[:40]!r} is invalid: 1-128 characters of letters, digits and "
+            "_ . : -, starting with a letter or digit"
+        )
+    return cache_id
+
+
+def check_entry_id(value: str) -> str:
+    if not _ENTRY_ID.match(value):
+        raise InvalidInputError(f"entry id {value[:40]!r} is invalid: 32 lowercase hex characters")
+    return value
+
+
+def check_text(name: str, value: str, max_chars: int) -> str:
+    if not value.strip():
+        raise InvalidInputError(f"{name} is empty")
+    if len(value) > max_chars:
+        raise InvalidInputError(f"{name} has {len(value)} characters; the limit is {max_chars}")
+    return value
+
+
+def check_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidInputError(
+            f"{len(attributes)} attributes; at most {MAX_ATTRIBUTES} are allowed"
+        )
+    for name, value in attributes.items():
+        if not _ATTRIBUTE_NAME.match(name):
+            raise InvalidInputError(
+                f"attribute name {name[:40]!r} is invalid: 1-64 characters of letters, digits "
+                "and _ . -, starting with a letter or _"
+            )
+        if not value or len(value) > MAX_ATTRIBUTE_VALUE_CHARS:
+            raise InvalidInputError(
+                f"attribute {name!r} must have a value of 1-{MAX_ATTRIBUTE_VALUE_CHARS} characters"
+            )
+    return dict(attributes)
+
+
+def check_threshold(value: float | None, default: float) -> float:
+    if value is None:
+        return default
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InvalidInputError(
+            f"similarity_threshold {value} is outside [0, 1] (cosine similarity; higher is "
+            "stricter)"
+        )
+    return value
+
+
+def check_ttl(value: float | None, default: float | None) -> float | None:
+    if value is None:
+        return default
+    if not math.isfinite(value) or not 0.0 < value <= MAX_TTL_SECONDS:
+        raise InvalidInputError(
+            f"ttl_seconds {value} must be > 0 and at most {MAX_TTL_SECONDS:.0f}"
+        )
+    return value
+
+
+def check_max_results(value: int) -> int:
+    if value == 0:
+        return 1
+    if not 1 <= value <= MAX_RESULTS:
+        raise InvalidInputError(f"max_results {value} must be between 1 and {MAX_RESULTS}")
+    return value

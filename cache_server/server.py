@@ -1,0 +1,141 @@
+"""The cache server process: open the store, reach the embedder, serve CacheService.
+
+Health is SERVING once the store is open; the embedder may come and go (exact repeats are
+still answered while it is away). SIGTERM: finish in-flight RPCs, stop the purger, close the
+store and the channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from cache_server.cache import CachePolicy, SemanticCache
+from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableError
+from cache_server.service import CacheServicer
+from cache_server.settings import CacheSettings
+from cache_server.store.embedded import EmbeddedStore
+from cache_server.upstream import DemoResponder, OpenAICompatibleUpstream, Upstream
+from protos.semcache.cache.v1 import cache_pb2 as pb
+from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+from service_runtime.grpc_service import GrpcService, serve_until_signal
+from service_runtime.settings import settings_from_args
+
+log = logging.getLogger("cache_server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CacheService"].full_name
+
+
+def make_upstream(settings: CacheSettings) -> Upstream:
+    if settings.upstream_base_url is None:
+        log.warning(
+            "no upstream LLM configured (CACHE_UPSTREAM_BASE_URL): misses are answered by the "
+            "DEMO RESPONDER"
+        )
+        return DemoResponder()
+    key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    log.info("upstream LLM: %s model %s", settings.upstream_base_url, settings.upstream_model)
+    return OpenAICompatibleUpstream(
+        settings.upstream_base_url,
+        settings.upstream_model,
+        api_key=key,
+        timeout_s=settings.upstream_timeout_s,
+    )
+
+
+class CacheServer:
+    def __init__(self, settings: CacheSettings) -> None:
+        self.settings = settings
+        self.store = EmbeddedStore(
+            settings.data_dir,
+            synchronous=settings.sqlite_synchronous,
+            ann_threshold=settings.ann_threshold,
+            hnsw_m=settings.hnsw_m,
+            hnsw_ef_search=settings.hnsw_ef_search,
+        )
+        self.embedder = EmbedderClient(
+            settings.embedder_address_list,
+            timeout_s=settings.embedder_timeout_s,
+            retries=settings.embedder_retries,
+        )
+        self.upstream = make_upstream(settings)
+        policy = CachePolicy(
+            threshold=settings.similarity_threshold,
+            max_cache_size=settings.max_cache_size,
+            default_ttl_s=settings.default_ttl_s,
+            max_prompt_chars=settings.max_prompt_chars,
+            max_response_chars=settings.max_response_chars,
+        )
+        self.cache = SemanticCache(self.store, self.embedder, self.upstream, policy)
+        self.service = GrpcService(
+            host=settings.host,
+            port=settings.port,
+            service_names=[SERVICE_NAME],
+            port_file=settings.port_file,
+            logger=log,
+        )
+        pb_grpc.add_CacheServiceServicer_to_server(
+            CacheServicer(self.cache, self.store.backend), self.service.server
+        )
+        self._background: list[asyncio.Task[None]] = []
+
+    async def prepare(self) -> None:
+        await self.store.open()
+        self._background.append(
+            asyncio.create_task(self.cache.run_purger(self.settings.purge_interval_s))
+        )
+        self._background.append(asyncio.create_task(self._learn_model()))
+
+    async def _learn_model(self) -> None:
+        """Asks the embedder what it serves, retrying until it answers (it may start later)."""
+        while True:
+            try:
+                model = await self.embedder.model_info()
+            except EmbedderUnavailableError as exc:
+                log.warning("embedder not reachable yet (%s); retrying", exc)
+                await asyncio.sleep(2.0)
+                continue
+            log.info(
+                "embedder model %s (%d dims)%s",
+                model.model_id,
+                model.dimension,
+                " — FALLBACK MODEL" if model.fallback else "",
+            )
+            return
+
+    async def cleanup(self) -> None:
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+        await self.embedder.close()
+        await self.upstream.close()
+
+
+async def serve(settings: CacheSettings) -> int:
+    server = CacheServer(settings)
+    return await serve_until_signal(
+        server.service,
+        prepare=server.prepare,
+        cleanup=server.cleanup,
+        grace_s=settings.grace_period_s,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = settings_from_args(CacheSettings, argv, prog="python -m cache_server")
+    except ValidationError as exc:
+        print(f"cache_server: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s [cache_server] %(name)s: %(message)s",
+    )
+    return asyncio.run(serve(settings))

@@ -1,0 +1,203 @@
+"""The gRPC CacheService: protobuf in and out, and the one table from errors to status codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from cache_server.cache import Hit, SemanticCache, Strategy
+from cache_server.embedder_client import EmbedderRejectedError, EmbedderUnavailableError
+from cache_server.entries import EntryNotFoundError, InvalidInputError
+from cache_server.store.base import StoreUnavailableError
+from cache_server.upstream import UpstreamError
+from protos.semcache.cache.v1 import cache_pb2 as pb
+from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[object, object]
+
+# Each error type a request can meet, and the status it becomes.
+_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (EmbedderRejectedError, grpc.StatusCode.INVALID_ARGUMENT),
+    (EntryNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (EmbedderUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (UpstreamError, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+]
+
+_STRATEGY_TO_PB = {
+    Strategy.EXACT: pb.SEARCH_STRATEGY_EXACT,
+    Strategy.SEMANTIC: pb.SEARCH_STRATEGY_SEMANTIC,
+}
+_STRATEGY_FROM_PB = {v: k for k, v in _STRATEGY_TO_PB.items()}
+
+
+async def _answer(context: Context, call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except Exception as exc:
+        for error_type, code in _STATUS:
+            if isinstance(exc, error_type):
+                await context.abort(code, str(exc))
+        log.exception("unexpected error")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        raise  # unreachable: abort raises
+
+
+def _entry_pb(hit: Hit) -> pb.Entry:
+    e = hit.entry
+    return pb.Entry(
+        id=e.id,
+        prompt=e.prompt,
+        response=e.response,
+        attributes=dict(e.attributes),
+        created_at=e.created_at,
+        expires_at=e.expires_at or 0.0,
+    )
+
+
+class CacheServicer(pb_grpc.CacheServiceServicer):
+    def __init__(self, cache: SemanticCache, store_backend: str) -> None:
+        self.cache = cache
+        self.store_backend = store_backend
+
+    async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
+        result = await _answer(
+            context,
+            lambda: self.cache.query(
+                request.cache_id,
+                request.query,
+                use_cache=request.use_cache if request.HasField("use_cache") else True,
+                threshold=request.similarity_threshold
+                if request.HasField("similarity_threshold")
+                else None,
+                attributes=dict(request.attributes),
+                ttl_s=request.ttl_seconds if request.HasField("ttl_seconds") else None,
+            ),
+        )
+        reply = pb.QueryResponse(
+            query=result.query,
+            response=result.response,
+            cache_hit=result.hit is not None,
+            embedding_dimension=result.embedding_dimension,
+            processing_time=result.processing_time_s,
+            entry_id=result.entry_id,
+        )
+        if result.hit is not None:
+            hit = result.hit
+            reply.cached_data.CopyFrom(
+                pb.CachedData(
+                    cached_response=hit.entry.response,
+                    similarity_score=hit.similarity,
+                    cached_query=hit.entry.prompt,
+                    cache_timestamp=hit.entry.created_at,
+                    entry_id=hit.entry.id,
+                    strategy=_STRATEGY_TO_PB[hit.strategy],
+                )
+            )
+        return reply
+
+    async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
+        strategies = []
+        for value in request.strategies:
+            if value not in _STRATEGY_FROM_PB:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"unknown search strategy {value}"
+                )
+            strategies.append(_STRATEGY_FROM_PB[value])
+        result = await _answer(
+            context,
+            lambda: self.cache.search(
+                request.cache_id,
+                request.prompt,
+                threshold=request.similarity_threshold
+                if request.HasField("similarity_threshold")
+                else None,
+                max_results=request.max_results,
+                attributes=dict(request.attributes),
+                strategies=strategies or (Strategy.SEMANTIC,),
+            ),
+        )
+        return pb.SearchResponse(
+            hits=[
+                pb.SearchHit(
+                    entry=_entry_pb(h),
+                    similarity=h.similarity,
+                    strategy=_STRATEGY_TO_PB[h.strategy],
+                )
+                for h in result.hits
+            ],
+            embedding_dimension=result.embedding_dimension,
+            processing_time=result.processing_time_s,
+        )
+
+    async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetResponse:
+        entry_id = await _answer(
+            context,
+            lambda: self.cache.set(
+                request.cache_id,
+                request.prompt,
+                request.response,
+                attributes=dict(request.attributes),
+                ttl_s=request.ttl_seconds if request.HasField("ttl_seconds") else None,
+            ),
+        )
+        return pb.SetResponse(entry_id=entry_id)
+
+    async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
+        await _answer(context, lambda: self.cache.delete(request.cache_id, request.entry_id))
+        return pb.DeleteResponse()
+
+    async def DeleteEntries(
+        self, request: pb.DeleteEntriesRequest, context: Context
+    ) -> pb.DeleteEntriesResponse:
+        deleted = await _answer(
+            context, lambda: self.cache.delete_matching(request.cache_id, dict(request.attributes))
+        )
+        return pb.DeleteEntriesResponse(deleted_count=deleted)
+
+    async def Flush(self, request: pb.FlushRequest, context: Context) -> pb.FlushResponse:
+        deleted = await _answer(context, lambda: self.cache.flush(request.cache_id))
+        return pb.FlushResponse(deleted_count=deleted)
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        snapshot = await _answer(context, lambda: self.cache.stats_of(request.cache_id))
+        counters = snapshot.counters
+        p50, p95, p99 = counters.lookup_percentiles_ms()
+        return pb.GetStatsResponse(
+            cache_id=snapshot.cache_id,
+            cache_size=snapshot.cache_size,
+            max_cache_size=snapshot.max_cache_size,
+            current_threshold=snapshot.threshold,
+            hits=counters.hits,
+            misses=counters.misses,
+            hit_rate=counters.hit_rate,
+            evictions=counters.evictions,
+            expirations=counters.expirations,
+            lookup_p50_ms=p50,
+            lookup_p95_ms=p95,
+            lookup_p99_ms=p99,
+            lookups_measured=len(counters.lookup_seconds),
+        )
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: Context
+    ) -> pb.GetServerInfoResponse:
+        model = self.cache.embedder.model
+        upstream = self.cache.upstream
+        return pb.GetServerInfoResponse(
+            embedder_model_id=model.model_id if model else "",
+            embedding_dimension=model.dimension if model else 0,
+            embedder_fallback_model=model.fallback if model else False,
+            upstream=upstream.kind,
+            demo_responder=upstream.kind == "demo",
+            upstream_model=upstream.model,
+            store_backend=self.store_backend,
+            default_threshold=self.cache.policy.threshold,
+            max_cache_size=self.cache.policy.max_cache_size,
+        )

@@ -1,0 +1,83 @@
+"""Cache server settings: environment variables (CACHE_*, and the original product's
+SIMILARITY_THRESHOLD / MAX_CACHE_SIZE) and flags, validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CacheSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CACHE_", populate_by_name=True, extra="forbid")
+
+    host: str = Field("0.0.0.0", description="Interface to listen on")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
+    port_file: Path | None = Field(None, description="Write the bound port here once listening")
+    data_dir: Path = Field(Path("data"), description="Folder of the embedded store")
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="NORMAL: an acknowledged write survives a crash of the process (kill -9); "
+        "FULL: also a power cut, at one fsync per write",
+    )
+    embedder_addresses: str = Field(
+        "127.0.0.1:50052",
+        description="Comma-separated host:port list (a DNS name may resolve to several)",
+    )
+    embedder_timeout_s: float = Field(5.0, gt=0, le=300, description="Deadline per embedder call")
+    embedder_retries: int = Field(2, ge=0, le=10, description="Extra tries on other embedders")
+    similarity_threshold: float = Field(
+        0.85,
+        ge=0.0,
+        le=1.0,
+        validation_alias=AliasChoices(
+            "similarity_threshold", "CACHE_SIMILARITY_THRESHOLD", "SIMILARITY_THRESHOLD"
+        ),
+        description="Default hit threshold, cosine similarity (higher is stricter)",
+    )
+    max_cache_size: int = Field(
+        1000,
+        ge=1,
+        validation_alias=AliasChoices("max_cache_size", "CACHE_MAX_CACHE_SIZE", "MAX_CACHE_SIZE"),
+        description="Entries per cache; least recently used are evicted beyond it",
+    )
+    default_ttl_s: float | None = Field(None, gt=0, description="Default entry TTL, seconds")
+    purge_interval_s: float = Field(5.0, gt=0, description="How often expired entries go")
+    max_prompt_chars: int = Field(8192, ge=1)
+    max_response_chars: int = Field(200_000, ge=1)
+    ann_threshold: int = Field(
+        20_000, ge=1, description="Entries in a cache from which HNSW replaces exact search"
+    )
+    hnsw_m: int = Field(16, ge=4, le=128)
+    hnsw_ef_search: int = Field(64, ge=1, le=4096)
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="OpenBLAS/numpy threads (exact search). Keep it small beside an embedder: "
+        "two pools on the same cores slow each other down",
+    )
+    upstream_base_url: str | None = Field(
+        None, description="OpenAI-compatible API base, e.g. https://api.openai.com/v1"
+    )
+    upstream_model: str = Field("gpt-4o-mini", description="Model name sent upstream")
+    upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream")
+    upstream_timeout_s: float = Field(30.0, gt=0, le=600)
+    grace_period_s: float = Field(10.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def embedder_address_list(self) -> list[str]:
+        return [a.strip() for a in self.embedder_addresses.split(",") if a.strip()]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if not self.embedder_address_list:
+            raise ValueError("embedder_addresses is empty")
+        if self.upstream_base_url is not None and not self.upstream_base_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(f"upstream_base_url {self.upstream_base_url!r} is not an http(s) URL")
+        return self

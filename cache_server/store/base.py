@@ -1,0 +1,85 @@
+"""The storage interface every backend implements (embedded SQLite, Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from cache_server.entries import CacheEntry
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store cannot be reached right now (e.g. Redis down); retry later."""
+
+
+@dataclass(frozen=True)
+class PutOutcome:
+    evicted: int = 0  # entries removed to stay within the cache's size cap
+
+
+@dataclass(frozen=True)
+class PurgeOutcome:
+    expired: Mapping[str, int] = field(default_factory=dict)  # cache_id -> entries removed
+
+
+class CacheStore(Protocol):
+    """Entries with their vectors, per cache. Similarities are cosine (vectors unit-length).
+
+    Every method is a coroutine; a backend keeps blocking work (SQLite, numpy, network) off the
+    event loop. `now` is Unix seconds, passed in so tests control time.
+    """
+
+    backend: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def put(
+        self, entry: CacheEntry, vector: FloatArray, max_entries: int, now: float
+    ) -> PutOutcome:
+        """Stores (or replaces) the entry, then evicts least-recently-used entries of its
+        cache beyond `max_entries`. Durable when it returns."""
+        ...
+
+    async def get(self, cache_id: str, entry_id: str, now: float) -> CacheEntry | None: ...
+
+    async def find_exact(
+        self, cache_id: str, prompt: str, attributes: Mapping[str, str], now: float
+    ) -> CacheEntry | None:
+        """The newest live entry whose normalised prompt equals `prompt` and which carries all
+        `attributes`."""
+        ...
+
+    async def search(
+        self,
+        cache_id: str,
+        vector: FloatArray,
+        k: int,
+        min_similarity: float,
+        attributes: Mapping[str, str],
+        now: float,
+    ) -> list[tuple[CacheEntry, float]]:
+        """Up to k live entries with similarity >= min_similarity that carry all `attributes`,
+        best first."""
+        ...
+
+    async def touch(self, cache_id: str, entry_id: str, now: float) -> None:
+        """Marks the entry as just used (least-recently-used eviction)."""
+        ...
+
+    async def delete(self, cache_id: str, entry_id: str) -> bool: ...
+
+    async def delete_matching(self, cache_id: str, attributes: Mapping[str, str]) -> int: ...
+
+    async def flush(self, cache_id: str) -> int: ...
+
+    async def count(self, cache_id: str, now: float) -> int: ...
+
+    async def purge_expired(self, now: float) -> PurgeOutcome: ...

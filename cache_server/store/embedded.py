@@ -1,0 +1,376 @@
+"""The default store: SQLite (WAL) on disk for durability, vectors searched in memory.
+
+One thread owns the SQLite connection and the per-cache vector indexes; every call runs there,
+off the event loop, one at a time. At start, the indexes are rebuilt from the database, so an
+acknowledged `put` survives `kill -9` (WAL: a committed transaction outlives the process; with
+synchronous=FULL it also outlives a power cut).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+
+from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
+from cache_server.store.base import FloatArray, PurgeOutcome, PutOutcome
+from cache_server.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    cache_id    TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    prompt      TEXT NOT NULL,
+    prompt_key  TEXT NOT NULL,
+    response    TEXT NOT NULL,
+    attributes  TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    expires_at  REAL,
+    last_access REAL NOT NULL,
+    vector      BLOB NOT NULL,
+    PRIMARY KEY (cache_id, id)
+);
+CREATE INDEX IF NOT EXISTS entries_lru ON entries (cache_id, last_access);
+CREATE INDEX IF NOT EXISTS entries_exact ON entries (cache_id, prompt_key);
+CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL;
+"""
+
+_COLUMNS = "cache_id, id, prompt, response, attributes, created_at, expires_at"
+
+
+def _entry(row: tuple[str, str, str, str, str, float, float | None]) -> CacheEntry:
+    cache_id, entry_id, prompt, response, attributes, created_at, expires_at = row
+    return CacheEntry(
+        cache_id=cache_id,
+        id=entry_id,
+        prompt=prompt,
+        response=response,
+        attributes=json.loads(attributes),
+        created_at=created_at,
+        expires_at=expires_at,
+    )
+
+
+class _CacheState:
+    """In-memory side of one cache: its vectors and, per entry, what filters need."""
+
+    def __init__(self, index: VectorIndex) -> None:
+        self.index = index
+        self.attributes: dict[str, Mapping[str, str]] = {}
+        self.expires_at: dict[str, float] = {}  # only entries with a TTL
+
+
+class EmbeddedStore:
+    backend = "embedded"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        ann_threshold: int = 20_000,
+        hnsw_m: int = 16,
+        hnsw_ef_search: int = 64,
+    ) -> None:
+        self.path = data_dir / "semcache.sqlite3"
+        self._synchronous = synchronous
+        self._index_options = {
+            "ann_threshold": ann_threshold,
+            "hnsw_m": hnsw_m,
+            "hnsw_ef_search": hnsw_ef_search,
+        }
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-store")
+        self._db: sqlite3.Connection | None = None
+        self._caches: dict[str, _CacheState] = {}
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.executescript(_SCHEMA)
+        self._db = db
+        loaded = 0
+        for cache_id, entry_id, attributes, expires_at, blob in db.execute(
+            "SELECT cache_id, id, attributes, expires_at, vector FROM entries"
+        ):
+            vector = np.frombuffer(blob, dtype="<f4")
+            self._remember(cache_id, entry_id, json.loads(attributes), expires_at, vector)
+            loaded += 1
+        log.info("embedded store %s: %d entries in %d caches", self.path, loaded, len(self._caches))
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    def _remember(
+        self,
+        cache_id: str,
+        entry_id: str,
+        attributes: Mapping[str, str],
+        expires_at: float | None,
+        vector: FloatArray,
+    ) -> None:
+        state = self._caches.get(cache_id)
+        if state is None:
+            index = VectorIndex(vector.shape[0], **self._index_options)
+            state = self._caches[cache_id] = _CacheState(index)
+        state.index.add(entry_id, vector)
+        state.attributes[entry_id] = attributes
+        if expires_at is None:
+            state.expires_at.pop(entry_id, None)
+        else:
+            state.expires_at[entry_id] = expires_at
+
+    def _forget(self, cache_id: str, entry_ids: list[str]) -> None:
+        state = self._caches.get(cache_id)
+        if state is None:
+            return
+        for entry_id in entry_ids:
+            state.index.remove(entry_id)
+            state.attributes.pop(entry_id, None)
+            state.expires_at.pop(entry_id, None)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def put(
+        self, entry: CacheEntry, vector: FloatArray, max_entries: int, now: float
+    ) -> PutOutcome:
+        return await self._run(self._put, entry, vector, max_entries, now)
+
+    def _put(
+        self, entry: CacheEntry, vector: FloatArray, max_entries: int, now: float
+    ) -> PutOutcome:
+        vector = np.ascontiguousarray(vector, dtype=np.float32)
+        state = self._caches.get(entry.cache_id)
+        if state is not None and state.index.dimension != vector.shape[0]:
+            raise ValueError(
+                f"cache {entry.cache_id!r} holds {state.index.dimension}-dim vectors; got "
+                f"{vector.shape[0]} (the embedding model changed: flush the cache)"
+            )
+        with self.db:  # one transaction: the entry and any evictions
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                f"INSERT OR REPLACE INTO entries ({_COLUMNS}, prompt_key, last_access, vector) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.cache_id,
+                    entry.id,
+                    entry.prompt,
+                    entry.response,
+                    json.dumps(dict(entry.attributes), ensure_ascii=False),
+                    entry.created_at,
+                    entry.expires_at,
+                    prompt_key(entry.prompt),
+                    now,
+                    vector.astype("<f4").tobytes(),
+                ),
+            )
+            size = len(state.index) if state is not None else 0
+            if state is None or entry.id not in state.index:
+                size += 1
+            excess = size - max_entries
+            evicted: list[str] = []
+            if excess > 0:
+                evicted = [
+                    row[0]
+                    for row in self.db.execute(
+                        "SELECT id FROM entries WHERE cache_id = ? AND id != ? "
+                        "ORDER BY last_access ASC LIMIT ?",
+                        (entry.cache_id, entry.id, excess),
+                    )
+                ]
+                self.db.executemany(
+                    "DELETE FROM entries WHERE cache_id = ? AND id = ?",
+                    [(entry.cache_id, e) for e in evicted],
+                )
+            self.db.execute("COMMIT")
+        # Memory follows the database only once the transaction is durable.
+        self._remember(entry.cache_id, entry.id, entry.attributes, entry.expires_at, vector)
+        self._forget(entry.cache_id, evicted)
+        return PutOutcome(evicted=len(evicted))
+
+    async def touch(self, cache_id: str, entry_id: str, now: float) -> None:
+        await self._run(self._touch, cache_id, entry_id, now)
+
+    def _touch(self, cache_id: str, entry_id: str, now: float) -> None:
+        self.db.execute(
+            "UPDATE entries SET last_access = ? WHERE cache_id = ? AND id = ?",
+            (now, cache_id, entry_id),
+        )
+
+    async def delete(self, cache_id: str, entry_id: str) -> bool:
+        return await self._run(self._delete_ids, cache_id, [entry_id]) > 0
+
+    def _delete_ids(self, cache_id: str, entry_ids: list[str]) -> int:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            deleted = sum(
+                self.db.execute(
+                    "DELETE FROM entries WHERE cache_id = ? AND id = ?", (cache_id, e)
+                ).rowcount
+                for e in entry_ids
+            )
+            self.db.execute("COMMIT")
+        self._forget(cache_id, entry_ids)
+        return deleted
+
+    async def delete_matching(self, cache_id: str, attributes: Mapping[str, str]) -> int:
+        return await self._run(self._delete_matching, cache_id, dict(attributes))
+
+    def _delete_matching(self, cache_id: str, attributes: dict[str, str]) -> int:
+        state = self._caches.get(cache_id)
+        if state is None:
+            return 0
+        doomed = [
+            entry_id
+            for entry_id, attrs in state.attributes.items()
+            if all(attrs.get(k) == v for k, v in attributes.items())
+        ]
+        return self._delete_ids(cache_id, doomed)
+
+    async def flush(self, cache_id: str) -> int:
+        return await self._run(self._flush, cache_id)
+
+    def _flush(self, cache_id: str) -> int:
+        with self.db:
+            deleted = self.db.execute(
+                "DELETE FROM entries WHERE cache_id = ?", (cache_id,)
+            ).rowcount
+        self._caches.pop(cache_id, None)
+        return int(deleted)
+
+    async def purge_expired(self, now: float) -> PurgeOutcome:
+        return await self._run(self._purge_expired, now)
+
+    def _purge_expired(self, now: float) -> PurgeOutcome:
+        rows = self.db.execute(
+            "SELECT cache_id, id FROM entries WHERE expires_at IS NOT NULL AND expires_at <= ?",
+            (now,),
+        ).fetchall()
+        by_cache: dict[str, list[str]] = {}
+        for cache_id, entry_id in rows:
+            by_cache.setdefault(cache_id, []).append(entry_id)
+        expired = {cache_id: self._delete_ids(cache_id, ids) for cache_id, ids in by_cache.items()}
+        return PurgeOutcome(expired=expired)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get(self, cache_id: str, entry_id: str, now: float) -> CacheEntry | None:
+        return await self._run(self._get, cache_id, entry_id, now)
+
+    def _get(self, cache_id: str, entry_id: str, now: float) -> CacheEntry | None:
+        row = self.db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE cache_id = ? AND id = ?", (cache_id, entry_id)
+        ).fetchone()
+        if row is None:
+            return None
+        entry = _entry(row)
+        return None if entry.expired(now) else entry
+
+    async def find_exact(
+        self, cache_id: str, prompt: str, attributes: Mapping[str, str], now: float
+    ) -> CacheEntry | None:
+        return await self._run(self._find_exact, cache_id, prompt, dict(attributes), now)
+
+    def _find_exact(
+        self, cache_id: str, prompt: str, attributes: dict[str, str], now: float
+    ) -> CacheEntry | None:
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE cache_id = ? AND prompt_key = ? "
+            "ORDER BY created_at DESC",
+            (cache_id, prompt_key(prompt)),
+        ).fetchall()
+        wanted = normalize_prompt(prompt)
+        for row in rows:
+            entry = _entry(row)
+            if (
+                normalize_prompt(entry.prompt) == wanted
+                and entry.matches(attributes)
+                and not entry.expired(now)
+            ):
+                return entry
+        return None
+
+    async def search(
+        self,
+        cache_id: str,
+        vector: FloatArray,
+        k: int,
+        min_similarity: float,
+        attributes: Mapping[str, str],
+        now: float,
+    ) -> list[tuple[CacheEntry, float]]:
+        return await self._run(
+            self._search, cache_id, vector, k, min_similarity, dict(attributes), now
+        )
+
+    def _search(
+        self,
+        cache_id: str,
+        vector: FloatArray,
+        k: int,
+        min_similarity: float,
+        attributes: dict[str, str],
+        now: float,
+    ) -> list[tuple[CacheEntry, float]]:
+        state = self._caches.get(cache_id)
+        if state is None or state.index.dimension != vector.shape[0]:
+            return []
+
+        def live_and_in_scope(entry_id: str) -> bool:
+            expires_at = state.expires_at.get(entry_id)
+            if expires_at is not None and expires_at <= now:
+                return False
+            attrs = state.attributes[entry_id]
+            return all(attrs.get(key) == value for key, value in attributes.items())
+
+        needs_filter = bool(attributes) or bool(state.expires_at)
+        found = state.index.search(
+            vector, k, min_similarity, live_and_in_scope if needs_filter else None
+        )
+        out: list[tuple[CacheEntry, float]] = []
+        for entry_id, similarity in found:
+            entry = self._get(cache_id, entry_id, now)
+            if entry is not None:
+                out.append((entry, similarity))
+        return out
+
+    async def count(self, cache_id: str, now: float) -> int:
+        return await self._run(self._count, cache_id, now)
+
+    def _count(self, cache_id: str, now: float) -> int:
+        state = self._caches.get(cache_id)
+        if state is None:
+            return 0
+        expired = sum(1 for e in state.expires_at.values() if e <= now)
+        return len(state.index) - expired
