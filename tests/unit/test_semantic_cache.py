@@ -1,0 +1,245 @@
+"""SemanticCache behaviour with a fake embedder and upstream (the store is the real embedded
+one on a temp folder, since it is in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cache_server.cache import CachePolicy, SemanticCache, Strategy
+from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
+from cache_server.entries import EntryNotFoundError, InvalidInputError
+from cache_server.store.embedded import EmbeddedStore
+from cache_server.upstream import UpstreamError
+
+DIM = 16
+# Texts in the same group get nearly the same vector (paraphrases); others are unrelated.
+GROUPS = {
+    "how do i learn python": 0,
+    "what is the best way to learn python": 0,
+    "how do i cook rice": 1,
+    "how to cook rice properly": 1,
+}
+
+
+class FakeEmbedder:
+    def __init__(self) -> None:
+        self.model: EmbedderModel | None = EmbedderModel("fake", DIM, False)
+        self.calls = 0
+        self.down = False
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self.down:
+            raise EmbedderUnavailableError("embedder unavailable (fake): UNAVAILABLE")
+        self.calls += 1
+        out = []
+        for text in texts:
+            key = text.strip().lower().rstrip("?")
+            seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+            v = np.random.default_rng(seed).standard_normal(DIM) * 0.15
+            group = GROUPS.get(key)
+            if group is not None:
+                v[group] += 3.0
+            else:
+                v[2 + seed % (DIM - 2)] += 3.0
+            out.append(v / np.linalg.norm(v))
+        return np.array(out, dtype=np.float32)
+
+
+class FakeUpstream:
+    kind = "fake"
+    model = "fake-llm"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.delay_s = 0.0
+        self.fail = False
+
+    async def complete(self, prompt: str) -> str:
+        self.calls.append(prompt)
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise UpstreamError("upstream LLM answered HTTP 500")
+        return f"LLM says: {prompt}"
+
+    async def close(self) -> None:
+        return None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Parts = tuple[SemanticCache, FakeEmbedder, FakeUpstream, Clock]
+
+
+@pytest.fixture()
+async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
+    store = EmbeddedStore(tmp_path)
+    await store.open()
+    embedder, upstream, clock = FakeEmbedder(), FakeUpstream(), Clock()
+    cache = SemanticCache(store, embedder, upstream, CachePolicy(max_cache_size=3), clock)
+    yield cache, embedder, upstream, clock
+    await store.close()
+
+
+async def test_miss_asks_the_llm_then_a_paraphrase_hits(parts: Parts) -> None:
+    cache, _, upstream, _ = parts
+    first = await cache.query("", "How do I learn Python?")
+    assert first.hit is None and first.response == "LLM says: How do I learn Python?"
+    second = await cache.query("", "What is the best way to learn Python?")
+    assert second.hit is not None and second.hit.strategy is Strategy.SEMANTIC
+    assert second.response == first.response
+    assert second.hit.similarity >= 0.85
+    assert second.hit.entry.prompt == "How do I learn Python?"
+    assert second.embedding_dimension == DIM
+    assert len(upstream.calls) == 1
+    unrelated = await cache.query("", "How do I cook rice?")
+    assert unrelated.hit is None and len(upstream.calls) == 2
+
+
+async def test_exact_repeat_needs_no_embedder(parts: Parts) -> None:
+    cache, embedder, _, _ = parts
+    await cache.query("", "How do I learn Python?")
+    embedder.down = True
+    again = await cache.query("", "  How do I learn Python?  ")
+    assert again.hit is not None and again.hit.strategy is Strategy.EXACT
+    assert again.hit.similarity == 1.0
+    with pytest.raises(EmbedderUnavailableError):
+        await cache.query("", "What is the best way to learn Python?")
+
+
+async def test_per_request_threshold(parts: Parts) -> None:
+    cache, _, _, _ = parts
+    await cache.query("", "How do I learn Python?")
+    strict = await cache.query("", "What is the best way to learn Python?", threshold=0.9999)
+    assert strict.hit is None
+    with pytest.raises(InvalidInputError, match="outside"):
+        await cache.query("", "x", threshold=1.5)
+    with pytest.raises(InvalidInputError):
+        await cache.query("", "x", threshold=float("nan"))
+
+
+async def test_scopes_never_leak(parts: Parts) -> None:
+    cache, _, _, _ = parts
+    await cache.set("tenant-a", "How do I learn Python?", "A's answer", attributes={"user": "1"})
+    assert (await cache.search("tenant-b", "How do I learn Python?")).hits == []
+    assert (
+        await cache.search("tenant-a", "How do I learn Python?", attributes={"user": "2"})
+    ).hits == []
+    hits = (await cache.search("tenant-a", "How do I learn Python?", attributes={"user": "1"})).hits
+    assert [h.entry.response for h in hits] == ["A's answer"]
+    assert len((await cache.search("tenant-a", "How do I learn Python?")).hits) == 1
+
+
+async def test_lru_eviction_refreshed_by_hits(parts: Parts) -> None:
+    cache, _, _, clock = parts
+    for i, prompt in enumerate(["alpha question", "beta question", "gamma question"]):
+        clock.now += 1
+        await cache.set("", prompt, f"answer {i}")
+    clock.now += 1
+    assert (await cache.query("", "alpha question")).hit is not None  # refreshes alpha
+    clock.now += 1
+    await cache.set("", "delta question", "answer 3")
+    remaining = {
+        p
+        for p in ["alpha question", "beta question", "gamma question", "delta question"]
+        if (await cache.search("", p, strategies=[Strategy.EXACT])).hits
+    }
+    assert remaining == {"alpha question", "gamma question", "delta question"}
+    assert (await cache.stats_of("")).counters.evictions == 1
+
+
+async def test_ttl_expiry(parts: Parts) -> None:
+    cache, _, _, clock = parts
+    await cache.set("", "How do I learn Python?", "soon gone", ttl_s=60)
+    clock.now += 59
+    assert (await cache.search("", "How do I learn Python?")).hits
+    clock.now += 2
+    assert (await cache.search("", "How do I learn Python?")).hits == []
+    assert await cache.purge_expired() == 1
+    stats = await cache.stats_of("")
+    assert stats.counters.expirations == 1 and stats.cache_size == 0
+
+
+async def test_concurrent_misses_call_the_llm_once(parts: Parts) -> None:
+    cache, _, upstream, _ = parts
+    upstream.delay_s = 0.05
+    results = await asyncio.gather(*(cache.query("", "How do I cook rice?") for _ in range(10)))
+    assert len(upstream.calls) == 1
+    assert {r.response for r in results} == {"LLM says: How do I cook rice?"}
+    # Another scope is another flight.
+    await cache.query("", "How do I cook rice?", attributes={"user": "x"}, use_cache=False)
+    assert len(upstream.calls) == 2
+
+
+async def test_upstream_failure_stores_nothing(parts: Parts) -> None:
+    cache, _, upstream, _ = parts
+    upstream.fail = True
+    with pytest.raises(UpstreamError):
+        await cache.query("", "How do I cook rice?")
+    assert (await cache.stats_of("")).cache_size == 0
+    upstream.fail = False
+    assert (await cache.query("", "How do I cook rice?")).hit is None
+
+
+async def test_use_cache_false_skips_lookup_but_stores(parts: Parts) -> None:
+    cache, _, _, _ = parts
+    await cache.set("", "How do I learn Python?", "old answer")
+    fresh = await cache.query("", "How do I learn Python?", use_cache=False)
+    assert fresh.hit is None and fresh.response == "LLM says: How do I learn Python?"
+    again = await cache.query("", "How do I learn Python?")
+    assert again.hit is not None and again.response == "LLM says: How do I learn Python?"
+
+
+async def test_deletes_flush_and_stats(parts: Parts) -> None:
+    cache, _, _, _ = parts
+    keep = await cache.set("", "How do I cook rice?", "r", attributes={"lang": "en"})
+    gone = await cache.set("", "How do I learn Python?", "p", attributes={"lang": "fr"})
+    await cache.delete("", gone)
+    with pytest.raises(EntryNotFoundError):
+        await cache.delete("", gone)
+    with pytest.raises(InvalidInputError, match="32 lowercase hex"):
+        await cache.delete("", "nope")
+    assert await cache.delete_matching("", {"lang": "en"}) == 1
+    await cache.set("", "How do I cook rice?", "r")
+    await cache.query("", "How do I cook rice?")
+    await cache.query("", "something never seen")
+    stats = await cache.stats_of("")
+    assert (stats.counters.hits, stats.counters.misses) == (1, 1)
+    assert stats.counters.hit_rate == 0.5
+    assert stats.cache_size == 2 and stats.max_cache_size == 3 and stats.threshold == 0.85
+    assert keep
+    assert await cache.flush("") == 2
+    assert (await cache.stats_of("")).counters.hits == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cache_id": "bad id!"}, "cache_id"),
+        ({"query": ""}, "query is empty"),
+        ({"query": "x" * 9000}, "9000 characters"),
+        ({"attributes": {"": "v"}}, "attribute name"),
+        ({"attributes": {"k": ""}}, "must have a value"),
+        ({"ttl_s": -1.0}, "ttl_seconds"),
+    ],
+)
+async def test_bad_input_is_refused_clearly(
+    parts: Parts, kwargs: dict[str, Any], message: str
+) -> None:
+    cache, _, upstream, _ = parts
+    args = {"cache_id": "", "query": "fine"} | kwargs
+    with pytest.raises(InvalidInputError, match=message):
+        await cache.query(args.pop("cache_id"), args.pop("query"), **args)
+    assert upstream.calls == []

@@ -1,0 +1,82 @@
+"""VectorIndex: exact and HNSW search, removal, filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cache_server.vector_index import VectorIndex
+
+
+def unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return np.asarray(v / np.linalg.norm(v, axis=1, keepdims=True), dtype=np.float32)
+
+
+def test_exact_search_is_best_first_and_respects_the_threshold() -> None:
+    index = VectorIndex(2)
+    index.add("east", np.array([1.0, 0.0], dtype=np.float32))
+    index.add("north", np.array([0.0, 1.0], dtype=np.float32))
+    diagonal = np.array([0.8, 0.6], dtype=np.float32)
+    index.add("diag", diagonal)
+    found = index.search(np.array([1.0, 0.0], dtype=np.float32), k=3, min_similarity=0.5)
+    assert [i for i, _ in found] == ["east", "diag"]
+    assert found[0][1] == pytest.approx(1.0)
+    assert found[1][1] == pytest.approx(0.8)
+
+
+def test_replace_and_remove_keep_ids_and_rows_consistent() -> None:
+    vectors = unit_vectors(100)
+    index = VectorIndex(32)
+    for i, v in enumerate(vectors):
+        index.add(f"e{i}", v)
+    for i in range(0, 100, 3):
+        assert index.remove(f"e{i}")
+    assert not index.remove("e0")
+    assert len(index) == 100 - 34
+    for i in range(1, 100, 3):
+        (best, score), *_ = index.search(vectors[i], k=1, min_similarity=0.0)
+        assert best == f"e{i}" and score == pytest.approx(1.0, abs=1e-5)
+    index.add("e1", vectors[2])  # replace e1's vector
+    assert index.search(vectors[2], k=1, min_similarity=0.99)[0][0] == "e1"
+
+
+def test_filter_skips_rejected_ids() -> None:
+    vectors = unit_vectors(50)
+    index = VectorIndex(32)
+    for i, v in enumerate(vectors):
+        index.add(f"e{i}", v)
+    found = index.search(vectors[10], k=5, min_similarity=-1.0, accept=lambda i: i != "e10")
+    assert "e10" not in [i for i, _ in found]
+    assert len(found) == 5
+
+
+def test_hnsw_takes_over_past_the_threshold_with_high_recall() -> None:
+    vectors = unit_vectors(3000, dim=48, seed=1)
+    exact = VectorIndex(48, ann_threshold=10**9)
+    approx = VectorIndex(48, ann_threshold=1000)
+    for i, v in enumerate(vectors):
+        exact.add(f"e{i}", v)
+        approx.add(f"e{i}", v)
+    assert approx.approximate and not exact.approximate
+    noise = np.random.default_rng(2).standard_normal((300, 48)).astype(np.float32) * 0.05
+    queries = vectors[:300] + noise
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    agree = sum(exact.search(q, 1, -1.0)[0][0] == approx.search(q, 1, -1.0)[0][0] for q in queries)
+    assert agree / len(queries) >= 0.99
+
+
+def test_hnsw_removal_and_filtered_search() -> None:
+    vectors = unit_vectors(400, dim=16, seed=3)
+    index = VectorIndex(16, ann_threshold=100)
+    for i, v in enumerate(vectors):
+        index.add(f"e{i}", v)
+    assert index.remove("e5")
+    assert index.search(vectors[5], 1, 0.999) == []
+    # A filter that admits only a handful still finds them (exact fallback if HNSW starves).
+    allowed = {"e7", "e300"}
+    found = index.search(vectors[7], 2, -1.0, accept=lambda i: i in allowed)
+    assert found[0][0] == "e7"
+    assert {i for i, _ in found} <= allowed
+    index.add("e5", vectors[5])
+    assert index.search(vectors[5], 1, 0.999)[0][0] == "e5"
