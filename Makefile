@@ -40,8 +40,8 @@ model: $(MODEL_DIR)/semcache-model.json ## Export the embedding model to ONNX (M
 $(MODEL_DIR)/semcache-model.json: | $(VENV)/.stamp-proto
 	$(PY) -m embedder.export --output $(MODEL_DIR) --precision $(PRECISION) $(if $(MODEL),--model $(MODEL),)
 
-run: proto model ## Start the stack (the embedder on :50052 for now)
-	$(PY) -m embedder --model-dir $(MODEL_DIR)
+run: proto model ## Start the stack: embedder :50052, cache server :50051 (data in ./data)
+	$(PY) -m service_runtime.stack --model-dir $(MODEL_DIR)
 
 test: proto-check lint ## Install what is needed, lint, and run every test
 	$(PY) -m pytest -q -ra
@@ -54,9 +54,10 @@ lint: proto ## ruff (check + format) and mypy (part of make test)
 bench: proto ## Benchmarks (compare against sentence-transformers in the same run)
 	$(PY) -m bench.embedder_bench
 	$(PY) -m bench.wire_encoding
+	$(PY) -m bench.cache_bench
 
 clean: ## Remove the venv, generated stubs and exported models
-	rm -rf $(VENV) models
+	rm -rf $(VENV) models data
 	find protos -name '*_pb2*' -delete
 
 .PHONY: help setup proto proto-check model run test lint bench clean

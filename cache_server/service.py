@@ -11,7 +11,7 @@ import grpc
 from cache_server.cache import Hit, SemanticCache, Strategy
 from cache_server.embedder_client import EmbedderRejectedError, EmbedderUnavailableError
 from cache_server.entries import EntryNotFoundError, InvalidInputError
-from cache_server.store.base import StoreUnavailableError
+from cache_server.store.base import StoreConflictError, StoreUnavailableError
 from cache_server.upstream import UpstreamError
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
@@ -28,6 +28,7 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (EmbedderUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (UpstreamError, grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (StoreConflictError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 _STRATEGY_TO_PB = {

@@ -51,7 +51,9 @@ class CacheSettings(BaseSettings):
         20_000, ge=1, description="Entries in a cache from which HNSW replaces exact search"
     )
     hnsw_m: int = Field(16, ge=4, le=128)
-    hnsw_ef_search: int = Field(64, ge=1, le=4096)
+    hnsw_ef_search: int = Field(
+        128, ge=1, le=4096, description="HNSW search breadth (recall vs latency)"
+    )
     blas_threads: int = Field(
         1,
         ge=1,

@@ -18,6 +18,11 @@ class StoreUnavailableError(RuntimeError):
     """The store cannot be reached right now (e.g. Redis down); retry later."""
 
 
+class StoreConflictError(RuntimeError):
+    """The request conflicts with what the store holds (e.g. vectors of another dimension
+    after the embedding model changed)."""
+
+
 @dataclass(frozen=True)
 class PutOutcome:
     evicted: int = 0  # entries removed to stay within the cache's size cap

@@ -20,7 +20,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
-from cache_server.store.base import FloatArray, PurgeOutcome, PutOutcome
+from cache_server.store.base import FloatArray, PurgeOutcome, PutOutcome, StoreConflictError
 from cache_server.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class EmbeddedStore:
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         ann_threshold: int = 20_000,
         hnsw_m: int = 16,
-        hnsw_ef_search: int = 64,
+        hnsw_ef_search: int = 128,
     ) -> None:
         self.path = data_dir / "semcache.sqlite3"
         self._synchronous = synchronous
@@ -108,14 +108,33 @@ class EmbeddedStore:
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.executescript(_SCHEMA)
         self._db = db
-        loaded = 0
+        loaded: dict[str, tuple[list[str], list[FloatArray]]] = {}
         for cache_id, entry_id, attributes, expires_at, blob in db.execute(
             "SELECT cache_id, id, attributes, expires_at, vector FROM entries"
         ):
-            vector = np.frombuffer(blob, dtype="<f4")
-            self._remember(cache_id, entry_id, json.loads(attributes), expires_at, vector)
-            loaded += 1
-        log.info("embedded store %s: %d entries in %d caches", self.path, loaded, len(self._caches))
+            ids, vectors = loaded.setdefault(cache_id, ([], []))
+            ids.append(entry_id)
+            vectors.append(np.frombuffer(blob, dtype="<f4"))
+            state = self._state(cache_id, len(vectors[0]))
+            state.attributes[entry_id] = json.loads(attributes)
+            if expires_at is not None:
+                state.expires_at[entry_id] = expires_at
+        for cache_id, (ids, vectors) in loaded.items():
+            self._caches[cache_id].index.add_many(ids, np.vstack(vectors))
+        log.info(
+            "embedded store %s: %d entries in %d caches",
+            self.path,
+            sum(len(ids) for ids, _ in loaded.values()),
+            len(loaded),
+        )
+
+    def _state(self, cache_id: str, dimension: int) -> _CacheState:
+        state = self._caches.get(cache_id)
+        if state is None:
+            state = self._caches[cache_id] = _CacheState(
+                VectorIndex(dimension, **self._index_options)
+            )
+        return state
 
     async def close(self) -> None:
         await self._run(self._close)
@@ -140,10 +159,7 @@ class EmbeddedStore:
         expires_at: float | None,
         vector: FloatArray,
     ) -> None:
-        state = self._caches.get(cache_id)
-        if state is None:
-            index = VectorIndex(vector.shape[0], **self._index_options)
-            state = self._caches[cache_id] = _CacheState(index)
+        state = self._state(cache_id, vector.shape[0])
         state.index.add(entry_id, vector)
         state.attributes[entry_id] = attributes
         if expires_at is None:
@@ -173,7 +189,7 @@ class EmbeddedStore:
         vector = np.ascontiguousarray(vector, dtype=np.float32)
         state = self._caches.get(entry.cache_id)
         if state is not None and state.index.dimension != vector.shape[0]:
-            raise ValueError(
+            raise StoreConflictError(
                 f"cache {entry.cache_id!r} holds {state.index.dimension}-dim vectors; got "
                 f"{vector.shape[0]} (the embedding model changed: flush the cache)"
             )

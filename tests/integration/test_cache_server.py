@@ -305,3 +305,73 @@ def test_delete_flush_and_unknown_ids(stub: pb_grpc.CacheServiceStub) -> None:
         stub.Set(pb.SetRequest(prompt=f"flush me {i}", response="x"), timeout=10)
     assert stub.Flush(pb.FlushRequest(), timeout=10).deleted_count == 3
     assert stub.GetStats(pb.GetStatsRequest(), timeout=10).cache_size == 0
+
+
+def test_requests_carry_on_when_one_of_two_embedders_dies(
+    tmp_path: Path, minilm_dir: Path, embedder_process: str
+) -> None:
+    doomed = ServiceProcess("embedder", "--model-dir", str(minilm_dir)).start()
+    addresses = f"{doomed.address},{embedder_process}"
+    with cache_server(tmp_path, addresses, "--embedder-retries", "2") as server:
+        stub = pb_grpc.CacheServiceStub(grpc.insecure_channel(server.address))
+        for i in range(6):  # round robin: both embedders serve
+            stub.Set(pb.SetRequest(prompt=f"question {i} before", response="x"), timeout=10)
+        doomed.stop()
+        for i in range(12):  # every call still succeeds: a failed try moves to the other
+            reply = stub.Set(pb.SetRequest(prompt=f"question {i} after", response="y"), timeout=10)
+            assert len(reply.entry_id) == 32
+        assert stub.GetStats(pb.GetStatsRequest(), timeout=10).cache_size == 18
+
+
+def test_the_stack_starts_both_services_and_one_interrupt_stops_them(
+    tmp_path: Path, minilm_dir: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.processes import REPO
+
+    embedder_port, cache_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "EMBEDDER_PORT": str(embedder_port),
+        "EMBEDDER_HOST": "127.0.0.1",
+        "CACHE_PORT": str(cache_port),
+        "CACHE_HOST": "127.0.0.1",
+        "CACHE_DATA_DIR": str(tmp_path / "data"),
+    }
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "service_runtime.stack", "--model-dir", str(minilm_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        stub = pb_grpc.CacheServiceStub(grpc.insecure_channel(f"127.0.0.1:{cache_port}"))
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{embedder_port}"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    reply = stub.Query(pb.QueryRequest(query="hello stack"), timeout=10)
+                    break
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, "the stack never came up"
+            time.sleep(0.2)
+        assert "demo responder" in reply.response
+        stack.send_signal(signal.SIGINT)
+        output = stack.communicate(timeout=60)[0].decode()
+    finally:
+        if stack.poll() is None:
+            stack.kill()
+    assert stack.returncode == 0, output
+    assert "embedder     | " in output and "cache_server | " in output
+    assert "stack: stopped" in output
+    with pytest.raises(grpc.RpcError):
+        stub.GetStats(pb.GetStatsRequest(), timeout=2)

@@ -80,3 +80,13 @@ def test_hnsw_removal_and_filtered_search() -> None:
     assert {i for i, _ in found} <= allowed
     index.add("e5", vectors[5])
     assert index.search(vectors[5], 1, 0.999)[0][0] == "e5"
+
+
+def test_bulk_load_builds_hnsw_once_and_finds_everything() -> None:
+    vectors = unit_vectors(600, dim=16, seed=4)
+    index = VectorIndex(16, ann_threshold=500)
+    index.add_many([f"e{i}" for i in range(600)], vectors)
+    assert index.approximate and len(index) == 600
+    assert index.search(vectors[123], 1, 0.999)[0][0] == "e123"
+    index.add_many(["late"], vectors[:1] * -1)
+    assert index.search(-vectors[0], 1, 0.999)[0][0] == "late"
