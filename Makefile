@@ -49,7 +49,7 @@ test: proto-check lint ## Install what is needed, lint, and run every test
 lint: proto ## ruff (check + format) and mypy (part of make test)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy embedder cache_server service_runtime tests bench
+	$(PY) -m mypy embedder cache_server gateway service_runtime tests bench
 
 bench: proto ## Benchmarks (compare against sentence-transformers in the same run)
 	$(PY) -m bench.embedder_bench

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import numpy.typing as npt
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.semcache.embedding.v1 import embedding_pb2 as pb
 from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
@@ -71,6 +72,20 @@ class EmbedderClient:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels))
+
+    async def serving(self, timeout_s: float = 1.0) -> bool:
+        """True when at least one embedder's health service answers SERVING."""
+
+        async def check(channel: grpc.aio.Channel) -> bool:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout_s
+                )
+            except grpc.aio.AioRpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        return any(await asyncio.gather(*(check(c) for c in self._channels)))
 
     async def embed(self, texts: Sequence[str]) -> FloatArray:
         """Unit-length float32 vectors, one row per text."""

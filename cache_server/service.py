@@ -9,7 +9,11 @@ from typing import TypeVar
 import grpc
 
 from cache_server.cache import Hit, SemanticCache, Strategy
-from cache_server.embedder_client import EmbedderRejectedError, EmbedderUnavailableError
+from cache_server.embedder_client import (
+    EmbedderClient,
+    EmbedderRejectedError,
+    EmbedderUnavailableError,
+)
 from cache_server.entries import EntryNotFoundError, InvalidInputError
 from cache_server.store.base import StoreConflictError, StoreUnavailableError
 from cache_server.upstream import UpstreamError
@@ -63,8 +67,9 @@ def _entry_pb(hit: Hit) -> pb.Entry:
 
 
 class CacheServicer(pb_grpc.CacheServiceServicer):
-    def __init__(self, cache: SemanticCache, store_backend: str) -> None:
+    def __init__(self, cache: SemanticCache, embedder: EmbedderClient, store_backend: str) -> None:
         self.cache = cache
+        self.embedder = embedder
         self.store_backend = store_backend
 
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
@@ -191,6 +196,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     ) -> pb.GetServerInfoResponse:
         model = self.cache.embedder.model
         upstream = self.cache.upstream
+        serving = await self.embedder.serving()
         return pb.GetServerInfoResponse(
             embedder_model_id=model.model_id if model else "",
             embedding_dimension=model.dimension if model else 0,
@@ -201,4 +207,6 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             store_backend=self.store_backend,
             default_threshold=self.cache.policy.threshold,
             max_cache_size=self.cache.policy.max_cache_size,
+            embedder_serving=serving,
+            embedder_addresses=self.embedder.addresses,
         )

@@ -1,0 +1,136 @@
+"""The FastAPI application: lifespan (one gRPC channel to the cache server, kept on
+app.state), authentication, body-size limit, metrics, error rendering, routes."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import grpc
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Match
+
+from gateway.errors import ProblemError, problem_response
+from gateway.metrics import LATENCY, REGISTRY, REQUESTS
+from gateway.routes import langcache, original
+from gateway.settings import GatewaySettings
+from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+
+log = logging.getLogger("gateway")
+
+OPEN_PATHS = {"/health"}  # reachable without the API key (load balancers, orchestrators)
+
+
+def _route_template(request: Request) -> str:
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", request.url.path))
+    return "unmatched"
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        channel = grpc.aio.insecure_channel(
+            settings.cache_server_address,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        app.state.channel = channel
+        app.state.cache = pb_grpc.CacheServiceStub(channel)
+        log.info("gateway: cache server at %s", settings.cache_server_address)
+        try:
+            yield
+        finally:
+            await channel.close()
+
+    app = FastAPI(
+        title="semcache",
+        version="1.0.0",
+        description="Semantic cache for LLM applications: the original REST API (`/query`, "
+        "`/health`, `/cache/stats`) and a LangCache-compatible API (`/v1/caches/...`). "
+        "Similarity is the cosine similarity of normalised embeddings; a hit is "
+        "similarity >= threshold, so a higher threshold is stricter.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    expected_key = (
+        settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+    )
+
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        route = _route_template(request)
+        try:
+            response = await _guarded(request, call_next)
+        finally:
+            LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        return response
+
+    async def _guarded(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return problem_response(
+                request,
+                ProblemError(413, f"request body over {settings.max_body_bytes} bytes"),
+            )
+        if expected_key is not None and request.url.path not in OPEN_PATHS:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            # Constant-time comparison: the time taken says nothing about the key.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), expected_key
+            ):
+                return problem_response(
+                    request,
+                    ProblemError(
+                        401,
+                        "missing or wrong API key (Authorization: Bearer <key>)",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    ),
+                )
+        return await call_next(request)
+
+    @app.exception_handler(ProblemError)
+    async def on_problem(request: Request, error: ProblemError) -> JSONResponse:
+        return problem_response(request, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        fields = [
+            {
+                "field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body",
+                "rule": str(e.get("type", "invalid")),
+                "message": str(e.get("msg", "invalid")),
+            }
+            for e in error.errors()
+        ]
+        detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        # The LangCache API answers bad input with 400 (its SDK expects it); the original
+        # API with FastAPI's 422.
+        status = 400 if request.url.path.startswith("/v1/") else 422
+        return problem_response(request, ProblemError(status, detail, fields=fields))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(original.router)
+    app.include_router(langcache.router)
+    return app

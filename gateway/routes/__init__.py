@@ -1,0 +1,1 @@
+"""Route modules: the original product's API and the LangCache-compatible API."""

@@ -1,0 +1,42 @@
+"""Dependencies injected into routes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import grpc
+from fastapi import Depends, Request
+
+from gateway.errors import from_grpc
+from gateway.settings import GatewaySettings
+from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # the generated .pyi types the grpc.aio flavour of the stub separately
+    from protos.semcache.cache.v1.cache_pb2_grpc import CacheServiceAsyncStub as CacheClient
+else:
+    CacheClient = pb_grpc.CacheServiceStub
+
+T = TypeVar("T")
+
+
+def _cache(request: Request) -> CacheClient:
+    stub: CacheClient = request.app.state.cache
+    return stub
+
+
+def _settings(request: Request) -> GatewaySettings:
+    settings: GatewaySettings = request.app.state.settings
+    return settings
+
+
+CacheStub = Annotated[CacheClient, Depends(_cache)]
+Settings = Annotated[GatewaySettings, Depends(_settings)]
+
+
+async def call(rpc: Awaitable[T]) -> T:
+    """Awaits a gRPC call, turning its failure into the mapped HTTP problem."""
+    try:
+        return await rpc
+    except grpc.aio.AioRpcError as error:
+        raise from_grpc(error) from error

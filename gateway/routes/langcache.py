@@ -1,0 +1,185 @@
+"""The LangCache-compatible API (/v1/caches/{cacheId}/...), so that applications written
+against the official `langcache` SDK can point its server_url here.
+
+Field names, status codes and error bodies follow the LangCache API: camelCase JSON, 201 on
+set, 204 on delete-by-id and flush, 200 with `deletedEntriesCount` on delete-by-attributes,
+RFC 7807 errors with LangCache's `type` URIs.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.metrics import LOOKUPS
+from gateway.routes.deps import CacheStub, Settings, call
+from protos.semcache.cache.v1 import cache_pb2 as pb
+
+router = APIRouter(prefix="/v1/caches/{cacheId}", tags=["LangCache-compatible API"])
+
+CacheIdPath = Annotated[
+    str,
+    Path(
+        alias="cacheId",
+        description="The cache (namespace)",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",
+    ),
+]
+EntryIdPath = Annotated[
+    str, Path(alias="entryId", description="32 lowercase hex characters", pattern=r"^[0-9a-f]{32}$")
+]
+Attributes = Annotated[
+    dict[str, str],
+    Field(description="Attributes (string to string) that scope the entry or the look-up"),
+]
+
+
+class SearchStrategy(StrEnum):
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+
+
+_TO_PB = {
+    SearchStrategy.EXACT: pb.SEARCH_STRATEGY_EXACT,
+    SearchStrategy.SEMANTIC: pb.SEARCH_STRATEGY_SEMANTIC,
+}
+_FROM_PB = {v: k for k, v in _TO_PB.items()}
+
+
+class Camel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class SetRequest(Camel):
+    prompt: str = Field(min_length=1)
+    response: str = Field(min_length=1)
+    attributes: Attributes = Field(default_factory=dict)
+    ttl_millis: int | None = Field(
+        None, alias="ttlMillis", gt=0, description="Time to live, milliseconds"
+    )
+
+
+class SetResponse(Camel):
+    entry_id: str = Field(alias="entryId")
+
+
+class SearchRequest(Camel):
+    prompt: str = Field(min_length=1)
+    similarity_threshold: float | None = Field(
+        None,
+        alias="similarityThreshold",
+        ge=0.0,
+        le=1.0,
+        description="Minimum cosine similarity (higher is stricter)",
+    )
+    search_strategies: list[SearchStrategy] | None = Field(
+        None, alias="searchStrategies", description="Tried in order; default [semantic]"
+    )
+    attributes: Attributes = Field(default_factory=dict)
+    max_results: int = Field(1, alias="maxResults", ge=1, le=100)
+
+
+class CacheEntry(Camel):
+    id: str
+    prompt: str
+    response: str
+    attributes: dict[str, str]
+    similarity: float = Field(description="Cosine similarity to the prompt searched")
+    search_strategy: SearchStrategy = Field(alias="searchStrategy")
+
+
+class SearchResponse(Camel):
+    data: list[CacheEntry]
+
+
+class DeleteQueryRequest(Camel):
+    attributes: Attributes = Field(
+        default_factory=dict, description="Entries carrying all of these go; none: all entries"
+    )
+
+
+class DeleteQueryResponse(Camel):
+    deleted_entries_count: int = Field(alias="deletedEntriesCount")
+
+
+@router.post("/entries", status_code=201, response_model=SetResponse, response_model_by_alias=True)
+async def set_entry(
+    body: SetRequest, cache: CacheStub, settings: Settings, cache_id: CacheIdPath
+) -> SetResponse:
+    """Stores a prompt and its response."""
+    request = pb.SetRequest(
+        cache_id=cache_id, prompt=body.prompt, response=body.response, attributes=body.attributes
+    )
+    if body.ttl_millis is not None:
+        request.ttl_seconds = body.ttl_millis / 1000.0
+    reply = await call(cache.Set(request, timeout=settings.request_timeout_s))
+    return SetResponse(entry_id=reply.entry_id)
+
+
+@router.post("/entries/search", response_model=SearchResponse, response_model_by_alias=True)
+async def search(
+    body: SearchRequest, cache: CacheStub, settings: Settings, cache_id: CacheIdPath
+) -> SearchResponse:
+    """Entries whose prompt means the same as `prompt`, best first."""
+    request = pb.SearchRequest(
+        cache_id=cache_id,
+        prompt=body.prompt,
+        max_results=body.max_results,
+        attributes=body.attributes,
+        strategies=[_TO_PB[s] for s in body.search_strategies or []],
+    )
+    if body.similarity_threshold is not None:
+        request.similarity_threshold = body.similarity_threshold
+    reply = await call(cache.Search(request, timeout=settings.request_timeout_s))
+    LOOKUPS.labels("hit" if reply.hits else "miss").inc()
+    return SearchResponse(
+        data=[
+            CacheEntry(
+                id=hit.entry.id,
+                prompt=hit.entry.prompt,
+                response=hit.entry.response,
+                attributes=dict(hit.entry.attributes),
+                similarity=hit.similarity,
+                search_strategy=_FROM_PB[hit.strategy],
+            )
+            for hit in reply.hits
+        ]
+    )
+
+
+@router.delete("/entries/{entryId}", status_code=204, response_class=Response)
+async def delete_entry(
+    cache: CacheStub, settings: Settings, cache_id: CacheIdPath, entry_id: EntryIdPath
+) -> Response:
+    """Deletes one entry; 404 when there is none with that id."""
+    await call(
+        cache.Delete(
+            pb.DeleteRequest(cache_id=cache_id, entry_id=entry_id),
+            timeout=settings.request_timeout_s,
+        )
+    )
+    return Response(status_code=204)
+
+
+@router.delete("/entries", response_model=DeleteQueryResponse, response_model_by_alias=True)
+async def delete_entries(
+    body: DeleteQueryRequest, cache: CacheStub, settings: Settings, cache_id: CacheIdPath
+) -> DeleteQueryResponse:
+    """Deletes the entries that carry all the given attributes (all entries when none)."""
+    reply = await call(
+        cache.DeleteEntries(
+            pb.DeleteEntriesRequest(cache_id=cache_id, attributes=body.attributes),
+            timeout=settings.request_timeout_s,
+        )
+    )
+    return DeleteQueryResponse(deleted_entries_count=reply.deleted_count)
+
+
+@router.post("/flush", status_code=204, response_class=Response)
+async def flush(cache: CacheStub, settings: Settings, cache_id: CacheIdPath) -> Response:
+    """Deletes every entry of the cache."""
+    await call(cache.Flush(pb.FlushRequest(cache_id=cache_id), timeout=settings.request_timeout_s))
+    return Response(status_code=204)

@@ -1,0 +1,151 @@
+"""The original product's REST API: POST /query, GET /health, GET /cache/stats."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import grpc
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from gateway.metrics import LOOKUPS
+from gateway.routes.deps import CacheStub, Settings, call
+from protos.semcache.cache.v1 import cache_pb2 as pb
+
+router = APIRouter(tags=["semantic cache"])
+
+CacheId = Annotated[
+    str,
+    Query(description="Cache (namespace) to use", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"),
+]
+
+
+class QueryRequest(BaseModel):
+    query: str = Field(min_length=1, description="The question")
+    use_cache: bool = Field(True, description="False: skip the look-up, ask the LLM, store")
+    similarity_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Cosine similarity needed for a hit (higher is stricter); default 0.85",
+    )
+
+
+class CachedData(BaseModel):
+    cached_response: str
+    similarity_score: float = Field(description="Cosine similarity to the cached question")
+    cached_query: str
+    cache_timestamp: float = Field(description="When it was cached, Unix seconds")
+
+
+class QueryResponse(BaseModel):
+    query: str
+    response: str
+    cache_hit: bool
+    cached_data: CachedData | None = Field(description="Null on a miss")
+    embedding_dimension: int
+    processing_time: float = Field(description="Seconds spent answering")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description='"healthy", or "unhealthy" (with HTTP 503)')
+    timestamp: float = Field(description="Unix seconds")
+    cache_server: str = Field(description='"up" or "down"')
+    embedder: str = Field(description='"up", "down", or "unknown" when the cache server is down')
+    down: list[str] = Field(description="What is unreachable")
+    embedder_model: str | None = None
+    fallback_model: bool | None = Field(None, description="The packaged fallback model serves")
+    demo_responder: bool | None = Field(None, description="Misses are answered by the demo")
+
+
+class StatsResponse(BaseModel):
+    cache_size: int
+    max_cache_size: int
+    current_threshold: float
+    hits: int
+    misses: int
+    hit_rate: float
+    evictions: int
+    expirations: int
+    lookup_p50_ms: float
+    lookup_p99_ms: float
+
+
+@router.post("/query", response_model=QueryResponse)
+async def query(
+    body: QueryRequest, cache: CacheStub, settings: Settings, cache_id: CacheId = "default"
+) -> QueryResponse:
+    """Answers from the cache when a question meaning the same was answered before; else
+    asks the LLM and caches the answer."""
+    started = time.perf_counter()
+    request = pb.QueryRequest(cache_id=cache_id, query=body.query, use_cache=body.use_cache)
+    if body.similarity_threshold is not None:
+        request.similarity_threshold = body.similarity_threshold
+    reply = await call(cache.Query(request, timeout=settings.request_timeout_s))
+    if body.use_cache:
+        LOOKUPS.labels("hit" if reply.cache_hit else "miss").inc()
+    cached = reply.cached_data if reply.cache_hit else None
+    return QueryResponse(
+        query=reply.query,
+        response=reply.response,
+        cache_hit=reply.cache_hit,
+        cached_data=CachedData(
+            cached_response=cached.cached_response,
+            similarity_score=cached.similarity_score,
+            cached_query=cached.cached_query,
+            cache_timestamp=cached.cache_timestamp,
+        )
+        if cached is not None
+        else None,
+        embedding_dimension=reply.embedding_dimension,
+        processing_time=time.perf_counter() - started,
+    )
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def health(cache: CacheStub, settings: Settings) -> JSONResponse:
+    """200 and "healthy" when the cache server and an embedder answer; else 503, naming what
+    is down."""
+
+    result = HealthResponse(
+        status="healthy", timestamp=time.time(), cache_server="up", embedder="up", down=[]
+    )
+    try:
+        info = await cache.GetServerInfo(pb.GetServerInfoRequest(), timeout=3)
+    except grpc.aio.AioRpcError:
+        result.cache_server, result.embedder = "down", "unknown"
+        result.down = ["cache_server"]
+    else:
+        result.embedder_model = info.embedder_model_id or None
+        result.fallback_model = info.embedder_fallback_model
+        result.demo_responder = info.demo_responder
+        if not info.embedder_serving:
+            result.embedder = "down"
+            result.down = ["embedder"]
+    if result.down:
+        result.status = "unhealthy"
+    return JSONResponse(result.model_dump(), status_code=503 if result.down else 200)
+
+
+@router.get("/cache/stats", response_model=StatsResponse)
+async def stats(
+    cache: CacheStub, settings: Settings, cache_id: CacheId = "default"
+) -> StatsResponse:
+    """Size, limits, threshold, hit counters and look-up latency of one cache."""
+    reply = await call(
+        cache.GetStats(pb.GetStatsRequest(cache_id=cache_id), timeout=settings.request_timeout_s)
+    )
+    return StatsResponse(
+        cache_size=reply.cache_size,
+        max_cache_size=reply.max_cache_size,
+        current_threshold=reply.current_threshold,
+        hits=reply.hits,
+        misses=reply.misses,
+        hit_rate=reply.hit_rate,
+        evictions=reply.evictions,
+        expirations=reply.expirations,
+        lookup_p50_ms=reply.lookup_p50_ms,
+        lookup_p99_ms=reply.lookup_p99_ms,
+    )

@@ -1,0 +1,31 @@
+"""Gateway settings: environment variables (GATEWAY_*) and flags, validated at start-up."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid")
+
+    host: str = Field("0.0.0.0", description="Interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port")
+    cache_server_address: str = Field("127.0.0.1:50051", description="host:port of the cache")
+    request_timeout_s: float = Field(
+        60.0, gt=0, le=600, description="Deadline of each call to the cache server, seconds"
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every route but /health needs 'Authorization: Bearer <key>'",
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _safe(self) -> Self:
+        if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
+            raise ValueError("api_key is too short: use at least 16 characters")
+        return self
