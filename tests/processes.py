@@ -130,3 +130,83 @@ def run_module(
         text=True,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class GatewayProcess:
+    """`python -m gateway` on a free port, waited on until it answers HTTP."""
+
+    def __init__(self, cache_server: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.args = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--cache-server-address",
+            cache_server,
+            "--log-level",
+            "WARNING",
+            *args,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        import httpx
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *self.args],
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                httpx.get(f"{self.url}/health", timeout=1)
+                return self
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"gateway never answered:\n{self.log()}") from None
+                time.sleep(0.1)
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self._log.close()

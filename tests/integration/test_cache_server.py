@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +14,9 @@ from bench.qqp import QuestionPair
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from tests.fake_llm import FakeLLM
-from tests.processes import ServiceProcess
+from tests.processes import ServiceProcess, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cache_server(data_dir: Path, embedder: str, *args: str) -> ServiceProcess:

@@ -1,0 +1,282 @@
+"""End to end over three real processes: gateway (HTTP) -> cache server -> embedder, with a
+real HTTP upstream LLM; the LangCache SDK itself as a client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from langcache import LangCache
+from langcache import errors as lc_errors
+from langcache.models import SearchStrategy
+
+from bench.qqp import QuestionPair
+from tests.fake_llm import FakeLLM
+from tests.processes import GatewayProcess, ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "test-key-0123456789abcdef"
+
+
+def start_cache_server(data_dir: Path, embedder: str, llm: FakeLLM) -> ServiceProcess:
+    return ServiceProcess(
+        "cache_server",
+        "--data-dir",
+        str(data_dir),
+        "--embedder-addresses",
+        embedder,
+        "--upstream-base-url",
+        llm.base_url,
+        "--embedder-timeout-s",
+        "2",
+    ).start()
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[FakeLLM]:
+    with FakeLLM() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cache_server(
+    tmp_path_factory: pytest.TempPathFactory, embedder_process: str, llm: FakeLLM
+) -> Iterator[ServiceProcess]:
+    server = start_cache_server(tmp_path_factory.mktemp("gw-data"), embedder_process, llm)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(cache_server: ServiceProcess) -> Iterator[str]:
+    with GatewayProcess(cache_server.address) as process:
+        yield process.url
+
+
+@pytest.fixture(scope="module")
+def secured(cache_server: ServiceProcess) -> Iterator[str]:
+    with GatewayProcess(cache_server.address, env={"GATEWAY_API_KEY": API_KEY}) as process:
+        yield process.url
+
+
+def test_the_original_flow_a_miss_then_a_paraphrase_hit(
+    gateway: str, qqp_pairs: list[QuestionPair], llm: FakeLLM
+) -> None:
+    pair = next(p for p in qqp_pairs if p.duplicate and 30 < len(p.text_a) < 70)
+    calls = llm.calls
+    miss = httpx.post(f"{gateway}/query", json={"query": pair.text_a, "similarity_threshold": 0.7})
+    assert miss.status_code == 200
+    body = miss.json()
+    assert set(body) == {
+        "query",
+        "response",
+        "cache_hit",
+        "cached_data",
+        "embedding_dimension",
+        "processing_time",
+    }
+    assert body["cache_hit"] is False and body["cached_data"] is None
+    assert body["response"] == f"LLM answer to: {pair.text_a}"
+    assert body["embedding_dimension"] == 384 and body["processing_time"] > 0
+    hit = httpx.post(
+        f"{gateway}/query", json={"query": pair.text_b, "similarity_threshold": 0.7}
+    ).json()
+    assert hit["cache_hit"] is True
+    assert set(hit["cached_data"]) == {
+        "cached_response",
+        "similarity_score",
+        "cached_query",
+        "cache_timestamp",
+    }
+    assert hit["cached_data"]["cached_query"] == pair.text_a
+    assert hit["response"] == body["response"] == hit["cached_data"]["cached_response"]
+    assert 0.7 <= hit["cached_data"]["similarity_score"] <= 1.0
+    assert llm.calls == calls + 1
+    fresh = httpx.post(f"{gateway}/query", json={"query": pair.text_b, "use_cache": False})
+    assert fresh.json()["cache_hit"] is False and llm.calls == calls + 2
+
+
+def test_stats_and_docs(gateway: str) -> None:
+    httpx.post(f"{gateway}/query", json={"query": "stats question one"})
+    httpx.post(f"{gateway}/query", json={"query": "stats question one"})
+    stats = httpx.get(f"{gateway}/cache/stats").json()
+    for field in (
+        "cache_size",
+        "max_cache_size",
+        "current_threshold",
+        "hits",
+        "misses",
+        "hit_rate",
+    ):
+        assert field in stats
+    assert stats["max_cache_size"] == 1000 and stats["current_threshold"] == 0.85
+    assert stats["hits"] >= 1 and stats["misses"] >= 1 and 0 < stats["hit_rate"] < 1
+    assert httpx.get(f"{gateway}/docs").status_code == 200
+    schema = httpx.get(f"{gateway}/openapi.json").json()
+    assert "/query" in schema["paths"] and "/v1/caches/{cacheId}/entries/search" in schema["paths"]
+    metrics = httpx.get(f"{gateway}/metrics").text
+    assert 'semcache_gateway_requests_total{method="POST",route="/query",status="200"}' in metrics
+    assert 'semcache_gateway_lookups_total{outcome="hit"}' in metrics
+    assert "semcache_gateway_request_seconds_bucket" in metrics
+
+
+def test_health_up(gateway: str) -> None:
+    reply = httpx.get(f"{gateway}/health")
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["status"] == "healthy" and body["down"] == [] and body["timestamp"] > 0
+    assert body["embedder_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_health_names_what_is_down(tmp_path: Path, minilm_dir: Path) -> None:
+    with FakeLLM() as llm:
+        embedder = ServiceProcess("embedder", "--model-dir", str(minilm_dir)).start()
+        cache = start_cache_server(tmp_path, embedder.address, llm)
+        try:
+            with GatewayProcess(cache.address) as gw:
+                assert httpx.get(f"{gw.url}/health").status_code == 200
+                embedder.stop()
+                reply = httpx.get(f"{gw.url}/health")
+                assert reply.status_code == 503
+                assert reply.json()["status"] == "unhealthy"
+                assert reply.json()["down"] == ["embedder"]
+                cache.stop()
+                reply = httpx.get(f"{gw.url}/health")
+                assert reply.status_code == 503 and reply.json()["down"] == ["cache_server"]
+                query = httpx.post(f"{gw.url}/query", json={"query": "anyone there?"})
+                assert query.status_code == 503
+                assert query.json()["type"] == "/errors/service-unavailable"
+        finally:
+            embedder.stop()
+            cache.stop()
+
+
+def test_every_langcache_sdk_call(gateway: str) -> None:
+    with LangCache(server_url=gateway, cache_id="sdk-tests", api_key="unused") as lc:
+        first = lc.set(
+            prompt="How tall is Mount Everest?", response="8,849 m", attributes={"topic": "geo"}
+        )
+        assert len(first.entry_id) == 32 and first.entry_id == first.entry_id.lower()
+        second = lc.set(
+            prompt="How long is the river Nile?",
+            response="6,650 km",
+            attributes={"topic": "geo", "lang": "en"},
+            ttl_millis=60_000,
+        )
+        lc.set(prompt="Who wrote Hamlet?", response="Shakespeare", attributes={"topic": "lit"})
+
+        found = lc.search(prompt="What is the height of Mount Everest?", similarity_threshold=0.6)
+        assert [e.id for e in found.data] == [first.entry_id]
+        entry = found.data[0]
+        assert entry.response == "8,849 m" and entry.attributes == {"topic": "geo"}
+        assert entry.search_strategy == SearchStrategy.SEMANTIC and 0.6 <= entry.similarity < 1
+
+        exact = lc.search(
+            prompt="How long is the river Nile?",
+            search_strategies=[SearchStrategy.EXACT, SearchStrategy.SEMANTIC],
+        )
+        assert exact.data[0].search_strategy == SearchStrategy.EXACT
+        assert exact.data[0].similarity == 1.0
+        scoped = lc.search(
+            prompt="Who wrote Hamlet?", attributes={"topic": "geo"}, similarity_threshold=0.9
+        )
+        assert scoped.data == []
+        many = lc.search(
+            prompt="geography question",
+            similarity_threshold=0.0,
+            max_results=3,
+            attributes={"topic": "geo"},
+        )
+        assert {e.id for e in many.data} == {first.entry_id, second.entry_id}
+
+        assert lc.delete_query(attributes={"lang": "en"}).deleted_entries_count == 1
+        lc.delete_by_id(entry_id=first.entry_id)
+        with pytest.raises(lc_errors.NotFoundErrorResponseContent):
+            lc.delete_by_id(entry_id=first.entry_id)
+        with pytest.raises(lc_errors.BadRequestErrorResponseContent) as bad:
+            lc.search(prompt="")
+        assert bad.value.data.type == "/errors/invalid-data"
+        lc.flush()
+        assert lc.search(prompt="Who wrote Hamlet?").data == []
+        assert lc.delete_query(attributes={}).deleted_entries_count == 0
+
+
+def test_api_key(secured: str, gateway: str) -> None:
+    assert httpx.get(f"{secured}/health").status_code == 200  # open to load balancers
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-key-0123456789"},
+        {"Authorization": f"Basic {API_KEY}"},
+    ):
+        reply = httpx.post(f"{secured}/query", json={"query": "let me in"}, headers=headers)
+        assert reply.status_code == 401
+        assert reply.json()["type"] == "/errors/authentication-failed"
+        assert reply.headers["www-authenticate"] == "Bearer"
+    for path in ("/cache/stats", "/docs", "/metrics"):
+        assert httpx.get(f"{secured}{path}").status_code == 401
+    ok = httpx.get(f"{secured}/cache/stats", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert ok.status_code == 200
+    with LangCache(server_url=secured, cache_id="keyed", api_key=API_KEY) as lc:
+        assert lc.set(prompt="keyed question", response="keyed answer").entry_id
+    with (
+        LangCache(server_url=secured, cache_id="keyed", api_key="nope") as lc,
+        pytest.raises(lc_errors.AuthenticationErrorResponseContent),
+    ):
+        lc.search(prompt="keyed question")
+    assert httpx.get(f"{gateway}/cache/stats").status_code == 200  # no key configured: open
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/query", {}, 422),
+        ("POST", "/query", {"query": ""}, 422),
+        ("POST", "/query", {"query": "x", "similarity_threshold": 1.5}, 422),
+        ("POST", "/query", {"query": "x", "use_cache": "maybe"}, 422),
+        ("POST", "/query", {"query": "x" * 9000}, 400),
+        ("POST", "/query?cache_id=bad%20id", {"query": "x"}, 422),
+        ("POST", "/v1/caches/c1/entries", {"prompt": "p"}, 400),
+        ("POST", "/v1/caches/c1/entries", {"prompt": "p", "response": "r", "ttlMillis": -5}, 400),
+        (
+            "POST",
+            "/v1/caches/c1/entries/search",
+            {"prompt": "p", "searchStrategies": ["fuzzy"]},
+            400,
+        ),
+        ("POST", "/v1/caches/c1/entries/search", {"prompt": "p", "maxResults": 0}, 400),
+        ("POST", "/v1/caches/c1/entries/search", {"prompt": "p", "unknown": 1}, 400),
+        (
+            "POST",
+            "/v1/caches/c1/entries",
+            {"prompt": "p", "response": "r", "attributes": {"bad key": "v"}},
+            400,
+        ),
+        ("DELETE", "/v1/caches/c1/entries/not-an-id", None, 400),
+        ("DELETE", "/v1/caches/c1/entries/" + "0" * 32, None, 404),
+        ("GET", "/no/such/route", None, 404),
+    ],
+)
+def test_error_paths_are_clear_and_never_500(
+    gateway: str, method: str, path: str, body: object, status: int
+) -> None:
+    reply = httpx.request(method, f"{gateway}{path}", json=body)
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"].startswith("application/json")
+    assert reply.json()["detail"]
+
+
+def test_oversized_and_malformed_bodies(gateway: str) -> None:
+    big = httpx.post(
+        f"{gateway}/query",
+        content=b"{" + b" " * 2_000_000 + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert big.status_code == 413
+    assert big.json()["type"] == "/errors/payload-too-large"
+    broken = httpx.post(
+        f"{gateway}/query", content=b'{"query": ', headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 422
