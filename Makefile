@@ -40,8 +40,11 @@ model: $(MODEL_DIR)/semcache-model.json ## Export the embedding model to ONNX (M
 $(MODEL_DIR)/semcache-model.json: | $(VENV)/.stamp-proto
 	$(PY) -m embedder.export --output $(MODEL_DIR) --precision $(PRECISION) $(if $(MODEL),--model $(MODEL),)
 
-run: proto model ## Start the stack: embedder :50052, cache server :50051 (data in ./data)
+run: proto model ## Start the stack: REST gateway :8000, cache server :50051, embedder :50052
 	$(PY) -m service_runtime.stack --model-dir $(MODEL_DIR)
+
+demo: setup ## Send questions and paraphrases to a running stack (make run) and print hits
+	$(PY) client.py
 
 test: proto-check lint ## Install what is needed, lint, and run every test
 	$(PY) -m pytest -q -ra
@@ -49,7 +52,7 @@ test: proto-check lint ## Install what is needed, lint, and run every test
 lint: proto ## ruff (check + format) and mypy (part of make test)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy embedder cache_server gateway service_runtime tests bench
+	$(PY) -m mypy embedder cache_server gateway service_runtime tests bench client.py
 
 bench: proto ## Benchmarks (compare against sentence-transformers in the same run)
 	$(PY) -m bench.embedder_bench
@@ -60,4 +63,4 @@ clean: ## Remove the venv, generated stubs and exported models
 	rm -rf $(VENV) models data
 	find protos -name '*_pb2*' -delete
 
-.PHONY: help setup proto proto-check model run test lint bench clean
+.PHONY: help setup proto proto-check model run demo test lint bench clean

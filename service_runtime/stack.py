@@ -37,20 +37,16 @@ def _pump(stream: IO[bytes], prefix: str) -> None:
 
 
 def services(argv: Sequence[str]) -> list[Child]:
+    """Embedder, cache server, gateway; `argv` goes to the embedder."""
     embedder_port = os.environ.get("EMBEDDER_PORT", "50052")
+    cache_port = os.environ.get("CACHE_PORT", "50051")
+    embedders = os.environ.get("CACHE_EMBEDDER_ADDRESSES", f"127.0.0.1:{embedder_port}")
+    cache = os.environ.get("GATEWAY_CACHE_SERVER_ADDRESS", f"127.0.0.1:{cache_port}")
     python = sys.executable
     return [
         Child("embedder", [python, "-m", "embedder", *argv]),
-        Child(
-            "cache_server",
-            [
-                python,
-                "-m",
-                "cache_server",
-                "--embedder-addresses",
-                os.environ.get("CACHE_EMBEDDER_ADDRESSES", f"127.0.0.1:{embedder_port}"),
-            ],
-        ),
+        Child("cache_server", [python, "-m", "cache_server", "--embedder-addresses", embedders]),
+        Child("gateway", [python, "-m", "gateway", "--cache-server-address", cache]),
     ]
 
 

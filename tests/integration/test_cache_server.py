@@ -316,7 +316,7 @@ def test_requests_carry_on_when_one_of_two_embedders_dies(
         assert stub.GetStats(pb.GetStatsRequest(), timeout=10).cache_size == 18
 
 
-def test_the_stack_starts_both_services_and_one_interrupt_stops_them(
+def test_the_stack_starts_all_services_and_one_interrupt_stops_them(
     tmp_path: Path, minilm_dir: Path
 ) -> None:
     import os
@@ -324,11 +324,12 @@ def test_the_stack_starts_both_services_and_one_interrupt_stops_them(
     import subprocess
     import sys
 
+    import httpx
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from tests.processes import REPO
 
-    embedder_port, cache_port = free_port(), free_port()
+    embedder_port, cache_port, gateway_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "EMBEDDER_PORT": str(embedder_port),
@@ -336,6 +337,8 @@ def test_the_stack_starts_both_services_and_one_interrupt_stops_them(
         "CACHE_PORT": str(cache_port),
         "CACHE_HOST": "127.0.0.1",
         "CACHE_DATA_DIR": str(tmp_path / "data"),
+        "GATEWAY_PORT": str(gateway_port),
+        "GATEWAY_HOST": "127.0.0.1",
     }
     stack = subprocess.Popen(
         [sys.executable, "-m", "service_runtime.stack", "--model-dir", str(minilm_dir)],
@@ -351,13 +354,15 @@ def test_the_stack_starts_both_services_and_one_interrupt_stops_them(
         while True:
             try:
                 if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    reply = stub.Query(pb.QueryRequest(query="hello stack"), timeout=10)
+                    reply = httpx.post(
+                        f"http://127.0.0.1:{gateway_port}/query", json={"query": "hello stack"}
+                    ).json()
                     break
-            except grpc.RpcError:
+            except (grpc.RpcError, httpx.HTTPError):
                 pass
             assert time.monotonic() < deadline, "the stack never came up"
             time.sleep(0.2)
-        assert "demo responder" in reply.response
+        assert "demo responder" in reply["response"]
         stack.send_signal(signal.SIGINT)
         output = stack.communicate(timeout=60)[0].decode()
     finally:
@@ -365,6 +370,7 @@ def test_the_stack_starts_both_services_and_one_interrupt_stops_them(
             stack.kill()
     assert stack.returncode == 0, output
     assert "embedder     | " in output and "cache_server | " in output
+    assert "gateway      | " in output
     assert "stack: stopped" in output
     with pytest.raises(grpc.RpcError):
         stub.GetStats(pb.GetStatsRequest(), timeout=2)
