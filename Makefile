@@ -46,8 +46,14 @@ run: proto model ## Start the stack: REST gateway :8000, cache server :50051, em
 demo: setup ## Send questions and paraphrases to a running stack (make run) and print hits
 	$(PY) client.py
 
-test: proto-check lint ## Install what is needed, lint, and run every test
+test: proto-check lint compose-tools ## Install what is needed, lint, and run every test
 	$(PY) -m pytest -q -ra
+
+compose-tools: ## Install Debian's docker-compose (validates docker-compose.yml offline)
+	@command -v docker-compose >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
+	docker-compose config -q
 
 lint: proto ## ruff (check + format) and mypy (part of make test)
 	$(PY) -m ruff check .
@@ -63,4 +69,4 @@ clean: ## Remove the venv, generated stubs and exported models
 	rm -rf $(VENV) models data
 	find protos -name '*_pb2*' -delete
 
-.PHONY: help setup proto proto-check model run demo test lint bench clean
+.PHONY: help setup proto proto-check model run demo test lint bench clean compose-tools

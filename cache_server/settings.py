@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class CacheSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CACHE_", populate_by_name=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="CACHE_", env_ignore_empty=True, populate_by_name=True, extra="forbid"
+    )
 
     host: str = Field("0.0.0.0", description="Interface to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")

@@ -13,7 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class EmbedderSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="EMBEDDER_", protected_namespaces=(), populate_by_name=True, extra="forbid"
+        env_prefix="EMBEDDER_",
+        env_ignore_empty=True,
+        protected_namespaces=(),
+        populate_by_name=True,
+        extra="forbid",
     )
 
     host: str = Field("0.0.0.0", description="Interface to listen on")

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_ignore_empty=True, extra="forbid")
 
     host: str = Field("0.0.0.0", description="Interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
