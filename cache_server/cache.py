@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cache_server import metrics
 from cache_server.embedder_client import EmbedderModel
 from cache_server.entries import (
     CacheEntry,
@@ -196,7 +197,12 @@ class SemanticCache:
         async def answer_and_store() -> str:
             # Embed first: if the embedder is down, fail before paying for an LLM call.
             vector = vector_box[0] if vector_box else await self._embed_one(query)
-            response = await self.upstream.complete(query)
+            try:
+                response = await self.upstream.complete(query)
+            except Exception:
+                metrics.UPSTREAM_CALLS.labels("error").inc()
+                raise
+            metrics.UPSTREAM_CALLS.labels("ok").inc()
             await self._put(cache_id, query, response, attributes, ttl_s, vector)
             return response
 
@@ -274,6 +280,7 @@ class SemanticCache:
         )
         outcome = await self.store.put(entry, vector, self.policy.max_cache_size, now)
         self.stats.of(cache_id).evictions += outcome.evicted
+        metrics.EVICTIONS.inc(outcome.evicted)
         return entry.id
 
     async def delete(self, cache_id: str, entry_id_: str) -> None:
@@ -313,6 +320,7 @@ class SemanticCache:
         outcome = await self.store.purge_expired(self._clock())
         for cache_id, count in outcome.expired.items():
             self.stats.of(cache_id).expirations += count
+            metrics.EXPIRATIONS.inc(count)
         return sum(outcome.expired.values())
 
     async def run_purger(self, interval_s: float) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from cache_server import metrics
 from cache_server.cache import CachePolicy, SemanticCache
 from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableError
 from cache_server.service import CacheServicer
@@ -24,6 +25,7 @@ from cache_server.upstream import DemoResponder, OpenAICompatibleUpstream, Upstr
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
+from service_runtime.metrics import serve_metrics
 from service_runtime.settings import settings_from_args
 
 log = logging.getLogger("cache_server")
@@ -85,6 +87,7 @@ class CacheServer:
         self._background: list[asyncio.Task[None]] = []
 
     async def prepare(self) -> None:
+        serve_metrics(metrics.REGISTRY, self.settings.host, self.settings.metrics_port)
         await self.store.open()
         self._background.append(
             asyncio.create_task(self.cache.run_purger(self.settings.purge_interval_s))

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import grpc
 
+from cache_server import metrics
 from cache_server.cache import Hit, SemanticCache, Strategy
 from cache_server.embedder_client import (
     EmbedderClient,
@@ -42,16 +43,20 @@ _STRATEGY_TO_PB = {
 _STRATEGY_FROM_PB = {v: k for k, v in _STRATEGY_TO_PB.items()}
 
 
-async def _answer(context: Context, call: Callable[[], Awaitable[T]]) -> T:
+async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]]) -> T:
     try:
-        return await call()
+        result = await call()
     except Exception as exc:
         for error_type, code in _STATUS:
             if isinstance(exc, error_type):
+                metrics.RPCS.labels(method, code.name).inc()
                 await context.abort(code, str(exc))
+        metrics.RPCS.labels(method, "INTERNAL").inc()
         log.exception("unexpected error")
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
         raise  # unreachable: abort raises
+    metrics.RPCS.labels(method, "OK").inc()
+    return result
 
 
 def _entry_pb(hit: Hit) -> pb.Entry:
@@ -74,6 +79,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
 
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
         result = await _answer(
+            "Query",
             context,
             lambda: self.cache.query(
                 request.cache_id,
@@ -117,6 +123,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 )
             strategies.append(_STRATEGY_FROM_PB[value])
         result = await _answer(
+            "Search",
             context,
             lambda: self.cache.search(
                 request.cache_id,
@@ -144,6 +151,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
 
     async def Set(self, request: pb.SetRequest, context: Context) -> pb.SetResponse:
         entry_id = await _answer(
+            "Set",
             context,
             lambda: self.cache.set(
                 request.cache_id,
@@ -156,23 +164,27 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         return pb.SetResponse(entry_id=entry_id)
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
-        await _answer(context, lambda: self.cache.delete(request.cache_id, request.entry_id))
+        await _answer(
+            "Delete", context, lambda: self.cache.delete(request.cache_id, request.entry_id)
+        )
         return pb.DeleteResponse()
 
     async def DeleteEntries(
         self, request: pb.DeleteEntriesRequest, context: Context
     ) -> pb.DeleteEntriesResponse:
         deleted = await _answer(
-            context, lambda: self.cache.delete_matching(request.cache_id, dict(request.attributes))
+            "DeleteEntries",
+            context,
+            lambda: self.cache.delete_matching(request.cache_id, dict(request.attributes)),
         )
         return pb.DeleteEntriesResponse(deleted_count=deleted)
 
     async def Flush(self, request: pb.FlushRequest, context: Context) -> pb.FlushResponse:
-        deleted = await _answer(context, lambda: self.cache.flush(request.cache_id))
+        deleted = await _answer("Flush", context, lambda: self.cache.flush(request.cache_id))
         return pb.FlushResponse(deleted_count=deleted)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
-        snapshot = await _answer(context, lambda: self.cache.stats_of(request.cache_id))
+        snapshot = await _answer("GetStats", context, lambda: self.cache.stats_of(request.cache_id))
         counters = snapshot.counters
         p50, p95, p99 = counters.lookup_percentiles_ms()
         return pb.GetStatsResponse(

@@ -70,6 +70,9 @@ class CacheSettings(BaseSettings):
     upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream")
     upstream_timeout_s: float = Field(30.0, gt=0, le=600)
     grace_period_s: float = Field(10.0, ge=0)
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve Prometheus /metrics on this port (none: off)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cache_server import metrics
+
 LATENCY_WINDOW = 4096  # most recent lookups kept for percentiles
 
 
@@ -40,6 +42,8 @@ class CacheStats:
         return self._by_cache[cache_id]
 
     def record_lookup(self, cache_id: str, hit: bool, seconds: float) -> None:
+        metrics.LOOKUPS.labels("hit" if hit else "miss").inc()
+        metrics.LOOKUP_SECONDS.observe(seconds)
         counters = self._by_cache[cache_id]
         if hit:
             counters.hits += 1

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from embedder import metrics
 from embedder.encoder import FloatArray, TextTooLongError, TokenizedText
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class EmbeddingBatcher:
         # machine would only fight for the same cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.stats = BatcherStats()
+        metrics.QUEUED.set_function(lambda: len(self._queue))
 
     @property
     def queued(self) -> int:
@@ -242,6 +244,7 @@ class EmbeddingBatcher:
             started = time.perf_counter()
             vectors = self._model.run([tokenized[i] for i in members])
             elapsed = time.perf_counter() - started
+            metrics.RUN_SECONDS.observe(elapsed)
             for row, i in enumerate(members):
                 outcomes[i].vector = vectors[row]
                 outcomes[i].run_size = len(members)
@@ -253,6 +256,8 @@ class EmbeddingBatcher:
         self.stats.texts += len(batch)
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
         self.stats.batch_size_counts[len(batch)] += 1
+        metrics.BATCH_TEXTS.observe(len(batch))
+        metrics.TEXTS.inc(len(batch))
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():
                 continue

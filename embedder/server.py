@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from embedder import metrics
 from embedder.batcher import EmbeddingBatcher
 from embedder.encoder import ModelIntegrityError, OnnxEncoder, ProviderUnavailableError
 from embedder.service import EmbeddingServicer
@@ -19,6 +20,7 @@ from embedder.settings import EmbedderSettings
 from protos.semcache.embedding.v1 import embedding_pb2 as pb
 from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
+from service_runtime.metrics import serve_metrics
 from service_runtime.settings import settings_from_args
 
 log = logging.getLogger("embedder")
@@ -45,6 +47,7 @@ class Embedder:
 
     async def load_model(self) -> None:
         s = self.settings
+        serve_metrics(metrics.REGISTRY, s.host, s.metrics_port)
         started = time.perf_counter()
         encoder = await asyncio.to_thread(
             OnnxEncoder,

@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import grpc
 
+from embedder import metrics
 from embedder.batcher import (
     EmbeddingBatcher,
     QueueFullError,
@@ -63,6 +64,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         except TextRejectedError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        metrics.REQUESTS.labels("OK").inc()
         return pb.EmbedResponse(
             count=result.vectors.shape[0],
             dimension=result.vectors.shape[1],
@@ -120,5 +122,6 @@ def validate_texts(texts: list[str], settings: EmbedderSettings) -> str | None:
 async def _abort(
     context: grpc.aio.ServicerContext[object, object], code: grpc.StatusCode, message: str
 ) -> NoReturn:
+    metrics.REQUESTS.labels(code.name).inc()
     await context.abort(code, message)
     raise AssertionError("unreachable: abort raises")

@@ -65,6 +65,9 @@ class EmbedderSettings(BaseSettings):
     truncate: bool = Field(True, description="Cut texts at the model's max length (else reject)")
     verify_checksum: bool = Field(True, description="Check the ONNX file's sha256 at load")
     grace_period_s: float = Field(10.0, ge=0, description="SIGTERM: seconds to finish in-flight")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve Prometheus /metrics on this port (none: off)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property

@@ -44,8 +44,29 @@ def services(argv: Sequence[str]) -> list[Child]:
     cache = os.environ.get("GATEWAY_CACHE_SERVER_ADDRESS", f"127.0.0.1:{cache_port}")
     python = sys.executable
     return [
-        Child("embedder", [python, "-m", "embedder", *argv]),
-        Child("cache_server", [python, "-m", "cache_server", "--embedder-addresses", embedders]),
+        Child(
+            "embedder",
+            [
+                python,
+                "-m",
+                "embedder",
+                "--metrics-port",
+                os.environ.get("EMBEDDER_METRICS_PORT", "9102"),
+                *argv,
+            ],
+        ),
+        Child(
+            "cache_server",
+            [
+                python,
+                "-m",
+                "cache_server",
+                "--embedder-addresses",
+                embedders,
+                "--metrics-port",
+                os.environ.get("CACHE_METRICS_PORT", "9101"),
+            ],
+        ),
         Child("gateway", [python, "-m", "gateway", "--cache-server-address", cache]),
     ]
 

@@ -339,6 +339,8 @@ def test_the_stack_starts_all_services_and_one_interrupt_stops_them(
         "CACHE_DATA_DIR": str(tmp_path / "data"),
         "GATEWAY_PORT": str(gateway_port),
         "GATEWAY_HOST": "127.0.0.1",
+        "EMBEDDER_METRICS_PORT": str(free_port()),
+        "CACHE_METRICS_PORT": str(free_port()),
     }
     stack = subprocess.Popen(
         [sys.executable, "-m", "service_runtime.stack", "--model-dir", str(minilm_dir)],
@@ -374,3 +376,32 @@ def test_the_stack_starts_all_services_and_one_interrupt_stops_them(
     assert "stack: stopped" in output
     with pytest.raises(grpc.RpcError):
         stub.GetStats(pb.GetStatsRequest(), timeout=2)
+
+
+def test_cache_server_and_embedder_expose_prometheus_metrics(
+    tmp_path: Path, minilm_dir: Path
+) -> None:
+    import httpx
+
+    embedder_metrics, cache_metrics = free_port(), free_port()
+    with (
+        ServiceProcess(
+            "embedder", "--model-dir", str(minilm_dir), "--metrics-port", str(embedder_metrics)
+        ) as embedder,
+        cache_server(tmp_path, embedder.address, "--metrics-port", str(cache_metrics)) as server,
+    ):
+        stub = pb_grpc.CacheServiceStub(grpc.insecure_channel(server.address))
+        stub.Query(pb.QueryRequest(query="metrics question"), timeout=10)
+        stub.Query(pb.QueryRequest(query="metrics question"), timeout=10)
+        with pytest.raises(grpc.RpcError):
+            stub.Query(pb.QueryRequest(query=""), timeout=10)
+        cache_text = httpx.get(f"http://127.0.0.1:{cache_metrics}/metrics").text
+        assert 'semcache_cache_lookups_total{outcome="hit"} 1.0' in cache_text
+        assert 'semcache_cache_lookups_total{outcome="miss"} 1.0' in cache_text
+        assert 'semcache_cache_rpcs_total{code="INVALID_ARGUMENT",method="Query"} 1.0' in cache_text
+        assert 'semcache_cache_upstream_calls_total{outcome="ok"} 1.0' in cache_text
+        assert "semcache_cache_lookup_seconds_bucket" in cache_text
+        embedder_text = httpx.get(f"http://127.0.0.1:{embedder_metrics}/metrics").text
+        assert 'semcache_embedder_requests_total{code="OK"}' in embedder_text
+        assert "semcache_embedder_batch_texts_bucket" in embedder_text
+        assert "semcache_embedder_queued_texts 0.0" in embedder_text

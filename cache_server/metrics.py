@@ -1,0 +1,36 @@
+"""The cache server's Prometheus metrics (all caches together; per-cache figures: GetStats)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry()
+
+LOOKUPS = Counter(
+    "semcache_cache_lookups_total",
+    "Look-ups by outcome (hit, miss)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+LOOKUP_SECONDS = Histogram(
+    "semcache_cache_lookup_seconds",
+    "Look-up latency (exact check, embedding, vector search), seconds",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    registry=REGISTRY,
+)
+UPSTREAM_CALLS = Counter(
+    "semcache_cache_upstream_calls_total",
+    "Calls to the upstream LLM by outcome",
+    ["outcome"],
+    registry=REGISTRY,
+)
+EVICTIONS = Counter("semcache_cache_evictions_total", "Entries evicted (LRU)", registry=REGISTRY)
+EXPIRATIONS = Counter(
+    "semcache_cache_expirations_total", "Expired entries purged", registry=REGISTRY
+)
+RPCS = Counter(
+    "semcache_cache_rpcs_total",
+    "RPCs by method and status code",
+    ["method", "code"],
+    registry=REGISTRY,
+)
