@@ -113,6 +113,7 @@ class SemanticCache:
         self.stats = CacheStats()
         self._clock = clock
         self._single_flight = SingleFlight()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def dimension(self) -> int:
@@ -182,7 +183,7 @@ class SemanticCache:
             self.stats.record_lookup(cache_id, bool(hits), time.perf_counter() - started)
             if hits:
                 hit = hits[0]
-                await self.store.touch(cache_id, hit.entry.id, self._clock())
+                self._touch_later(cache_id, [hit.entry.id])
                 return QueryResult(
                     query=query,
                     response=hit.entry.response,
@@ -235,10 +236,31 @@ class SemanticCache:
         ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
         hits = await self._lookup(cache_id, prompt, threshold, k, attributes, ordered, [])
         self.stats.record_lookup(cache_id, bool(hits), time.perf_counter() - started)
-        now = self._clock()
-        for hit in hits:
-            await self.store.touch(cache_id, hit.entry.id, now)
+        self._touch_later(cache_id, [hit.entry.id for hit in hits])
         return SearchResult(hits, self.dimension, time.perf_counter() - started)
+
+    def _touch_later(self, cache_id: str, entry_ids: list[str]) -> None:
+        """Refreshes LRU recency after the answer has gone: recency is a hint for eviction,
+        not data, so the caller does not wait for the store's write."""
+        if not entry_ids:
+            return
+        now = self._clock()
+
+        async def touch() -> None:
+            try:
+                for entry_id in entry_ids:
+                    await self.store.touch(cache_id, entry_id, now)
+            except Exception:
+                log.exception("refreshing recency failed")
+
+        task = asyncio.create_task(touch())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Waits for background work (recency refreshes) to finish."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- writes --------------------------------------------------------------------------
 

@@ -116,6 +116,7 @@ class CacheServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.cache.drain()
         await self.store.close()
         await self.embedder.close()
         await self.upstream.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
@@ -14,7 +14,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ProblemError, problem_response
 from gateway.metrics import LATENCY, REGISTRY, REQUESTS
@@ -27,11 +29,63 @@ log = logging.getLogger("gateway")
 OPEN_PATHS = {"/health"}  # reachable without the API key (load balancers, orchestrators)
 
 
-def _route_template(request: Request) -> str:
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
+class GuardMiddleware:
+    """Pure ASGI (no per-request task or stream wrapping): body-size limit, API key, metrics."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, api_key: bytes | None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.api_key = api_key
+
+    def _refusal(self, scope: Scope) -> ProblemError | None:
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return ProblemError(413, f"request body over {self.max_body_bytes} bytes")
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            # Constant-time comparison: the time taken says nothing about the key.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), self.api_key
+            ):
+                return ProblemError(
+                    401,
+                    "missing or wrong API key (Authorization: Bearer <key>)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        route = _route_template(scope)
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                response = problem_response(Request(scope), refusal)
+                await response(scope, receive, send_and_record)
+            else:
+                await self.app(scope, receive, send_and_record)
+        finally:
+            LATENCY.labels(route, scope["method"]).observe(time.perf_counter() - started)
+            REQUESTS.labels(route, scope["method"], str(status)).inc()
+
+
+def _route_template(scope: Scope) -> str:
+    for route in scope["app"].router.routes:
+        match, _ = route.matches(scope)
         if match is Match.FULL:
-            return str(getattr(route, "path", request.url.path))
+            return str(getattr(route, "path", scope["path"]))
     return "unmatched"
 
 
@@ -69,43 +123,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
     )
 
-    @app.middleware("http")
-    async def guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        route = _route_template(request)
-        try:
-            response = await _guarded(request, call_next)
-        finally:
-            LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
-        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        return response
-
-    async def _guarded(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return problem_response(
-                request,
-                ProblemError(413, f"request body over {settings.max_body_bytes} bytes"),
-            )
-        if expected_key is not None and request.url.path not in OPEN_PATHS:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            # Constant-time comparison: the time taken says nothing about the key.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), expected_key
-            ):
-                return problem_response(
-                    request,
-                    ProblemError(
-                        401,
-                        "missing or wrong API key (Authorization: Bearer <key>)",
-                        headers={"WWW-Authenticate": "Bearer"},
-                    ),
-                )
-        return await call_next(request)
+    app.add_middleware(
+        GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_key=expected_key
+    )
 
     @app.exception_handler(ProblemError)
     async def on_problem(request: Request, error: ProblemError) -> JSONResponse:

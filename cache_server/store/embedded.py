@@ -9,6 +9,7 @@ synchronous=FULL it also outlives a power cut).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import sqlite3
@@ -68,6 +69,9 @@ class _CacheState:
         self.index = index
         self.attributes: dict[str, Mapping[str, str]] = {}
         self.expires_at: dict[str, float] = {}  # only entries with a TTL
+        # Exact-match keys present, so that a miss costs no SQLite read.
+        self.key_of: dict[str, str] = {}
+        self.keys: collections.Counter[str] = collections.Counter()
 
 
 class EmbeddedStore:
@@ -109,14 +113,16 @@ class EmbeddedStore:
         db.executescript(_SCHEMA)
         self._db = db
         loaded: dict[str, tuple[list[str], list[FloatArray]]] = {}
-        for cache_id, entry_id, attributes, expires_at, blob in db.execute(
-            "SELECT cache_id, id, attributes, expires_at, vector FROM entries"
+        for cache_id, entry_id, attributes, expires_at, blob, key in db.execute(
+            "SELECT cache_id, id, attributes, expires_at, vector, prompt_key FROM entries"
         ):
             ids, vectors = loaded.setdefault(cache_id, ([], []))
             ids.append(entry_id)
             vectors.append(np.frombuffer(blob, dtype="<f4"))
             state = self._state(cache_id, len(vectors[0]))
             state.attributes[entry_id] = json.loads(attributes)
+            state.key_of[entry_id] = key
+            state.keys[key] += 1
             if expires_at is not None:
                 state.expires_at[entry_id] = expires_at
         for cache_id, (ids, vectors) in loaded.items():
@@ -158,10 +164,16 @@ class EmbeddedStore:
         attributes: Mapping[str, str],
         expires_at: float | None,
         vector: FloatArray,
+        key: str,
     ) -> None:
         state = self._state(cache_id, vector.shape[0])
         state.index.add(entry_id, vector)
         state.attributes[entry_id] = attributes
+        old_key = state.key_of.get(entry_id)
+        if old_key is not None:
+            state.keys[old_key] -= 1
+        state.key_of[entry_id] = key
+        state.keys[key] += 1
         if expires_at is None:
             state.expires_at.pop(entry_id, None)
         else:
@@ -175,6 +187,11 @@ class EmbeddedStore:
             state.index.remove(entry_id)
             state.attributes.pop(entry_id, None)
             state.expires_at.pop(entry_id, None)
+            key = state.key_of.pop(entry_id, None)
+            if key is not None:
+                state.keys[key] -= 1
+                if state.keys[key] <= 0:
+                    del state.keys[key]
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -231,7 +248,14 @@ class EmbeddedStore:
                 )
             self.db.execute("COMMIT")
         # Memory follows the database only once the transaction is durable.
-        self._remember(entry.cache_id, entry.id, entry.attributes, entry.expires_at, vector)
+        self._remember(
+            entry.cache_id,
+            entry.id,
+            entry.attributes,
+            entry.expires_at,
+            vector,
+            prompt_key(entry.prompt),
+        )
         self._forget(entry.cache_id, evicted)
         return PutOutcome(evicted=len(evicted))
 
@@ -316,6 +340,11 @@ class EmbeddedStore:
     async def find_exact(
         self, cache_id: str, prompt: str, attributes: Mapping[str, str], now: float
     ) -> CacheEntry | None:
+        state = self._caches.get(cache_id)
+        # Read from the event loop: a dict membership test is atomic, and a racing write can
+        # only make this miss an entry stored at this very moment.
+        if state is None or prompt_key(prompt) not in state.keys:
+            return None
         return await self._run(self._find_exact, cache_id, prompt, dict(attributes), now)
 
     def _find_exact(

@@ -20,12 +20,12 @@ else:
 T = TypeVar("T")
 
 
-def _cache(request: Request) -> CacheClient:
+async def _cache(request: Request) -> CacheClient:
     stub: CacheClient = request.app.state.cache
     return stub
 
 
-def _settings(request: Request) -> GatewaySettings:
+async def _settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 

@@ -149,6 +149,7 @@ async def test_lru_eviction_refreshed_by_hits(parts: Parts) -> None:
         await cache.set("", prompt, f"answer {i}")
     clock.now += 1
     assert (await cache.query("", "alpha question")).hit is not None  # refreshes alpha
+    await cache.drain()  # the refresh is written after the answer, in the background
     clock.now += 1
     await cache.set("", "delta question", "answer 3")
     remaining = {
