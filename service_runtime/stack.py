@@ -8,6 +8,7 @@ environment variables (EMBEDDER_*, CACHE_*), so everything there is configurable
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+PR_SET_PDEATHSIG = 1
 COLOURS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m"]
 RESET = "\033[0m"
 
@@ -28,6 +30,15 @@ class Child:
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
     pump: threading.Thread | None = field(default=None, repr=False)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if the stack dies without stopping it (e.g. SIGKILL)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: children outlive a killed stack
+        pass
 
 
 def _pump(stream: IO[bytes], prefix: str) -> None:
@@ -77,17 +88,20 @@ def run(children: list[Child]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     width = max(len(c.name) for c in children)
     colour = sys.stdout.isatty()
-    for i, child in enumerate(children):
-        prefix = f"{child.name:<{width}} | "
-        if colour:
-            prefix = f"{COLOURS[i % len(COLOURS)]}{prefix}{RESET}"
+    # Every child is started before any thread: preexec_fn is only safe without threads.
+    for child in children:
         child.process = subprocess.Popen(
             child.argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the stack, which stops children in order
+            preexec_fn=_die_with_parent,
         )
-        assert child.process.stdout is not None
+    for i, child in enumerate(children):
+        prefix = f"{child.name:<{width}} | "
+        if colour:
+            prefix = f"{COLOURS[i % len(COLOURS)]}{prefix}{RESET}"
+        assert child.process is not None and child.process.stdout is not None
         child.pump = threading.Thread(
             target=_pump, args=(child.process.stdout, prefix), daemon=True
         )

@@ -369,7 +369,11 @@ def test_the_stack_starts_all_services_and_one_interrupt_stops_them(
         output = stack.communicate(timeout=60)[0].decode()
     finally:
         if stack.poll() is None:
-            stack.kill()
+            stack.send_signal(signal.SIGINT)
+            try:
+                stack.wait(30)
+            except subprocess.TimeoutExpired:
+                stack.kill()
     assert stack.returncode == 0, output
     assert "embedder     | " in output and "cache_server | " in output
     assert "gateway      | " in output
