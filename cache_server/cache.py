@@ -34,7 +34,7 @@ from cache_server.entries import (
     entry_id,
     normalize_prompt,
 )
-from cache_server.stats import CacheCounters, CacheStats
+from cache_server.stats import CacheCounters, LookupLatency
 from cache_server.store.base import CacheStore
 from cache_server.upstream import SingleFlight, Upstream
 
@@ -110,7 +110,7 @@ class SemanticCache:
         self.embedder = embedder
         self.upstream = upstream
         self.policy = policy
-        self.stats = CacheStats()
+        self.latency = LookupLatency()
         self._clock = clock
         self._single_flight = SingleFlight()
         self._background: set[asyncio.Task[None]] = set()
@@ -180,7 +180,7 @@ class SemanticCache:
                 (Strategy.EXACT, Strategy.SEMANTIC),
                 vector_box,
             )
-            self.stats.record_lookup(cache_id, bool(hits), time.perf_counter() - started)
+            await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started)
             if hits:
                 hit = hits[0]
                 self._touch_later(cache_id, [hit.entry.id])
@@ -235,9 +235,13 @@ class SemanticCache:
         attributes = check_attributes(attributes or {})
         ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
         hits = await self._lookup(cache_id, prompt, threshold, k, attributes, ordered, [])
-        self.stats.record_lookup(cache_id, bool(hits), time.perf_counter() - started)
+        await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started)
         self._touch_later(cache_id, [hit.entry.id for hit in hits])
         return SearchResult(hits, self.dimension, time.perf_counter() - started)
+
+    async def _record_lookup(self, cache_id: str, hit: bool, seconds: float) -> None:
+        self.latency.record(cache_id, hit, seconds)
+        await self.store.add_counters(cache_id, {"hits" if hit else "misses": 1})
 
     def _touch_later(self, cache_id: str, entry_ids: list[str]) -> None:
         """Refreshes LRU recency after the answer has gone: recency is a hint for eviction,
@@ -301,7 +305,6 @@ class SemanticCache:
             expires_at=now + ttl_s if ttl_s is not None else None,
         )
         outcome = await self.store.put(entry, vector, self.policy.max_cache_size, now)
-        self.stats.of(cache_id).evictions += outcome.evicted
         metrics.EVICTIONS.inc(outcome.evicted)
         return entry.id
 
@@ -322,7 +325,8 @@ class SemanticCache:
         cache_id = check_cache_id(cache_id)
         deleted = await self.store.flush(cache_id)
         if reset_stats:
-            self.stats.reset(cache_id)
+            await self.store.reset_counters(cache_id)
+            self.latency.reset(cache_id)
         return deleted
 
     # -- housekeeping --------------------------------------------------------------------
@@ -330,19 +334,18 @@ class SemanticCache:
     async def stats_of(self, cache_id: str) -> StatsSnapshot:
         cache_id = check_cache_id(cache_id)
         size = await self.store.count(cache_id, self._clock())
+        counts = await self.store.counters(cache_id)
         return StatsSnapshot(
             cache_id=cache_id,
             cache_size=size,
             max_cache_size=self.policy.max_cache_size,
             threshold=self.policy.threshold,
-            counters=self.stats.of(cache_id),
+            counters=CacheCounters.of(counts, self.latency.of(cache_id)),
         )
 
     async def purge_expired(self) -> int:
         outcome = await self.store.purge_expired(self._clock())
-        for cache_id, count in outcome.expired.items():
-            self.stats.of(cache_id).expirations += count
-            metrics.EXPIRATIONS.inc(count)
+        metrics.EXPIRATIONS.inc(sum(outcome.expired.values()))
         return sum(outcome.expired.values())
 
     async def run_purger(self, interval_s: float) -> None:

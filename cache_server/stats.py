@@ -1,8 +1,10 @@
-"""Per-cache counters and lookup latency, kept in this process."""
+"""Look-up counters and latency. Counters are kept by the store (so that replicas sharing a
+store report the same figures); latency percentiles are this process's own."""
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +24,16 @@ class CacheCounters:
         default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW)
     )
 
+    @classmethod
+    def of(cls, counts: Mapping[str, int], latencies: collections.deque[float]) -> CacheCounters:
+        return cls(
+            hits=int(counts.get("hits", 0)),
+            misses=int(counts.get("misses", 0)),
+            evictions=int(counts.get("evictions", 0)),
+            expirations=int(counts.get("expirations", 0)),
+            lookup_seconds=latencies,
+        )
+
     @property
     def hit_rate(self) -> float:
         lookups = self.hits + self.misses
@@ -34,22 +46,21 @@ class CacheCounters:
         return (float(p50), float(p95), float(p99))
 
 
-class CacheStats:
+class LookupLatency:
+    """Recent look-up latencies per cache, in this process."""
+
     def __init__(self) -> None:
-        self._by_cache: dict[str, CacheCounters] = collections.defaultdict(CacheCounters)
+        self._by_cache: dict[str, collections.deque[float]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=LATENCY_WINDOW)
+        )
 
-    def of(self, cache_id: str) -> CacheCounters:
-        return self._by_cache[cache_id]
-
-    def record_lookup(self, cache_id: str, hit: bool, seconds: float) -> None:
+    def record(self, cache_id: str, hit: bool, seconds: float) -> None:
         metrics.LOOKUPS.labels("hit" if hit else "miss").inc()
         metrics.LOOKUP_SECONDS.observe(seconds)
-        counters = self._by_cache[cache_id]
-        if hit:
-            counters.hits += 1
-        else:
-            counters.misses += 1
-        counters.lookup_seconds.append(seconds)
+        self._by_cache[cache_id].append(seconds)
+
+    def of(self, cache_id: str) -> collections.deque[float]:
+        return self._by_cache[cache_id]
 
     def reset(self, cache_id: str) -> None:
         self._by_cache.pop(cache_id, None)

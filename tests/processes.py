@@ -210,3 +210,49 @@ class GatewayProcess:
     ) -> None:
         self.stop()
         self._log.close()
+
+
+class RedisProcess:
+    """A real Redis with RediSearch on a free port, in its own folder (AOF on)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 60.0) -> RedisProcess:
+        import redis
+
+        from service_runtime.redis_stack import redis_command
+
+        command, env = redis_command(self.port, self.data_dir)
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                self._log.seek(0)
+                raise RuntimeError(f"redis exited: {self._log.read().decode()[-2000:]}")
+            try:
+                if client.ping():
+                    return self
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis did not answer PING")
+            time.sleep(0.05)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            self.process.wait(30)

@@ -96,6 +96,10 @@ class EmbeddedStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-store")
         self._db: sqlite3.Connection | None = None
         self._caches: dict[str, _CacheState] = {}
+        # Counters live in this process (the embedded store has one cache server).
+        self._counters: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -257,6 +261,8 @@ class EmbeddedStore:
             prompt_key(entry.prompt),
         )
         self._forget(entry.cache_id, evicted)
+        if evicted:
+            self._counters[entry.cache_id]["evictions"] += len(evicted)
         return PutOutcome(evicted=len(evicted))
 
     async def touch(self, cache_id: str, entry_id: str, now: float) -> None:
@@ -321,7 +327,20 @@ class EmbeddedStore:
         for cache_id, entry_id in rows:
             by_cache.setdefault(cache_id, []).append(entry_id)
         expired = {cache_id: self._delete_ids(cache_id, ids) for cache_id, ids in by_cache.items()}
+        for cache_id, count in expired.items():
+            self._counters[cache_id]["expirations"] += count
         return PurgeOutcome(expired=expired)
+
+    # -- counters (in memory: one process owns this store) ----------------------------------
+
+    async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> None:
+        self._counters[cache_id].update(counts)
+
+    async def counters(self, cache_id: str) -> dict[str, int]:
+        return dict(self._counters.get(cache_id, {}))
+
+    async def reset_counters(self, cache_id: str) -> None:
+        self._counters.pop(cache_id, None)
 
     # -- reads ----------------------------------------------------------------------------
 

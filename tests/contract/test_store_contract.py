@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,8 @@ import pytest
 from cache_server.entries import CacheEntry, entry_id
 from cache_server.store.base import CacheStore
 from cache_server.store.embedded import EmbeddedStore
+from cache_server.store.redis_store import RedisStore
+from tests.processes import RedisProcess
 
 NOW = 1_700_000_000.0
 DIM = 8
@@ -51,7 +55,37 @@ async def embedded_factory(tmp_path: Path) -> StoreFactory:
     return make
 
 
-BACKENDS = {"embedded": embedded_factory}
+_namespaces = itertools.count()
+
+
+async def redis_factory(tmp_path: Path) -> StoreFactory:
+    # One Redis for the whole session; each test gets its own key prefix (and indexes).
+    prefix = f"contract{next(_namespaces)}-{uuid.uuid4().hex[:8]}"
+
+    async def make() -> CacheStore:
+        store = RedisStore(_redis_url(), prefix=prefix)
+        await store.open()
+        return store
+
+    return make
+
+
+BACKENDS = {"embedded": embedded_factory, "redis": redis_factory}
+_REDIS: list[RedisProcess] = []
+
+
+def _redis_url() -> str:
+    assert _REDIS, "the redis_server fixture starts it"
+    return _REDIS[0].url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    server = RedisProcess(tmp_path_factory.mktemp("contract-redis")).start()
+    _REDIS.append(server)
+    yield
+    server.stop()
+    _REDIS.clear()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -169,3 +203,16 @@ async def test_everything_acknowledged_survives_a_reopen(factory: StoreFactory) 
         assert [f.id for f, _ in found] == [kept[5].id]
     finally:
         await reopened.close()
+
+
+async def test_counters_are_kept_by_the_store(store: CacheStore) -> None:
+    await store.add_counters("c1", {"hits": 2, "misses": 1})
+    await store.add_counters("c1", {"hits": 1})
+    counts = await store.counters("c1")
+    assert (counts.get("hits"), counts.get("misses")) == (3, 1)
+    for i in range(3):
+        await store.put(entry(f"p{i}"), vec(1, i), 2, NOW + i)
+    assert (await store.counters("c1")).get("evictions") == 1
+    await store.reset_counters("c1")
+    assert await store.counters("c1") == {}
+    assert await store.counters("other") == {}
