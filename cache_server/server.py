@@ -20,7 +20,9 @@ from cache_server.cache import CachePolicy, SemanticCache
 from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableError
 from cache_server.service import CacheServicer
 from cache_server.settings import CacheSettings
+from cache_server.store.base import CacheStore
 from cache_server.store.embedded import EmbeddedStore
+from cache_server.store.redis_store import RedisStore
 from cache_server.upstream import DemoResponder, OpenAICompatibleUpstream, Upstream
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
@@ -50,16 +52,34 @@ def make_upstream(settings: CacheSettings) -> Upstream:
     )
 
 
+def make_store(settings: CacheSettings) -> CacheStore:
+    if settings.store_backend == "redis":
+        log.info(
+            "store: Redis at %s (prefix %r, %s)",
+            settings.redis_url,
+            settings.redis_prefix,
+            settings.redis_vector_algorithm,
+        )
+        return RedisStore(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            algorithm=settings.redis_vector_algorithm,
+            hnsw_m=settings.hnsw_m,
+            hnsw_ef_runtime=settings.redis_hnsw_ef_runtime,
+        )
+    return EmbeddedStore(
+        settings.data_dir,
+        synchronous=settings.sqlite_synchronous,
+        ann_threshold=settings.ann_threshold,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_search=settings.hnsw_ef_search,
+    )
+
+
 class CacheServer:
     def __init__(self, settings: CacheSettings) -> None:
         self.settings = settings
-        self.store = EmbeddedStore(
-            settings.data_dir,
-            synchronous=settings.sqlite_synchronous,
-            ann_threshold=settings.ann_threshold,
-            hnsw_m=settings.hnsw_m,
-            hnsw_ef_search=settings.hnsw_ef_search,
-        )
+        self.store = make_store(settings)
         self.embedder = EmbedderClient(
             settings.embedder_address_list,
             timeout_s=settings.embedder_timeout_s,

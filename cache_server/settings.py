@@ -18,6 +18,19 @@ class CacheSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Interface to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
     port_file: Path | None = Field(None, description="Write the bound port here once listening")
+    store_backend: Literal["embedded", "redis"] = Field(
+        "embedded",
+        description="embedded: SQLite + in-process index (one server); redis: Redis with vector "
+        "search, shared by many cache-server replicas",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for store_backend=redis")
+    redis_prefix: str = Field("semcache", description="Key prefix in Redis (one per deployment)")
+    redis_vector_algorithm: Literal["FLAT", "HNSW"] = Field(
+        "FLAT",
+        description="FLAT: exact, and no recall lost under attribute filters; HNSW: faster on "
+        "very large caches (EF_RUNTIME below)",
+    )
+    redis_hnsw_ef_runtime: int = Field(64, ge=1, le=4096)
     data_dir: Path = Field(Path("data"), description="Folder of the embedded store")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL",

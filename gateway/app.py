@@ -29,6 +29,12 @@ log = logging.getLogger("gateway")
 OPEN_PATHS = {"/health"}  # reachable without the API key (load balancers, orchestrators)
 
 
+def grpc_target(addresses: str) -> str:
+    """ "host:port" as is; "ip:port,ip:port" as one gRPC target over all of them."""
+    parts = [a.strip() for a in addresses.split(",") if a.strip()]
+    return parts[0] if len(parts) == 1 else "ipv4:" + ",".join(parts)
+
+
 class GuardMiddleware:
     """Pure ASGI (no per-request task or stream wrapping): body-size limit, API key, metrics."""
 
@@ -95,8 +101,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         channel = grpc.aio.insecure_channel(
-            settings.cache_server_address,
+            grpc_target(settings.cache_server_address),
             options=[
+                # Several cache servers (a list, or a DNS name with several addresses):
+                # spread calls over all of them.
+                ("grpc.lb_policy_name", "round_robin"),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
             ],

@@ -13,7 +13,10 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
-    cache_server_address: str = Field("127.0.0.1:50051", description="host:port of the cache")
+    cache_server_address: str = Field(
+        "127.0.0.1:50051",
+        description="host:port of the cache server, or ip:port,ip:port for several (balanced)",
+    )
     request_timeout_s: float = Field(
         60.0, gt=0, le=600, description="Deadline of each call to the cache server, seconds"
     )
