@@ -409,3 +409,45 @@ def test_cache_server_and_embedder_expose_prometheus_metrics(
         assert 'semcache_embedder_requests_total{code="OK"}' in embedder_text
         assert "semcache_embedder_batch_texts_bucket" in embedder_text
         assert "semcache_embedder_queued_texts 0.0" in embedder_text
+
+
+def test_killing_one_of_three_embedders_under_load_loses_no_request(
+    tmp_path: Path, minilm_dir: Path
+) -> None:
+    embedders = [
+        ServiceProcess("embedder", "--model-dir", str(minilm_dir)).start() for _ in range(3)
+    ]
+    try:
+        addresses = ",".join(e.address for e in embedders)
+        with cache_server(
+            tmp_path, addresses, "--embedder-retries", "3", "--max-cache-size", "1000"
+        ) as server:
+
+            async def load() -> list[str]:
+                async with grpc.aio.insecure_channel(server.address) as channel:
+                    stub = pb_grpc.CacheServiceStub(channel)
+
+                    async def one(i: int) -> str:
+                        if i == 40:
+                            embedders[0].stop()  # killed while requests are in flight
+                        reply = await stub.Set(
+                            pb.SetRequest(prompt=f"load question {i}", response=str(i)),
+                            timeout=30,
+                        )
+                        return reply.entry_id
+
+                    limit = asyncio.Semaphore(8)
+
+                    async def bounded(i: int) -> str:
+                        async with limit:
+                            return await one(i)
+
+                    return list(await asyncio.gather(*(bounded(i) for i in range(120))))
+
+            ids = asyncio.run(load())
+            assert len(set(ids)) == 120
+            stub = pb_grpc.CacheServiceStub(grpc.insecure_channel(server.address))
+            assert stub.GetStats(pb.GetStatsRequest(), timeout=10).cache_size == 120
+    finally:
+        for e in embedders:
+            e.stop()
