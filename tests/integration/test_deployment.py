@@ -28,8 +28,10 @@ def test_compose_file_parses_and_every_service_has_a_health_check() -> None:
     assert set(compose("config", "--services").split()) == SERVICES
     config = compose("config")
     assert config.count("healthcheck:") == len(SERVICES)
-    assert config.count("condition: service_healthy") == 2  # cache_server, gateway
+    # cache_server waits for embedder and redis; gateway for cache_server
+    assert config.count("condition: service_healthy") == 3
     assert "CACHE_EMBEDDER_ADDRESSES: embedder:50052" in config
+    assert "CACHE_STORE_BACKEND: redis" in config and "redis://redis:6379/0" in config
     assert "container_name" not in config  # the embedder must stay scalable
 
 
