@@ -43,6 +43,9 @@ $(MODEL_DIR)/semcache-model.json: | $(VENV)/.stamp-proto
 run: proto model ## Start the stack: REST gateway :8000, cache server :50051, embedder :50052
 	$(PY) -m service_runtime.stack --model-dir $(MODEL_DIR)
 
+redis: setup ## Run a local Redis with vector search on :6379 (data/redis; from PyPI packages)
+	$(PY) -m service_runtime.redis_stack --port 6379 --dir data/redis
+
 demo: setup ## Send questions and paraphrases to a running stack (make run) and print hits
 	$(PY) client.py
 
@@ -64,9 +67,11 @@ bench: proto ## Benchmarks (compare against sentence-transformers in the same ru
 	$(PY) -m bench.embedder_bench
 	$(PY) -m bench.wire_encoding
 	$(PY) -m bench.cache_bench
+	$(PY) -m bench.gateway_bench
+	$(PY) -m bench.scale_bench
 
 clean: ## Remove the venv, generated stubs and exported models
 	rm -rf $(VENV) models data
 	find protos -name '*_pb2*' -delete
 
-.PHONY: help setup proto proto-check model run demo test lint bench clean compose-tools
+.PHONY: help setup proto proto-check model run redis demo test lint bench clean compose-tools
