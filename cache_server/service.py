@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -208,7 +209,9 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     ) -> pb.GetServerInfoResponse:
         model = self.cache.embedder.model
         upstream = self.cache.upstream
-        serving = await self.embedder.serving()
+        serving, store_serving = await asyncio.gather(
+            self.embedder.serving(), self.cache.store.ping()
+        )
         return pb.GetServerInfoResponse(
             embedder_model_id=model.model_id if model else "",
             embedding_dimension=model.dimension if model else 0,
@@ -220,5 +223,6 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             default_threshold=self.cache.policy.threshold,
             max_cache_size=self.cache.policy.max_cache_size,
             embedder_serving=serving,
+            store_serving=store_serving,
             embedder_addresses=self.embedder.addresses,
         )

@@ -44,6 +44,10 @@ class CacheStore(Protocol):
 
     async def open(self) -> None: ...
 
+    async def ping(self) -> bool:
+        """True when the store answers right now."""
+        ...
+
     async def close(self) -> None: ...
 
     async def put(

@@ -146,6 +146,9 @@ class EmbeddedStore:
             )
         return state
 
+    async def ping(self) -> bool:
+        return self._db is not None
+
     async def close(self) -> None:
         await self._run(self._close)
         self._executor.shutdown(wait=True)

@@ -123,6 +123,12 @@ class RedisStore:
         if not any("search" in n.lower() for n in names):
             raise StoreConflictError(f"Redis at {self.url} has no search module (RediSearch)")
 
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), timeout=1.0))
+        except (TimeoutError, *_UNAVAILABLE):
+            return False
+
     async def close(self) -> None:
         await self._redis.aclose()
 

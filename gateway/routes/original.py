@@ -54,7 +54,9 @@ class HealthResponse(BaseModel):
     timestamp: float = Field(description="Unix seconds")
     cache_server: str = Field(description='"up" or "down"')
     embedder: str = Field(description='"up", "down", or "unknown" when the cache server is down')
-    down: list[str] = Field(description="What is unreachable")
+    down: list[str] = Field(
+        description='What is unreachable: "cache_server", "embedder", "store" (Redis)'
+    )
     embedder_model: str | None = None
     fallback_model: bool | None = Field(None, description="The packaged fallback model serves")
     demo_responder: bool | None = Field(None, description="Misses are answered by the demo")
@@ -123,7 +125,9 @@ async def health(cache: CacheStub, settings: Settings) -> JSONResponse:
         result.demo_responder = info.demo_responder
         if not info.embedder_serving:
             result.embedder = "down"
-            result.down = ["embedder"]
+            result.down.append("embedder")
+        if not info.store_serving:
+            result.down.append("store")
     if result.down:
         result.status = "unhealthy"
     return JSONResponse(result.model_dump(), status_code=503 if result.down else 200)

@@ -166,6 +166,11 @@ def test_redis_down_is_unavailable_then_recovers_and_keeps_acknowledged_entries(
             stub.Set(pb.SetRequest(prompt="during the outage", response="x"), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "Redis" in (info.value.details() or "")
+        with GatewayProcess(server.address) as gateway:
+            health = httpx.get(f"{gateway.url}/health")
+            assert health.status_code == 503 and health.json()["down"] == ["store"]
+            down = httpx.post(f"{gateway.url}/query", json={"query": "is redis there?"})
+            assert down.status_code == 503 and "Redis" in down.json()["detail"]
         redis = RedisProcess(tmp_path / "redis", port=redis.port).start()
         try:
             deadline = time.monotonic() + 20
