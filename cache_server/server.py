@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import Sequence
-
-from pydantic import ValidationError
 
 from cache_server import metrics
 from cache_server.cache import CachePolicy, SemanticCache
@@ -28,7 +25,7 @@ from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
 from service_runtime.metrics import serve_metrics
-from service_runtime.settings import settings_from_args
+from service_runtime.settings import start_service
 
 log = logging.getLogger("cache_server")
 
@@ -153,13 +150,7 @@ async def serve(settings: CacheSettings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = settings_from_args(CacheSettings, argv, prog="python -m cache_server")
-    except ValidationError as exc:
-        print(f"cache_server: invalid settings:\n{exc}", file=sys.stderr)
+    settings = start_service(CacheSettings, argv, "cache_server")
+    if settings is None:
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s [cache_server] %(name)s: %(message)s",
-    )
     return asyncio.run(serve(settings))

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Sequence
-
-from pydantic import ValidationError
 
 from embedder import metrics
 from embedder.batcher import EmbeddingBatcher
@@ -21,7 +18,7 @@ from protos.semcache.embedding.v1 import embedding_pb2 as pb
 from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
 from service_runtime.metrics import serve_metrics
-from service_runtime.settings import settings_from_args
+from service_runtime.settings import start_service
 
 log = logging.getLogger("embedder")
 
@@ -111,15 +108,9 @@ async def serve(settings: EmbedderSettings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = settings_from_args(EmbedderSettings, argv, prog="python -m embedder")
-    except ValidationError as exc:
-        print(f"embedder: invalid settings:\n{exc}", file=sys.stderr)
+    settings = start_service(EmbedderSettings, argv, "embedder")
+    if settings is None:
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s [embedder] %(name)s: %(message)s",
-    )
     try:
         return asyncio.run(serve(settings))
     except (FileNotFoundError, ProviderUnavailableError, ModelIntegrityError) as exc:

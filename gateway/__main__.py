@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
 import uvicorn
-from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from service_runtime.settings import settings_from_args
+from service_runtime.settings import start_service
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = settings_from_args(GatewaySettings, argv, prog="python -m gateway")
-    except ValidationError as exc:
-        print(f"gateway: invalid settings:\n{exc}", file=sys.stderr)
+    settings = start_service(GatewaySettings, argv, "gateway")
+    if settings is None:
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s [gateway] %(name)s: %(message)s",
-    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -7,9 +7,12 @@ environment, which beats the default; pydantic validates the result at start-up.
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from collections.abc import Sequence
 from typing import TypeVar
 
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 S = TypeVar("S", bound=BaseSettings)
@@ -33,3 +36,18 @@ def settings_from_args(cls: type[S], argv: Sequence[str] | None, prog: str) -> S
 def _env_name(cls: type[BaseSettings], name: str) -> str:
     prefix = str(cls.model_config.get("env_prefix", ""))
     return f"{prefix}{name}".upper()
+
+
+def start_service(cls: type[S], argv: Sequence[str] | None, service: str) -> S | None:
+    """Settings of `service` from flags and environment, with logging configured (lines tagged
+    with the service's name); None, after saying why on stderr, when the settings are invalid."""
+    try:
+        settings = settings_from_args(cls, argv, prog=f"python -m {service}")
+    except ValidationError as exc:
+        print(f"{service}: invalid settings:\n{exc}", file=sys.stderr)
+        return None
+    logging.basicConfig(
+        level=str(getattr(settings, "log_level", "INFO")),
+        format=f"%(asctime)s %(levelname)s [{service}] %(name)s: %(message)s",
+    )
+    return settings
