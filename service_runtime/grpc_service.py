@@ -11,17 +11,58 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    reason: str
+
+
+class RejectMalformedRequests(grpc.aio.ServerInterceptor):
+    """A request that does not parse (invalid UTF-8 in a string, corrupt wire format) is
+    INVALID_ARGUMENT with the reason, instead of grpc's UNKNOWN."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        deserialize, behaviour = handler.request_deserializer, handler.unary_unary
+
+        def parse(data: bytes) -> object:
+            try:
+                return deserialize(data)
+            except DecodeError as exc:
+                return _Malformed(str(exc))
+
+        async def guarded(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Malformed):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}"
+                )
+            return await behaviour(request, context)  # type: ignore[arg-type]  # stubs: sync ctx
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=parse, response_serializer=handler.response_serializer
+        )
 
 
 class GrpcService:
@@ -36,10 +77,11 @@ class GrpcService:
         logger: logging.Logger = log,
     ) -> None:
         self.server = grpc.aio.server(
+            interceptors=[RejectMalformedRequests()],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
-            ]
+            ],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -451,3 +451,18 @@ def test_killing_one_of_three_embedders_under_load_loses_no_request(
     finally:
         for e in embedders:
             e.stop()
+
+
+def test_malformed_cache_requests_are_invalid_argument(
+    tmp_path: Path, embedder_process: str
+) -> None:
+    with cache_server(tmp_path, embedder_process) as server:
+        raw = grpc.insecure_channel(server.address).unary_unary(
+            "/semcache.cache.v1.CacheService/Query",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            raw(bytes([0x12, 2, 0xFF, 0xFE]), timeout=10)  # query is not UTF-8
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "bad UTF-8" in (info.value.details() or "")

@@ -211,3 +211,26 @@ def test_bad_settings_exit_with_a_message() -> None:
     result = run_module("embedder", "--max-batch-size", "0", timeout=60)
     assert result.returncode == 2
     assert "max_batch_size" in result.stderr
+
+
+def test_malformed_requests_are_invalid_argument(embedder_process: str) -> None:
+    channel = grpc.insecure_channel(embedder_process)
+    raw = channel.unary_unary(
+        "/semcache.embedding.v1.EmbeddingService/Embed",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    for payload, reason in [
+        (bytes([0x0A, 2, 0xFF, 0xFE]), "bad UTF-8"),  # texts[0] is not UTF-8
+        (b"\x0a" + b"\xff" * 3, "corrupt"),  # a length that runs past the end
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            raw(payload, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason in (info.value.details() or "")
+    too_big = b"\x0a\x80\x80\x80\x0a" + b"a" * (20 * 1024 * 1024)
+    with pytest.raises(grpc.RpcError) as info:
+        raw(too_big, timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    stub = pb_grpc.EmbeddingServiceStub(channel)
+    assert stub.Embed(pb.EmbedRequest(texts=["still serving"]), timeout=10).count == 1
