@@ -3,6 +3,7 @@ app.state), authentication, body-size limit, metrics, error rendering, routes.""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import time
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ProblemError, problem_response
 from gateway.metrics import LATENCY, REGISTRY, REQUESTS
+from gateway.rate_limit import RateLimiter, retry_after_header
 from gateway.routes import langcache, original
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
@@ -38,10 +40,17 @@ def grpc_target(addresses: str) -> str:
 class GuardMiddleware:
     """Pure ASGI (no per-request task or stream wrapping): body-size limit, API key, metrics."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, api_key: bytes | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        api_key: bytes | None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key
+        self.limiter = limiter
 
     def _refusal(self, scope: Scope) -> ProblemError | None:
         headers = Headers(scope=scope)
@@ -58,6 +67,18 @@ class GuardMiddleware:
                     401,
                     "missing or wrong API key (Authorization: Bearer <key>)",
                     headers={"WWW-Authenticate": "Bearer"},
+                )
+        if self.limiter is not None and scope["path"] not in OPEN_PATHS:
+            token = headers.get("authorization", "").partition(" ")[2].strip()
+            client = scope.get("client") or ("unknown", 0)
+            # Keyed by a digest of the key, so the limiter's memory never holds keys.
+            who = hashlib.sha256(token.encode()).hexdigest() if token else f"ip:{client[0]}"
+            wait = self.limiter.acquire(who)
+            if wait > 0:
+                return ProblemError(
+                    429,
+                    f"rate limit of {self.limiter.rate:g} requests/s exceeded; retry later",
+                    headers={"Retry-After": retry_after_header(wait)},
                 )
         return None
 
@@ -132,8 +153,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
     )
 
+    limiter = (
+        RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        if settings.rate_limit_per_s is not None
+        else None
+    )
     app.add_middleware(
-        GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_key=expected_key
+        GuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        api_key=expected_key,
+        limiter=limiter,
     )
 
     @app.exception_handler(ProblemError)

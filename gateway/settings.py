@@ -25,6 +25,13 @@ class GatewaySettings(BaseSettings):
         description="When set, every route but /health needs 'Authorization: Bearer <key>'",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted")
+    rate_limit_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Requests per second per API key (or per client address without a key); "
+        "beyond it 429 with Retry-After. None: no limit",
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a client may send at once")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -280,3 +280,24 @@ def test_oversized_and_malformed_bodies(gateway: str) -> None:
         f"{gateway}/query", content=b'{"query": ', headers={"content-type": "application/json"}
     )
     assert broken.status_code == 422
+
+
+def test_rate_limit_per_key(cache_server: ServiceProcess) -> None:
+    with GatewayProcess(
+        cache_server.address,
+        env={
+            "GATEWAY_API_KEY": API_KEY,
+            "GATEWAY_RATE_LIMIT_PER_S": "0.5",
+            "GATEWAY_RATE_LIMIT_BURST": "3",
+        },
+    ) as gw:
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        codes = [httpx.get(f"{gw.url}/cache/stats", headers=auth).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        refused = httpx.get(f"{gw.url}/cache/stats", headers=auth)
+        assert refused.status_code == 429
+        assert refused.json()["type"] == "/errors/too-many-requests"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert httpx.get(f"{gw.url}/health").status_code == 200  # never limited
+        # A wrong key is refused as unauthenticated, not counted against the real key's bucket.
+        assert httpx.get(f"{gw.url}/cache/stats").status_code == 401
