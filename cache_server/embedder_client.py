@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.semcache.embedding.v1 import embedding_pb2 as pb
 from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from service_runtime.logs import outgoing_metadata
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class EmbedderClient:
             try:
                 rpc = getattr(self._stubs[index], method)
                 response: pb.EmbedResponse | pb.GetModelInfoResponse = await rpc(
-                    request, timeout=self._timeout_s
+                    request, timeout=self._timeout_s, metadata=outgoing_metadata()
                 )
                 return response
             except grpc.aio.AioRpcError as exc:

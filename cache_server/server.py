@@ -99,7 +99,8 @@ class CacheServer:
             logger=log,
         )
         pb_grpc.add_CacheServiceServicer_to_server(
-            CacheServicer(self.cache, self.embedder, self.store.backend), self.service.server
+            CacheServicer(self.cache, self.embedder, self.store.backend, settings.log_prompts),
+            self.service.server,
         )
         self._background: list[asyncio.Task[None]] = []
 

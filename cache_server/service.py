@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -45,19 +46,25 @@ _STRATEGY_FROM_PB = {v: k for k, v in _STRATEGY_TO_PB.items()}
 
 
 async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]]) -> T:
+    started = time.perf_counter()
     try:
         result = await call()
     except Exception as exc:
-        for error_type, code in _STATUS:
-            if isinstance(exc, error_type):
-                metrics.RPCS.labels(method, code.name).inc()
-                await context.abort(code, str(exc))
-        metrics.RPCS.labels(method, "INTERNAL").inc()
-        log.exception("unexpected error")
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        code = next((c for t, c in _STATUS if isinstance(exc, t)), grpc.StatusCode.INTERNAL)
+        metrics.RPCS.labels(method, code.name).inc()
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("%s failed", method)
+            await context.abort(code, f"internal error: {type(exc).__name__}")
+        log.info("%s %s in %.1f ms: %s", method, code.name, _ms(started), exc)
+        await context.abort(code, str(exc))
         raise  # unreachable: abort raises
     metrics.RPCS.labels(method, "OK").inc()
+    log.info("%s OK in %.1f ms", method, _ms(started))
     return result
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1e3
 
 
 def _entry_pb(hit: Hit) -> pb.Entry:
@@ -73,10 +80,17 @@ def _entry_pb(hit: Hit) -> pb.Entry:
 
 
 class CacheServicer(pb_grpc.CacheServiceServicer):
-    def __init__(self, cache: SemanticCache, embedder: EmbedderClient, store_backend: str) -> None:
+    def __init__(
+        self,
+        cache: SemanticCache,
+        embedder: EmbedderClient,
+        store_backend: str,
+        log_prompts: bool = False,
+    ) -> None:
         self.cache = cache
         self.embedder = embedder
         self.store_backend = store_backend
+        self.log_prompts = log_prompts
 
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
         result = await _answer(
@@ -92,6 +106,13 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 attributes=dict(request.attributes),
                 ttl_s=request.ttl_seconds if request.HasField("ttl_seconds") else None,
             ),
+        )
+        log.info(
+            "query cache=%s hit=%s similarity=%s%s",
+            request.cache_id or "default",
+            result.hit is not None,
+            f"{result.hit.similarity:.3f}" if result.hit else "-",
+            f" prompt={request.query!r}" if self.log_prompts else "",
         )
         reply = pb.QueryResponse(
             query=result.query,

@@ -83,10 +83,16 @@ class CacheSettings(BaseSettings):
     upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream")
     upstream_timeout_s: float = Field(30.0, gt=0, le=600)
     grace_period_s: float = Field(10.0, ge=0)
+    log_prompts: bool = Field(
+        False, description="Include prompts in the per-request log lines (off: ids and figures)"
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve Prometheus /metrics on this port (none: off)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line (with the request id)"
+    )
 
     @property
     def embedder_address_list(self) -> list[str]:

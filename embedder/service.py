@@ -65,6 +65,13 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         except TextRejectedError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         metrics.REQUESTS.labels("OK").inc()
+        log.debug(
+            "embedded %d texts (batch %d, queue %.1f ms, model %.1f ms)",
+            len(request.texts),
+            result.batch_size,
+            result.queue_time_s * 1e3,
+            result.inference_time_s * 1e3,
+        )
         return pb.EmbedResponse(
             count=result.vectors.shape[0],
             dimension=result.vectors.shape[1],

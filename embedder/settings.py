@@ -69,6 +69,9 @@ class EmbedderSettings(BaseSettings):
         None, ge=0, le=65535, description="Serve Prometheus /metrics on this port (none: off)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line (with the request id)"
+    )
 
     @property
     def batch_token_budget(self) -> int:

@@ -25,6 +25,7 @@ from gateway.rate_limit import RateLimiter, retry_after_header
 from gateway.routes import langcache, original
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
 
 log = logging.getLogger("gateway")
 
@@ -89,11 +90,14 @@ class GuardMiddleware:
         started = time.perf_counter()
         route = _route_template(scope)
         status = 500
+        rid = clean_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        token = request_id.set(rid)
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
@@ -104,8 +108,11 @@ class GuardMiddleware:
             else:
                 await self.app(scope, receive, send_and_record)
         finally:
-            LATENCY.labels(route, scope["method"]).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            LATENCY.labels(route, scope["method"]).observe(elapsed)
             REQUESTS.labels(route, scope["method"], str(status)).inc()
+            log.info("%s %s %d in %.1f ms", scope["method"], route, status, elapsed * 1e3)
+            request_id.reset(token)
 
 
 def _route_template(scope: Scope) -> str:

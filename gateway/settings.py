@@ -33,6 +33,9 @@ class GatewaySettings(BaseSettings):
     )
     rate_limit_burst: int = Field(20, ge=1, description="Requests a client may send at once")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line (with the request id)"
+    )
 
     @model_validator(mode="after")
     def _safe(self) -> Self:

@@ -21,6 +21,8 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_runtime.logs import RequestIdInterceptor
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -77,7 +79,7 @@ class GrpcService:
         logger: logging.Logger = log,
     ) -> None:
         self.server = grpc.aio.server(
-            interceptors=[RejectMalformedRequests()],
+            interceptors=[RequestIdInterceptor(), RejectMalformedRequests()],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

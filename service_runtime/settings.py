@@ -7,13 +7,14 @@ environment, which beats the default; pydantic validates the result at start-up.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
+
+from service_runtime.logs import configure_logging
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -46,8 +47,9 @@ def start_service(cls: type[S], argv: Sequence[str] | None, service: str) -> S |
     except ValidationError as exc:
         print(f"{service}: invalid settings:\n{exc}", file=sys.stderr)
         return None
-    logging.basicConfig(
-        level=str(getattr(settings, "log_level", "INFO")),
-        format=f"%(asctime)s %(levelname)s [{service}] %(name)s: %(message)s",
+    configure_logging(
+        service,
+        str(getattr(settings, "log_level", "INFO")),
+        str(getattr(settings, "log_format", "text")),
     )
     return settings

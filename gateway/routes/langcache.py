@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.metrics import LOOKUPS
 from gateway.routes.deps import CacheStub, Settings, call
 from protos.semcache.cache.v1 import cache_pb2 as pb
+from service_runtime.logs import outgoing_metadata
 
 router = APIRouter(prefix="/v1/caches/{cacheId}", tags=["LangCache-compatible API"])
 
@@ -115,7 +116,9 @@ async def set_entry(
     )
     if body.ttl_millis is not None:
         request.ttl_seconds = body.ttl_millis / 1000.0
-    reply = await call(cache.Set(request, timeout=settings.request_timeout_s))
+    reply = await call(
+        cache.Set(request, timeout=settings.request_timeout_s, metadata=outgoing_metadata())
+    )
     return SetResponse(entry_id=reply.entry_id)
 
 
@@ -133,7 +136,9 @@ async def search(
     )
     if body.similarity_threshold is not None:
         request.similarity_threshold = body.similarity_threshold
-    reply = await call(cache.Search(request, timeout=settings.request_timeout_s))
+    reply = await call(
+        cache.Search(request, timeout=settings.request_timeout_s, metadata=outgoing_metadata())
+    )
     LOOKUPS.labels("hit" if reply.hits else "miss").inc()
     return SearchResponse(
         data=[
@@ -159,6 +164,7 @@ async def delete_entry(
         cache.Delete(
             pb.DeleteRequest(cache_id=cache_id, entry_id=entry_id),
             timeout=settings.request_timeout_s,
+            metadata=outgoing_metadata(),
         )
     )
     return Response(status_code=204)
@@ -173,6 +179,7 @@ async def delete_entries(
         cache.DeleteEntries(
             pb.DeleteEntriesRequest(cache_id=cache_id, attributes=body.attributes),
             timeout=settings.request_timeout_s,
+            metadata=outgoing_metadata(),
         )
     )
     return DeleteQueryResponse(deleted_entries_count=reply.deleted_count)
@@ -181,5 +188,11 @@ async def delete_entries(
 @router.post("/flush", status_code=204, response_class=Response)
 async def flush(cache: CacheStub, settings: Settings, cache_id: CacheIdPath) -> Response:
     """Deletes every entry of the cache."""
-    await call(cache.Flush(pb.FlushRequest(cache_id=cache_id), timeout=settings.request_timeout_s))
+    await call(
+        cache.Flush(
+            pb.FlushRequest(cache_id=cache_id),
+            timeout=settings.request_timeout_s,
+            metadata=outgoing_metadata(),
+        )
+    )
     return Response(status_code=204)

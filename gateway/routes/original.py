@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from gateway.metrics import LOOKUPS
 from gateway.routes.deps import CacheStub, Settings, call
 from protos.semcache.cache.v1 import cache_pb2 as pb
+from service_runtime.logs import outgoing_metadata
 
 router = APIRouter(tags=["semantic cache"])
 
@@ -85,7 +86,9 @@ async def query(
     request = pb.QueryRequest(cache_id=cache_id, query=body.query, use_cache=body.use_cache)
     if body.similarity_threshold is not None:
         request.similarity_threshold = body.similarity_threshold
-    reply = await call(cache.Query(request, timeout=settings.request_timeout_s))
+    reply = await call(
+        cache.Query(request, timeout=settings.request_timeout_s, metadata=outgoing_metadata())
+    )
     if body.use_cache:
         LOOKUPS.labels("hit" if reply.cache_hit else "miss").inc()
     cached = reply.cached_data if reply.cache_hit else None
@@ -139,7 +142,11 @@ async def stats(
 ) -> StatsResponse:
     """Size, limits, threshold, hit counters and look-up latency of one cache."""
     reply = await call(
-        cache.GetStats(pb.GetStatsRequest(cache_id=cache_id), timeout=settings.request_timeout_s)
+        cache.GetStats(
+            pb.GetStatsRequest(cache_id=cache_id),
+            timeout=settings.request_timeout_s,
+            metadata=outgoing_metadata(),
+        )
     )
     return StatsResponse(
         cache_size=reply.cache_size,

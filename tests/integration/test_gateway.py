@@ -3,6 +3,7 @@ real HTTP upstream LLM; the LangCache SDK itself as a client."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -301,3 +302,55 @@ def test_rate_limit_per_key(cache_server: ServiceProcess) -> None:
         assert httpx.get(f"{gw.url}/health").status_code == 200  # never limited
         # A wrong key is refused as unauthenticated, not counted against the real key's bucket.
         assert httpx.get(f"{gw.url}/cache/stats").status_code == 401
+
+
+def test_request_id_travels_through_all_three_services_in_json_logs(
+    tmp_path: Path, minilm_dir: Path
+) -> None:
+    import json
+
+    secret_question = "What is the airspeed velocity of an unladen swallow?"
+    with (
+        FakeLLM() as llm,
+        ServiceProcess(
+            "embedder",
+            "--model-dir",
+            str(minilm_dir),
+            "--log-level",
+            "DEBUG",
+            "--log-format",
+            "json",
+        ) as embedder,
+        ServiceProcess(
+            "cache_server",
+            "--data-dir",
+            str(tmp_path),
+            "--embedder-addresses",
+            embedder.address,
+            "--upstream-base-url",
+            llm.base_url,
+            "--log-format",
+            "json",
+        ) as cache,
+        GatewayProcess(cache.address, "--log-level", "INFO", "--log-format", "json") as gw,
+    ):
+        reply = httpx.post(
+            f"{gw.url}/query",
+            json={"query": secret_question},
+            headers={"X-Request-ID": "req-trace-42"},
+        )
+        assert reply.status_code == 200
+        assert reply.headers["x-request-id"] == "req-trace-42"
+        generated = httpx.get(f"{gw.url}/cache/stats").headers["x-request-id"]
+        assert len(generated) == 32  # made up when the client sends none
+        time.sleep(0.3)
+        logs = {"gateway": gw.log(), "cache_server": cache.log(), "embedder": embedder.log()}
+    for service, text in logs.items():
+        records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert records, f"{service} wrote no JSON lines"
+        traced = [r for r in records if r["request_id"] == "req-trace-42"]
+        assert traced, f"{service} logged nothing with the request id"
+        assert all(r["service"] == service for r in records)
+    # Prompts stay out of the logs unless log_prompts is switched on.
+    assert secret_question not in logs["cache_server"]
+    assert secret_question not in logs["gateway"]

@@ -1,0 +1,108 @@
+"""Logging for every service: text or JSON lines, each carrying the request id of the request
+being served (set from the `x-request-id` gRPC metadata or HTTP header, or made up)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+
+REQUEST_ID_HEADER = "x-request-id"
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def clean_request_id(value: str | None) -> str:
+    """A caller's id if it is sane (printable, at most 128 characters), else a new one."""
+    if value and len(value) <= 128 and value.isprintable() and '"' not in value:
+        return value
+    return new_request_id()
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """gRPC metadata that carries the current request id to the next service."""
+    current = request_id.get()
+    return ((REQUEST_ID_HEADER, current),) if current else ()
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get() or "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(service: str, level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s %(levelname)s [{service}] %(name)s [%(request_id)s]: %(message)s"
+            )
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class RequestIdInterceptor(grpc.aio.ServerInterceptor):
+    """Serves each unary call with its caller's request id (or a new one) in `request_id`."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = metadata.get(REQUEST_ID_HEADER)
+        rid = clean_request_id(given if isinstance(given, str) else None)
+        behaviour = handler.unary_unary
+
+        async def with_request_id(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            token = request_id.set(rid)
+            try:
+                return await behaviour(request, context)  # type: ignore[arg-type]
+            finally:
+                request_id.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            with_request_id,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
