@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.semcache.embedding.v1 import embedding_pb2 as pb
 from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from service_runtime.logs import outgoing_metadata
+from service_runtime.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,20 @@ class EmbedderModel:
 
 class EmbedderClient:
     def __init__(
-        self, addresses: Sequence[str], *, timeout_s: float = 5.0, retries: int = 2
+        self,
+        addresses: Sequence[str],
+        *,
+        timeout_s: float = 5.0,
+        retries: int = 2,
+        tls: ClientTls | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("at least one embedder address is needed")
         self.addresses = list(addresses)
         self._timeout_s = timeout_s
         self._attempts = max(1, retries + 1)
-        self._channels = [grpc.aio.insecure_channel(a, options=_CHANNEL_OPTIONS) for a in addresses]
+        tls = tls or ClientTls()
+        self._channels = [tls.channel(a, _CHANNEL_OPTIONS) for a in addresses]
         self._stubs = [pb_grpc.EmbeddingServiceStub(c) for c in self._channels]
         self._next = itertools.cycle(range(len(self._stubs)))
         self.model: EmbedderModel | None = None

@@ -26,6 +26,7 @@ from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
 from service_runtime.metrics import serve_metrics
 from service_runtime.settings import start_service
+from service_runtime.tls import ClientTls, ServerTls
 
 log = logging.getLogger("cache_server")
 
@@ -81,6 +82,12 @@ class CacheServer:
             settings.embedder_address_list,
             timeout_s=settings.embedder_timeout_s,
             retries=settings.embedder_retries,
+            tls=ClientTls(
+                settings.embedder_tls_ca_file,
+                settings.embedder_tls_cert_file,
+                settings.embedder_tls_key_file,
+                settings.embedder_tls_server_name,
+            ),
         )
         self.upstream = make_upstream(settings)
         policy = CachePolicy(
@@ -97,6 +104,9 @@ class CacheServer:
             service_names=[SERVICE_NAME],
             port_file=settings.port_file,
             logger=log,
+            tls=ServerTls(
+                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+            ),
         )
         pb_grpc.add_CacheServiceServicer_to_server(
             CacheServicer(self.cache, self.embedder, self.store.backend, settings.log_prompts),

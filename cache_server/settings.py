@@ -9,6 +9,8 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service_runtime.tls import ClientTls, ServerTls
+
 
 class CacheSettings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -18,6 +20,11 @@ class CacheSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Interface to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
     port_file: Path | None = Field(None, description="Write the bound port here once listening")
+    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM): TLS on")
+    tls_key_file: Path | None = Field(None, description="Its private key (PEM)")
+    tls_client_ca_file: Path | None = Field(
+        None, description="CA of accepted client certificates: mutual TLS on"
+    )
     store_backend: Literal["embedded", "redis"] = Field(
         "embedded",
         description="embedded: SQLite + in-process index (one server); redis: Redis with vector "
@@ -40,6 +47,14 @@ class CacheSettings(BaseSettings):
     embedder_addresses: str = Field(
         "127.0.0.1:50052",
         description="Comma-separated host:port list (a DNS name may resolve to several)",
+    )
+    embedder_tls_ca_file: Path | None = Field(
+        None, description="CA that signed the embedders' certificates: TLS to the embedder"
+    )
+    embedder_tls_cert_file: Path | None = Field(None, description="Client certificate (mTLS)")
+    embedder_tls_key_file: Path | None = Field(None, description="Its private key")
+    embedder_tls_server_name: str | None = Field(
+        None, description="Name in the embedders' certificate, when not their host name"
     )
     embedder_timeout_s: float = Field(5.0, gt=0, le=300, description="Deadline per embedder call")
     embedder_retries: int = Field(2, ge=0, le=10, description="Extra tries on other embedders")
@@ -100,6 +115,10 @@ class CacheSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        _ = ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file).enabled
+        _ = ClientTls(
+            self.embedder_tls_ca_file, self.embedder_tls_cert_file, self.embedder_tls_key_file
+        ).enabled
         if not self.embedder_address_list:
             raise ValueError("embedder_addresses is empty")
         if self.upstream_base_url is not None and not self.upstream_base_url.startswith(

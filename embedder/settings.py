@@ -10,6 +10,8 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service_runtime.tls import ServerTls
+
 
 class EmbedderSettings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -23,6 +25,11 @@ class EmbedderSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Interface to listen on")
     port: int = Field(50052, ge=0, le=65535, description="gRPC port (0: any free port)")
     port_file: Path | None = Field(None, description="Write the bound port here once listening")
+    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM): TLS on")
+    tls_key_file: Path | None = Field(None, description="Its private key (PEM)")
+    tls_client_ca_file: Path | None = Field(
+        None, description="CA of accepted client certificates: mutual TLS on"
+    )
     model_dir: Path = Field(Path("models/default"), description="Exported model folder")
     model_device: Literal["cpu", "cuda"] = Field(
         "cpu",
@@ -81,6 +88,7 @@ class EmbedderSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        _ = ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file).enabled
         if self.max_texts_per_request > self.max_queue:
             raise ValueError(
                 f"max_texts_per_request ({self.max_texts_per_request}) cannot exceed max_queue "

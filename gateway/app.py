@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import grpc
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,6 +25,7 @@ from gateway.routes import langcache, original
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
+from service_runtime.tls import ClientTls
 
 log = logging.getLogger("gateway")
 
@@ -128,9 +128,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = grpc.aio.insecure_channel(
+        tls = ClientTls(
+            settings.cache_server_tls_ca_file,
+            settings.cache_server_tls_cert_file,
+            settings.cache_server_tls_key_file,
+            settings.cache_server_tls_server_name,
+        )
+        channel = tls.channel(
             grpc_target(settings.cache_server_address),
-            options=[
+            [
                 # Several cache servers (a list, or a DNS name with several addresses):
                 # spread calls over all of them.
                 ("grpc.lb_policy_name", "round_robin"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service_runtime.tls import ClientTls
 
 
 class GatewaySettings(BaseSettings):
@@ -16,6 +19,14 @@ class GatewaySettings(BaseSettings):
     cache_server_address: str = Field(
         "127.0.0.1:50051",
         description="host:port of the cache server, or ip:port,ip:port for several (balanced)",
+    )
+    cache_server_tls_ca_file: Path | None = Field(
+        None, description="CA that signed the cache servers' certificates: TLS to them"
+    )
+    cache_server_tls_cert_file: Path | None = Field(None, description="Client cert (mTLS)")
+    cache_server_tls_key_file: Path | None = Field(None, description="Its private key")
+    cache_server_tls_server_name: str | None = Field(
+        None, description="Name in the cache servers' certificate, when not their host name"
     )
     request_timeout_s: float = Field(
         60.0, gt=0, le=600, description="Deadline of each call to the cache server, seconds"
@@ -39,6 +50,11 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _safe(self) -> Self:
+        _ = ClientTls(
+            self.cache_server_tls_ca_file,
+            self.cache_server_tls_cert_file,
+            self.cache_server_tls_key_file,
+        ).enabled
         if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
             raise ValueError("api_key is too short: use at least 16 characters")
         return self

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service_runtime.logs import RequestIdInterceptor
+from service_runtime.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class GrpcService:
         port_file: Path | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         logger: logging.Logger = log,
+        tls: ServerTls | None = None,
     ) -> None:
         self.server = grpc.aio.server(
             interceptors=[RequestIdInterceptor(), RejectMalformedRequests()],
@@ -92,7 +94,11 @@ class GrpcService:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.host = host
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        if tls is not None and tls.enabled:
+            self.port = self.server.add_secure_port(address, tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         self.port_file = port_file
         self.log = logger
 
