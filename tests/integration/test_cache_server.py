@@ -466,3 +466,27 @@ def test_malformed_cache_requests_are_invalid_argument(
             raw(bytes([0x12, 2, 0xFF, 0xFE]), timeout=10)  # query is not UTF-8
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "bad UTF-8" in (info.value.details() or "")
+
+
+def test_slow_upstream_times_out_clearly_and_stores_nothing(
+    tmp_path: Path, embedder_process: str
+) -> None:
+    with (
+        FakeLLM(delay_s=3.0) as llm,
+        cache_server(
+            tmp_path,
+            embedder_process,
+            "--upstream-base-url",
+            llm.base_url,
+            "--upstream-timeout-s",
+            "0.5",
+        ) as server,
+    ):
+        stub = pb_grpc.CacheServiceStub(grpc.insecure_channel(server.address))
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Query(pb.QueryRequest(query="Will the slow LLM answer?"), timeout=10)
+        assert time.monotonic() - started < 2.5  # the timeout, not the LLM's 3 s
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "timed out" in (info.value.details() or "")
+        assert stub.GetStats(pb.GetStatsRequest(), timeout=10).cache_size == 0
