@@ -190,3 +190,32 @@ def test_redis_down_is_unavailable_then_recovers_and_keeps_acknowledged_entries(
                 assert [h.entry.id for h in reply.hits] == [entry_id]
         finally:
             redis.stop()
+
+
+def test_kill_9_of_a_cache_server_on_redis_loses_nothing(
+    tmp_path: Path, embedder_process: str, redis_server: RedisProcess
+) -> None:
+    prefix = f"k9-{uuid.uuid4().hex[:8]}"
+    server = redis_cache_server(tmp_path, embedder_process, redis_server.url, prefix).start()
+    stub = pb_grpc.CacheServiceStub(grpc.insecure_channel(server.address))
+    ids = [
+        stub.Set(
+            pb.SetRequest(prompt=f"durable redis question {i}", response=str(i)), timeout=10
+        ).entry_id
+        for i in range(10)
+    ]
+    assert server.process is not None
+    server.process.kill()
+    server.process.wait(10)
+    server.stop()
+    with redis_cache_server(tmp_path, embedder_process, redis_server.url, prefix) as again:
+        stub = pb_grpc.CacheServiceStub(grpc.insecure_channel(again.address))
+        assert stub.GetStats(pb.GetStatsRequest(), timeout=10).cache_size == 10
+        for i, entry_id in enumerate(ids):
+            reply = stub.Search(
+                pb.SearchRequest(
+                    prompt=f"durable redis question {i}", strategies=[pb.SEARCH_STRATEGY_EXACT]
+                ),
+                timeout=10,
+            )
+            assert [h.entry.id for h in reply.hits] == [entry_id]
