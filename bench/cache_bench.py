@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ import grpc
 import numpy as np
 
 from bench.qqp import QuestionPair, load_pairs
+from bench.stack import local_stack
 from cache_server.vector_index import VectorIndex
 from embedder.manifest import ModelManifest
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
-from tests.processes import ServiceProcess
 
 THRESHOLDS = [0.70, 0.75, 0.80, 0.85, 0.90, 0.95]
 RESULTS = Path("bench/results")
@@ -57,23 +56,10 @@ async def store_all(address: str, pairs: list[QuestionPair]) -> None:
 
 
 def hit_quality(model_dir: Path, pairs: list[QuestionPair]) -> dict[str, Any]:
-    with (
-        tempfile.TemporaryDirectory() as data,
-        ServiceProcess(
-            "embedder", "--model-dir", str(model_dir), "--log-level", "WARNING"
-        ) as embedder,
-        ServiceProcess(
-            "cache_server",
-            "--data-dir",
-            data,
-            "--embedder-addresses",
-            embedder.address,
-            "--max-cache-size",
-            str(len(pairs) * 2),
-            "--log-level",
-            "WARNING",
-        ) as server,
-    ):
+    with local_stack(
+        model_dir, "--max-cache-size", str(len(pairs) * 2), with_gateway=False
+    ) as services:
+        server = services.cache
         asyncio.run(store_all(server.address, pairs))
         stub = pb_grpc.CacheServiceStub(grpc.insecure_channel(server.address))
         found: list[tuple[float, bool]] = []  # (similarity, is the pair's own text_a)

@@ -16,7 +16,6 @@ import http.client
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -27,10 +26,11 @@ import httpx
 import numpy as np
 
 from bench.qqp import QuestionPair, load_pairs
+from bench.stack import local_stack
 from embedder.manifest import ModelManifest
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
-from tests.processes import REPO, GatewayProcess, ServiceProcess, free_port
+from tests.processes import REPO, free_port
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -153,22 +153,9 @@ def original_figures(model: str, pairs: list[QuestionPair]) -> dict[str, Any]:
 
 
 def semcache_figures(model_dir: Path, pairs: list[QuestionPair]) -> dict[str, Any]:
-    with (
-        tempfile.TemporaryDirectory() as data,
-        ServiceProcess(
-            "embedder", "--model-dir", str(model_dir), "--log-level", "WARNING"
-        ) as embedder,
-        ServiceProcess(
-            "cache_server",
-            "--data-dir",
-            data,
-            "--embedder-addresses",
-            embedder.address,
-            "--log-level",
-            "WARNING",
-        ) as cache,
-        GatewayProcess(cache.address) as gateway,
-    ):
+    with local_stack(model_dir) as services:
+        cache, gateway = services.cache, services.gateway
+        assert gateway is not None
         figures = measure(gateway.url, pairs)
         figures["overhead"] = interleaved(gateway.url, cache.address, [p.text_b for p in pairs])
     return figures

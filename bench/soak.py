@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import psutil
 
 from bench.qqp import load_pairs
-from tests.processes import GatewayProcess, ServiceProcess
+from bench.stack import local_stack
 
 RESULTS = Path("bench/results")
 
@@ -98,24 +97,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     pairs = [(p.text_a, p.text_b) for p in load_pairs(2000) if p.text_a != p.text_b]
-    with (
-        tempfile.TemporaryDirectory() as data,
-        ServiceProcess(
-            "embedder", "--model-dir", "models/default", "--log-level", "WARNING"
-        ) as embedder,
-        ServiceProcess(
-            "cache_server",
-            "--data-dir",
-            data,
-            "--embedder-addresses",
-            embedder.address,
-            "--log-level",
-            "WARNING",
-            "--max-cache-size",
-            "500",
-        ) as cache,
-        GatewayProcess(cache.address) as gateway,
-    ):
+    with local_stack(Path("models/default"), "--max-cache-size", "500") as services:
+        embedder, cache, gateway = services.embedder, services.cache, services.gateway
+        assert gateway is not None
         processes: dict[str, psutil.Process] = {}
         for name, popen in (
             ("embedder", embedder.process),
