@@ -15,11 +15,14 @@ from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.metrics import LOOKUPS
+from gateway.problems import COMMON
 from gateway.routes.deps import CacheStub, Settings, call
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
-router = APIRouter(prefix="/v1/caches/{cacheId}", tags=["LangCache-compatible API"])
+router = APIRouter(
+    prefix="/v1/caches/{cacheId}", tags=["LangCache-compatible API"], responses=COMMON
+)
 
 CacheIdPath = Annotated[
     str,
