@@ -354,3 +354,55 @@ def test_request_id_travels_through_all_three_services_in_json_logs(
     # Prompts stay out of the logs unless log_prompts is switched on.
     assert secret_question not in logs["cache_server"]
     assert secret_question not in logs["gateway"]
+
+
+def test_kill_9_of_the_embedder_under_load_gives_fast_503s_then_recovers(
+    tmp_path: Path, minilm_dir: Path
+) -> None:
+    import asyncio
+
+    from tests.processes import free_port
+
+    port = free_port()
+    embedder = ServiceProcess("embedder", "--model-dir", str(minilm_dir), "--port", str(port))
+    embedder.start()
+    with FakeLLM() as llm:
+        cache = start_cache_server(tmp_path, embedder.address, llm)
+        try:
+            with GatewayProcess(cache.address) as gw:
+
+                async def load() -> list[tuple[int, float]]:
+                    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+
+                        async def one(i: int) -> tuple[int, float]:
+                            if i == 20:
+                                assert embedder.process is not None
+                                embedder.process.kill()  # SIGKILL mid-load
+                            started = time.monotonic()
+                            reply = await http.post("/query", json={"query": f"load {i} q"})
+                            return reply.status_code, time.monotonic() - started
+
+                        limit = asyncio.Semaphore(8)
+
+                        async def bounded(i: int) -> tuple[int, float]:
+                            async with limit:
+                                return await one(i)
+
+                        return list(await asyncio.gather(*(bounded(i) for i in range(80))))
+
+                results = asyncio.run(load())
+                codes = {code for code, _ in results}
+                assert codes <= {200, 503}, codes
+                assert 503 in codes
+                assert max(seconds for _, seconds in results) < 15  # deadlines, no hangs
+                embedder.stop()
+                embedder = ServiceProcess(
+                    "embedder", "--model-dir", str(minilm_dir), "--port", str(port)
+                ).start()
+                deadline = time.monotonic() + 20
+                while httpx.post(f"{gw.url}/query", json={"query": "back?"}).status_code != 200:
+                    assert time.monotonic() < deadline, "no recovery"
+                    time.sleep(0.2)
+        finally:
+            cache.stop()
+            embedder.stop()
