@@ -83,6 +83,35 @@ class GuardMiddleware:
                 )
         return None
 
+    async def _bounded_body(self, receive: Receive) -> tuple[Receive, ProblemError | None]:
+        """Reads the whole body (at most max_body_bytes) and replays it to the app."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                first: Message = message
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                too_big = ProblemError(413, f"request body over {self.max_body_bytes} bytes")
+                return receive, too_big
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()
+
+        return replay, None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -102,6 +131,9 @@ class GuardMiddleware:
 
         try:
             refusal = self._refusal(scope)
+            if refusal is None and "content-length" not in Headers(scope=scope):
+                # A body without a declared length (chunked) is read here, up to the limit.
+                receive, refusal = await self._bounded_body(receive)
             if refusal is not None:
                 response = problem_response(Request(scope), refusal)
                 await response(scope, receive, send_and_record)

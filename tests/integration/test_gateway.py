@@ -406,3 +406,23 @@ def test_kill_9_of_the_embedder_under_load_gives_fast_503s_then_recovers(
         finally:
             cache.stop()
             embedder.stop()
+
+
+def test_chunked_bodies_are_held_to_the_same_limit(gateway: str) -> None:
+    def chunks(total: int) -> Iterator[bytes]:
+        yield b'{"query": "'
+        for _ in range(total // 65536):
+            yield b"a" * 65536
+        yield b'"}'
+
+    big = httpx.post(
+        f"{gateway}/query", content=chunks(2_000_000), headers={"content-type": "application/json"}
+    )
+    assert big.status_code == 413
+    small = httpx.post(
+        f"{gateway}/query",
+        content=iter([b'{"query": ', b'"chunked hello"}']),
+        headers={"content-type": "application/json"},
+    )
+    assert small.status_code == 200, small.text
+    assert small.json()["query"] == "chunked hello"
