@@ -107,12 +107,23 @@ class EmbedderClient:
         self.model = EmbedderModel(reply.model_id, reply.dimension, reply.fallback)
         return self.model
 
+    def _try_order(self) -> list[int]:
+        """Addresses for one call: round robin from the next start, each once before any
+        repeat (so a retry never lands on the embedder that just failed), and the ones whose
+        connection is known to be failing last."""
+        start = next(self._next)
+        count = len(self._channels)
+        order = [(start + k) % count for k in range(count)]
+        failing = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return sorted(order, key=lambda i: self._channels[i].get_state() == failing)
+
     async def _call(
         self, method: str, request: pb.EmbedRequest | pb.GetModelInfoRequest
     ) -> pb.EmbedResponse | pb.GetModelInfoResponse:
         last: grpc.aio.AioRpcError | None = None
+        order = self._try_order()
         for attempt in range(self._attempts):
-            index = next(self._next)
+            index = order[attempt % len(order)]
             try:
                 rpc = getattr(self._stubs[index], method)
                 response: pb.EmbedResponse | pb.GetModelInfoResponse = await rpc(
