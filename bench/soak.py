@@ -132,14 +132,15 @@ def main() -> None:
         )
     lines += [
         "",
-        "| process | RSS after warm-up MB | RSS at end MB | growth |",
-        "|---|---:|---:|---:|",
+        "| process | RSS after warm-up MB | half-way MB | at end MB | growth, 2nd half |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, samples in memory.items():
         warm = samples[min(2, len(samples) - 1)]  # after ~10 s
+        half = samples[len(samples) // 2]
         lines.append(
-            f"| {name} | {warm:.0f} | {samples[-1]:.0f} | "
-            f"{(samples[-1] - warm) / warm * 100:+.1f}% |"
+            f"| {name} | {warm:.0f} | {half:.0f} | {samples[-1]:.0f} | "
+            f"{(samples[-1] - half) / half * 100:+.1f}% |"
         )
     lines += [f"- {e}" for e in errors[:10]]
     text = "\n".join(lines)
