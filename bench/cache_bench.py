@@ -26,6 +26,7 @@ import numpy as np
 
 from bench.qqp import QuestionPair, load_pairs
 from bench.stack import local_stack
+from bench.timing import p50_p99_ms
 from cache_server.vector_index import VectorIndex
 from embedder.manifest import ModelManifest
 from protos.semcache.cache.v1 import cache_pb2 as pb
@@ -33,11 +34,6 @@ from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 
 THRESHOLDS = [0.70, 0.75, 0.80, 0.85, 0.90, 0.95]
 RESULTS = Path("bench/results")
-
-
-def ms_percentiles(seconds: list[float]) -> tuple[float, float]:
-    ms = np.array(seconds) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
 # --- part 1 ---------------------------------------------------------------------------------
@@ -87,7 +83,7 @@ def hit_quality(model_dir: Path, pairs: list[QuestionPair]) -> dict[str, Any]:
         rows.append(
             {"threshold": t, "hits": len(hits), "precision": precision, "recall": recall, "f1": f1}
         )
-    p50, p99 = ms_percentiles(latencies)
+    p50, p99 = p50_p99_ms(latencies)
     return {
         "pairs": len(pairs),
         "duplicates": positives,
@@ -154,8 +150,8 @@ def search_scaling(model_dir: Path, sizes: list[int]) -> list[dict[str, Any]]:
                     results[name] = index.search(vectors[q], 1, -1.0)
                     timings[name].append(time.perf_counter() - started)
                 agree += results["exact"][0][0] == results["hnsw"][0][0]
-            e50, e99 = ms_percentiles(timings["exact"])
-            h50, h99 = ms_percentiles(timings["hnsw"])
+            e50, e99 = p50_p99_ms(timings["exact"])
+            h50, h99 = p50_p99_ms(timings["hnsw"])
             rows.append(
                 {
                     "entries": size,

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
 from bench.qqp import load_pairs
+from bench.timing import p50_p99_ms
 from embedder.manifest import ModelManifest
 from protos.semcache.embedding.v1 import embedding_pb2 as pb
 from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
@@ -35,8 +35,8 @@ def questions(n: int, offset: int = 0) -> list[str]:
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.array(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    p50, p99 = p50_p99_ms(seconds)
+    return {"p50_ms": p50, "p99_ms": p99}
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:

@@ -23,19 +23,14 @@ from typing import Any
 
 import grpc
 import httpx
-import numpy as np
 
 from bench.qqp import QuestionPair, load_pairs
 from bench.stack import local_stack
+from bench.timing import p50_p99_ms
 from embedder.manifest import ModelManifest
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from tests.processes import REPO, free_port
-
-
-def percentiles(seconds: list[float]) -> tuple[float, float]:
-    ms = np.array(seconds) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
 def rest_latency(url: str, texts: list[str]) -> dict[str, float]:
@@ -55,7 +50,7 @@ def rest_latency(url: str, texts: list[str]) -> dict[str, float]:
         assert reply.status == 200, data
         hits += bool(json.loads(data)["cache_hit"])
     connection.close()
-    p50, p99 = percentiles(latencies)
+    p50, p99 = p50_p99_ms(latencies)
     return {"p50_ms": p50, "p99_ms": p99, "hit_rate": hits / len(texts)}
 
 
@@ -81,7 +76,7 @@ async def rest_load(url: str, texts: list[str], concurrency: int) -> dict[str, f
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    p50, p99 = percentiles(latencies)
+    p50, p99 = p50_p99_ms(latencies)
     return {
         "p50_ms": p50,
         "p99_ms": p99,
@@ -110,7 +105,7 @@ def interleaved(rest_url: str, grpc_address: str, texts: list[str]) -> dict[str,
                 stub.Query(pb.QueryRequest(query=text, similarity_threshold=0.0), timeout=60)
                 direct.append(time.perf_counter() - started)
     connection.close()
-    (rest_p50, _), (grpc_p50, _) = percentiles(rest), percentiles(direct)
+    (rest_p50, _), (grpc_p50, _) = p50_p99_ms(rest), p50_p99_ms(direct)
     return {"rest_p50_ms": rest_p50, "grpc_p50_ms": grpc_p50}
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.cache_bench import qqp_vectors
 from bench.qqp import load_pairs
+from bench.timing import p50_p99_ms
 from cache_server.entries import CacheEntry, entry_id
 from cache_server.store.base import CacheStore
 from cache_server.store.embedded import EmbeddedStore
@@ -34,11 +35,6 @@ from tests.processes import RedisProcess, ServiceProcess
 
 RESULTS = Path("bench/results")
 TENANTS = 4
-
-
-def ms(values: list[float]) -> tuple[float, float]:
-    a = np.array(values) * 1e3
-    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
 async def fill(store: CacheStore, texts: list[str], vectors: np.ndarray) -> None:
@@ -98,7 +94,7 @@ async def store_rows(size: int, redis_url: str) -> list[dict[str, Any]]:
             for scoped in (False, True):
                 truth = exact_answers(stored_texts, stored, queries, scoped)
                 found, latencies = await probe(store, queries, scoped)
-                p50, p99 = ms(latencies)
+                p50, p99 = p50_p99_ms(latencies)
                 recall = sum(a == b for a, b in zip(found, truth, strict=True)) / len(truth)
                 rows.append(
                     {

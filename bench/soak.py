@@ -16,11 +16,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 
 from bench.qqp import load_pairs
 from bench.stack import local_stack
+from bench.timing import p50_p99_ms
 
 RESULTS = Path("bench/results")
 
@@ -125,11 +125,8 @@ def main() -> None:
         "|---|---:|---:|---:|",
     ]
     for kind, values in sorted(latencies.items()):
-        ms = np.array(values) * 1e3
-        lines.append(
-            f"| {kind} | {len(values)} | {np.percentile(ms, 50):.1f} | "
-            f"{np.percentile(ms, 99):.1f} |"
-        )
+        p50, p99 = p50_p99_ms(values)
+        lines.append(f"| {kind} | {len(values)} | {p50:.1f} | {p99:.1f} |")
     lines += [
         "",
         "| process | RSS after warm-up MB | half-way MB | at end MB | growth, 2nd half |",

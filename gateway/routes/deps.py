@@ -19,6 +19,10 @@ else:
 
 T = TypeVar("T")
 
+# The cache server's rule for cache ids (cache_server/entries.py), checked here too so that a
+# bad id is a 400/422 from the schema, before any gRPC call.
+CACHE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
 
 async def _cache(request: Request) -> CacheClient:
     stub: CacheClient = request.app.state.cache

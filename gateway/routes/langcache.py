@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.metrics import LOOKUPS
 from gateway.problems import COMMON
-from gateway.routes.deps import CacheStub, Settings, call
+from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings, call
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
@@ -29,7 +29,7 @@ CacheIdPath = Annotated[
     Path(
         alias="cacheId",
         description="The cache (namespace)",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",
+        pattern=CACHE_ID_PATTERN,
     ),
 ]
 EntryIdPath = Annotated[

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from gateway.metrics import LOOKUPS
 from gateway.problems import COMMON
-from gateway.routes.deps import CacheStub, Settings, call
+from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings, call
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
@@ -20,7 +20,7 @@ router = APIRouter(tags=["semantic cache"], responses=COMMON)
 
 CacheId = Annotated[
     str,
-    Query(description="Cache (namespace) to use", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"),
+    Query(description="Cache (namespace) to use", pattern=CACHE_ID_PATTERN),
 ]
 
 
