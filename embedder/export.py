@@ -13,6 +13,7 @@ This is the only module that imports PyTorch (through optimum and sentence-trans
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -199,12 +200,16 @@ def export_model(
         final = workdir / "final"
         shutil.copytree(fp32_dir, final, ignore=shutil.ignore_patterns("*.onnx", "*.onnx_data"))
         onnx_path = final / "model.onnx"
-        if precision is Precision.FP32:
-            shutil.copy2(fp32_dir / "model.onnx", onnx_path)
-        elif precision is Precision.INT8:
-            _quantize_int8(fp32_dir / "model.onnx", onnx_path, config.get("intermediate_size"))
-        else:
-            _convert_fp16(fp32_dir / "model.onnx", onnx_path)
+        # onnxruntime's tools may drop scratch files into the working directory: keep them in
+        # the temporary folder.
+        with contextlib.chdir(workdir):
+            if precision is Precision.FP32:
+                shutil.copy2(fp32_dir / "model.onnx", onnx_path)
+            elif precision is Precision.INT8:
+                intermediate = config.get("intermediate_size")
+                _quantize_int8(fp32_dir / "model.onnx", onnx_path, intermediate)
+            else:
+                _convert_fp16(fp32_dir / "model.onnx", onnx_path)
 
         import onnxruntime as ort
 

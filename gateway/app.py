@@ -6,16 +6,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ProblemError, problem_response
@@ -52,6 +53,7 @@ class GuardMiddleware:
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key
         self.limiter = limiter
+        self.routes = RouteTemplates()
 
     def _refusal(self, scope: Scope) -> ProblemError | None:
         headers = Headers(scope=scope)
@@ -117,7 +119,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        route = _route_template(scope)
+        route = self.routes.template(scope)
         status = 500
         rid = clean_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
         token = request_id.set(rid)
@@ -147,12 +149,36 @@ class GuardMiddleware:
             request_id.reset(token)
 
 
-def _route_template(scope: Scope) -> str:
-    for route in scope["app"].router.routes:
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", scope["path"]))
-    return "unmatched"
+class RouteTemplates:
+    """Maps a request path to its route's template ("/v1/caches/{cacheId}/entries/{entryId}"),
+    so that metric labels stay few however many entry ids are requested. Built on first use
+    from the application's routes, routers included through `include_router` too (FastAPI
+    keeps those behind a wrapper that has no path of its own)."""
+
+    def __init__(self) -> None:
+        self._table: list[tuple[re.Pattern[str], frozenset[str], str]] | None = None
+
+    @staticmethod
+    def _flatten(routes: Iterable[Any]) -> Iterator[tuple[re.Pattern[str], frozenset[str], str]]:
+        for route in routes:
+            included = getattr(route, "original_router", None)
+            if included is not None:
+                yield from RouteTemplates._flatten(included.routes)
+            elif isinstance(getattr(route, "path_regex", None), re.Pattern):
+                methods = frozenset(getattr(route, "methods", None) or ())
+                yield route.path_regex, methods, str(route.path)
+
+    def template(self, scope: Scope) -> str:
+        if self._table is None:
+            self._table = list(self._flatten(scope["app"].router.routes))
+        path, method = scope["path"], scope["method"]
+        path_only: str | None = None  # the path matches but not the method (405)
+        for regex, methods, template in self._table:
+            if regex.match(path):
+                if not methods or method in methods:
+                    return template
+                path_only = path_only or template
+        return path_only or "unmatched"
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

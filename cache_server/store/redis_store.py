@@ -453,12 +453,24 @@ def _entry(cache_id: str, raw: Mapping[bytes, bytes], now: float) -> CacheEntry 
     )
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> dict[str, Any]:
+    """A RESP2 flat [key, value, key, value, ...] list as a dict with str keys."""
+    return {_text(flat[i]).lower(): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
 def _index_dimension(info: list[Any]) -> int | None:
-    """The vector dimension from an FT.INFO reply (RESP2 flat list), if found."""
-    text = repr(info)
-    marker = "b'dim', "
-    at = text.find(marker)
-    if at < 0:
-        return None
-    digits = "".join(ch for ch in text[at + len(marker) : at + len(marker) + 8] if ch.isdigit())
-    return int(digits) if digits else None
+    """The dimension of the VECTOR attribute in an FT.INFO reply (RESP2), if there is one.
+
+    FT.INFO lists each attribute as a flat key/value list (identifier, type, ..., and for a
+    vector field its algorithm, data type and `dim`)."""
+    for attribute in _pairs(info).get("attributes") or []:
+        if not isinstance(attribute, list):
+            continue
+        fields = _pairs(attribute)
+        if _text(fields.get("type", "")).upper() == "VECTOR" and "dim" in fields:
+            return int(_text(fields["dim"]))
+    return None

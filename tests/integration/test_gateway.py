@@ -124,6 +124,31 @@ def test_stats_and_docs(gateway: str) -> None:
     assert "semcache_gateway_request_seconds_bucket" in metrics
 
 
+def test_metrics_are_labelled_by_route_template_not_by_path(gateway: str) -> None:
+    # One series per route, however many entry ids are asked for: a label per path would
+    # grow the gateway's memory with every request (and flood Prometheus).
+    ids = [f"{i:032x}" for i in range(1, 41)]
+    for entry_id in ids:
+        reply = httpx.delete(f"{gateway}/v1/caches/metrics-test/entries/{entry_id}")
+        assert reply.status_code == 404
+    httpx.post(f"{gateway}/v1/caches/metrics-test/entries/search", json={"prompt": "anything"})
+    metrics = httpx.get(f"{gateway}/metrics").text
+    assert not any(entry_id in metrics for entry_id in ids)
+    assert "metrics-test" not in metrics
+    by_id = 'route="/v1/caches/{cacheId}/entries/{entryId}",status="404"'
+    assert f'semcache_gateway_requests_total{{method="DELETE",{by_id}}} ' in metrics
+    line = next(
+        m
+        for m in metrics.splitlines()
+        if by_id in m and m.startswith("semcache_gateway_requests_total")
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 40
+    assert 'method="POST",route="/v1/caches/{cacheId}/entries/search",status="200"' in metrics
+    unknown = httpx.get(f"{gateway}/no/such/path/{ids[0]}")
+    assert unknown.status_code == 404
+    assert 'route="unmatched"' in httpx.get(f"{gateway}/metrics").text
+
+
 def test_health_up(gateway: str) -> None:
     reply = httpx.get(f"{gateway}/health")
     assert reply.status_code == 200
