@@ -206,22 +206,23 @@ async def test_everything_acknowledged_survives_a_reopen(factory: StoreFactory) 
 
 
 async def test_a_vector_of_another_dimension_is_refused(factory: StoreFactory) -> None:
+    small = np.full(4, 0.5, dtype=np.float32)
     # The embedding model changed under a cache that holds entries: refused, nothing lost,
     # also by a store opened afterwards (which learns the dimension from what is stored).
     first = await factory()
     kept = entry("kept")
     await first.put(kept, vec(1), 10, NOW)
     with pytest.raises(StoreConflictError, match="8-dim"):
-        await first.put(entry("other"), np.ones(4, dtype=np.float32) / 2, 10, NOW)
+        await first.put(entry("other"), small, 10, NOW)
     await first.close()
     reopened = await factory()
     try:
         with pytest.raises(StoreConflictError, match="8-dim"):
-            await reopened.put(entry("other"), np.ones(4, dtype=np.float32) / 2, 10, NOW)
+            await reopened.put(entry("other"), small, 10, NOW)
         assert await reopened.get("c1", kept.id, NOW) == kept
         assert await reopened.count("c1", NOW) == 1
         # Another cache is free to use another dimension.
-        await reopened.put(entry("small", cache_id="c2"), np.ones(4, dtype=np.float32) / 2, 10, NOW)
+        await reopened.put(entry("small", cache_id="c2"), small, 10, NOW)
         assert await reopened.count("c2", NOW) == 1
     finally:
         await reopened.close()
