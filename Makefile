@@ -8,6 +8,7 @@ PY         := $(VENV)/bin/python
 MODEL      ?=
 MODEL_DIR  ?= models/default
 PRECISION  ?= fp32
+SOAK_SECONDS ?= 180
 PROTOS     := $(shell find protos -name '*.proto')
 PROTOC      = PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1)
 
@@ -70,8 +71,11 @@ bench: proto ## Benchmarks (compare against sentence-transformers in the same ru
 	$(PY) -m bench.gateway_bench
 	$(PY) -m bench.scale_bench
 
+soak: proto model ## Soak through the gateway (SOAK_SECONDS=180); fails on any error or memory growth
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS) --clients 8
+
 clean: ## Remove the venv, generated stubs and exported models
 	rm -rf $(VENV) models data
 	find protos -name '*_pb2*' -delete
 
-.PHONY: help setup proto proto-check model run redis demo test lint bench clean compose-tools
+.PHONY: help setup proto proto-check model run redis demo test lint bench soak clean compose-tools

@@ -3,7 +3,10 @@ LangCache sets and deletes for a few minutes. Reports errors (any non-2xx, any e
 latency p50/p99 per kind, and each process's memory (RSS) over time: once warm, it must not
 keep growing.
 
-Run: python -m bench.soak [--seconds 180] [--clients 8]
+Run: python -m bench.soak [--seconds 180] [--clients 8] [--max-growth-percent 5]   (make soak)
+
+Exits non-zero when a request failed or a process's RSS grew by more than the bound over the
+second half of the run (the first half is warm-up: caches fill, eviction starts).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -91,10 +95,16 @@ async def soak(
     return {"latencies": latencies, "errors": errors, "memory": memory}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--max-growth-percent",
+        type=float,
+        default=5.0,
+        help="fail when a process's RSS grows more than this over the second half",
+    )
     args = parser.parse_args()
     pairs = [(p.text_a, p.text_b) for p in load_pairs(2000) if p.text_a != p.text_b]
     with local_stack(Path("models/default"), "--max-cache-size", "500") as services:
@@ -132,19 +142,25 @@ def main() -> None:
         "| process | RSS after warm-up MB | half-way MB | at end MB | growth, 2nd half |",
         "|---|---:|---:|---:|---:|",
     ]
+    grew: list[str] = []
     for name, samples in memory.items():
         warm = samples[min(2, len(samples) - 1)]  # after ~10 s
         half = samples[len(samples) // 2]
-        lines.append(
-            f"| {name} | {warm:.0f} | {half:.0f} | {samples[-1]:.0f} | "
-            f"{(samples[-1] - half) / half * 100:+.1f}% |"
-        )
+        growth = (samples[-1] - half) / half * 100
+        if growth > args.max_growth_percent:
+            grew.append(f"{name} grew {growth:+.1f}% over the second half")
+        lines.append(f"| {name} | {warm:.0f} | {half:.0f} | {samples[-1]:.0f} | {growth:+.1f}% |")
     lines += [f"- {e}" for e in errors[:10]]
+    verdict = [*grew, *([f"{len(errors)} requests failed"] if errors else [])]
+    bound = f"every process within +{args.max_growth_percent:g}% over the second half"
+    lines.append("")
+    lines.append(f"FAILED: {'; '.join(verdict)}" if verdict else f"passed: 0 errors, {bound}")
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "soak.md").write_text(text + "\n")
+    return 1 if verdict else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

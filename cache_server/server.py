@@ -19,7 +19,7 @@ from cache_server.service import CacheServicer
 from cache_server.settings import CacheSettings
 from cache_server.store.base import CacheStore
 from cache_server.store.embedded import EmbeddedStore
-from cache_server.store.redis_store import RedisStore
+from cache_server.store.redis_store import RedisStore, redacted_url
 from cache_server.upstream import DemoResponder, OpenAICompatibleUpstream, Upstream
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
@@ -54,7 +54,7 @@ def make_store(settings: CacheSettings) -> CacheStore:
     if settings.store_backend == "redis":
         log.info(
             "store: Redis at %s (prefix %r, %s)",
-            settings.redis_url,
+            redacted_url(settings.redis_url),
             settings.redis_prefix,
             settings.redis_vector_algorithm,
         )
@@ -64,6 +64,7 @@ def make_store(settings: CacheSettings) -> CacheStore:
             algorithm=settings.redis_vector_algorithm,
             hnsw_m=settings.hnsw_m,
             hnsw_ef_runtime=settings.redis_hnsw_ef_runtime,
+            access=settings.redis_access,
         )
     return EmbeddedStore(
         settings.data_dir,

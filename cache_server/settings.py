@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cache_server.store.redis_store import RedisAccess
 from service_runtime.tls import ClientTls, ServerTls
 
 
@@ -30,7 +31,21 @@ class CacheSettings(BaseSettings):
         description="embedded: SQLite + in-process index (one server); redis: Redis with vector "
         "search, shared by many cache-server replicas",
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for store_backend=redis")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for store_backend=redis; rediss:// for TLS",
+    )
+    redis_username: str | None = Field(None, description="Redis ACL user (AUTH), if not default")
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (AUTH); never logged. A password in redis_url wins"
+    )
+    redis_tls_ca_file: Path | None = Field(
+        None, description="CA that signed Redis's certificate (with a rediss:// URL)"
+    )
+    redis_tls_cert_file: Path | None = Field(
+        None, description="Client certificate for a Redis with tls-auth-clients"
+    )
+    redis_tls_key_file: Path | None = Field(None, description="Its private key")
     redis_prefix: str = Field("semcache", description="Key prefix in Redis (one per deployment)")
     redis_vector_algorithm: Literal["FLAT", "HNSW"] = Field(
         "FLAT",
@@ -110,6 +125,16 @@ class CacheSettings(BaseSettings):
     )
 
     @property
+    def redis_access(self) -> RedisAccess:
+        return RedisAccess(
+            username=self.redis_username,
+            password=self.redis_password.get_secret_value() if self.redis_password else None,
+            tls_ca_file=self.redis_tls_ca_file,
+            tls_cert_file=self.redis_tls_cert_file,
+            tls_key_file=self.redis_tls_key_file,
+        )
+
+    @property
     def embedder_address_list(self) -> list[str]:
         return [a.strip() for a in self.embedder_addresses.split(",") if a.strip()]
 
@@ -119,6 +144,7 @@ class CacheSettings(BaseSettings):
         _ = ClientTls(
             self.embedder_tls_ca_file, self.embedder_tls_cert_file, self.embedder_tls_key_file
         ).enabled
+        self.redis_access.check(self.redis_url)
         if not self.embedder_address_list:
             raise ValueError("embedder_addresses is empty")
         if self.upstream_base_url is not None and not self.upstream_base_url.startswith(

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service_runtime.logs import RequestIdInterceptor
+from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
 from service_runtime.tls import ServerTls
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,12 @@ class _Malformed:
     reason: str
 
 
-class RejectMalformedRequests(grpc.aio.ServerInterceptor):
-    """A request that does not parse (invalid UTF-8 in a string, corrupt wire format) is
-    INVALID_ARGUMENT with the reason, instead of grpc's UNKNOWN."""
+class UnaryCallInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary method once, for two things:
+    - each call is served with its caller's request id (`x-request-id` metadata, or a new id)
+      in the `request_id` context variable, so that log lines carry it;
+    - a request that does not parse (invalid UTF-8 in a string, corrupt wire format) is
+      INVALID_ARGUMENT with the reason, instead of grpc's UNKNOWN."""
 
     async def intercept_service(
         self,
@@ -49,6 +52,8 @@ class RejectMalformedRequests(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
             return handler
         deserialize, behaviour = handler.request_deserializer, handler.unary_unary
+        given = dict(handler_call_details.invocation_metadata or ()).get(REQUEST_ID_HEADER)
+        rid = clean_request_id(given if isinstance(given, str) else None)
 
         def parse(data: bytes) -> object:
             try:
@@ -57,11 +62,15 @@ class RejectMalformedRequests(grpc.aio.ServerInterceptor):
                 return _Malformed(str(exc))
 
         async def guarded(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if isinstance(request, _Malformed):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}"
-                )
-            return await behaviour(request, context)  # type: ignore[arg-type]  # stubs: sync ctx
+            token = request_id.set(rid)
+            try:
+                if isinstance(request, _Malformed):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}"
+                    )
+                return await behaviour(request, context)  # type: ignore[arg-type]  # sync ctx
+            finally:
+                request_id.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=parse, response_serializer=handler.response_serializer
@@ -81,7 +90,7 @@ class GrpcService:
         tls: ServerTls | None = None,
     ) -> None:
         self.server = grpc.aio.server(
-            interceptors=[RequestIdInterceptor(), RejectMalformedRequests()],
+            interceptors=[UnaryCallInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

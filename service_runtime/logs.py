@@ -7,11 +7,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
-
-import grpc
 
 REQUEST_ID_HEADER = "x-request-id"
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -74,35 +71,3 @@ def configure_logging(service: str, level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):
-    """Serves each unary call with its caller's request id (or a new one) in `request_id`."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get(REQUEST_ID_HEADER)
-        rid = clean_request_id(given if isinstance(given, str) else None)
-        behaviour = handler.unary_unary
-
-        async def with_request_id(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            token = request_id.set(rid)
-            try:
-                return await behaviour(request, context)  # type: ignore[arg-type]
-            finally:
-                request_id.reset(token)
-
-        return grpc.unary_unary_rpc_method_handler(
-            with_request_id,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )

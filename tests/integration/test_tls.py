@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import grpc
@@ -22,17 +21,7 @@ def wait_serving_tls(process: ServiceProcess, ca: Pair, client: Pair) -> None:
         private_key=client.key.read_bytes(),
         certificate_chain=client.cert.read_bytes(),
     )
-    deadline = time.monotonic() + 60
-    with grpc.secure_channel(process.address, credentials) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, process.log()
-            time.sleep(0.1)
+    process.wait_serving(60, credentials)
 
 
 def test_mutual_tls_on_both_hops(tmp_path: Path, minilm_dir: Path) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from cache_server.settings import CacheSettings
+from cache_server.store.redis_store import redacted_url
 from embedder.service import validate_texts
 from embedder.settings import EmbedderSettings
-from service_runtime.settings import settings_from_args
+from service_runtime.settings import describe_errors, settings_from_args, start_service
 
 
 def test_defaults_match_the_product() -> None:
@@ -69,3 +71,45 @@ def test_request_validation_messages(texts: list[str], message: str) -> None:
 
 def test_valid_request_passes() -> None:
     assert validate_texts(["How do I learn Python?"], EmbedderSettings()) is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--redis-tls-ca-file", "/tmp/ca.pem"],  # TLS files without rediss://
+        ["--redis-url", "rediss://h:6380/0", "--redis-tls-cert-file", "/tmp/c.pem"],  # no key
+        ["--redis-url", "http://h:6379"],
+        ["--port", "not-a-port"],
+    ],
+)
+def test_a_refused_setting_never_shows_a_secret(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CACHE_REDIS_PASSWORD", "hunter2-redis")
+    monkeypatch.setenv("CACHE_UPSTREAM_API_KEY", "sk-upstream-secret")
+    assert start_service(CacheSettings, argv, "cache_server") is None
+    said = capsys.readouterr().err
+    assert "invalid settings" in said
+    assert "hunte" not in said and "sk-up" not in said
+    with pytest.raises(ValidationError) as caught:
+        settings_from_args(CacheSettings, argv, "t")
+    assert describe_errors(caught.value).strip()
+
+
+def test_redis_access_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHE_REDIS_PASSWORD", "pw")
+    s = settings_from_args(
+        CacheSettings,
+        ["--redis-url", "rediss://cache.internal:6380/0", "--redis-tls-ca-file", "/ca.pem"],
+        "t",
+    )
+    options = s.redis_access.connection_options(s.redis_url)
+    assert options["password"] == "pw" and options["ssl_ca_certs"] == "/ca.pem"
+    assert options["ssl_cert_reqs"] == "required" and options["ssl_check_hostname"] is True
+    assert "pw" not in repr(s)  # SecretStr
+
+
+def test_a_password_in_the_redis_url_is_redacted() -> None:
+    assert redacted_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redacted_url("rediss://app:s3cret@h:6380/1") == "rediss://app:***@h:6380/1"
+    assert redacted_url("redis://h:6379/0") == "redis://h:6379/0"
