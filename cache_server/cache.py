@@ -35,7 +35,7 @@ from cache_server.entries import (
     normalize_prompt,
 )
 from cache_server.stats import CacheCounters, LookupLatency
-from cache_server.store.base import CacheStore
+from cache_server.store.base import CacheLimitError, CacheStore
 from cache_server.upstream import SingleFlight, Upstream
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class Embedder(Protocol):
 class CachePolicy:
     threshold: float = 0.85  # cosine similarity; higher is stricter
     max_cache_size: int = 1000  # entries per cache
+    max_caches: int = 10_000  # caches (cache ids) the deployment holds
     default_ttl_s: float | None = None
     max_prompt_chars: int = 8192
     max_response_chars: int = 200_000
@@ -110,7 +111,7 @@ class SemanticCache:
         self.embedder = embedder
         self.upstream = upstream
         self.policy = policy
-        self.latency = LookupLatency()
+        self.latency = LookupLatency(max_caches=policy.max_caches)
         self._clock = clock
         self._single_flight = SingleFlight()
         self._background: set[asyncio.Task[None]] = set()
@@ -180,8 +181,8 @@ class SemanticCache:
                 (Strategy.EXACT, Strategy.SEMANTIC),
                 vector_box,
             )
-            await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started)
             if hits:
+                await self._record_lookup(cache_id, True, time.perf_counter() - started)
                 hit = hits[0]
                 self._touch_later(cache_id, [hit.entry.id])
                 return QueryResult(
@@ -196,7 +197,8 @@ class SemanticCache:
         key = (cache_id, normalize_prompt(query), tuple(sorted(attributes.items())))
 
         async def answer_and_store() -> str:
-            # Embed first: if the embedder is down, fail before paying for an LLM call.
+            # Room for the entry, and an embedder that answers, before paying for an LLM call.
+            await self._admit(cache_id)
             vector = vector_box[0] if vector_box else await self._embed_one(query)
             try:
                 response = await self.upstream.complete(query)
@@ -207,7 +209,11 @@ class SemanticCache:
             await self._put(cache_id, query, response, attributes, ttl_s, vector)
             return response
 
-        response = await self._single_flight.run(key, answer_and_store)
+        try:
+            response = await self._single_flight.run(key, answer_and_store)
+        finally:
+            if use_cache:  # counted once the entry is stored, so a new cache counts it too
+                await self._record_lookup(cache_id, False, time.perf_counter() - started)
         return QueryResult(
             query=query,
             response=response,
@@ -238,6 +244,14 @@ class SemanticCache:
         await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started)
         self._touch_later(cache_id, [hit.entry.id for hit in hits])
         return SearchResult(hits, self.dimension, time.perf_counter() - started)
+
+    async def _admit(self, cache_id: str) -> None:
+        limit = self.policy.max_caches
+        if not await self.store.admits(cache_id, limit):
+            raise CacheLimitError(
+                f"cache {cache_id!r} would be one cache too many: this deployment holds at most "
+                f"{limit} caches (max_caches); flush caches no longer used, or raise the limit"
+            )
 
     async def _record_lookup(self, cache_id: str, hit: bool, seconds: float) -> None:
         self.latency.record(cache_id, hit, seconds)
@@ -282,6 +296,7 @@ class SemanticCache:
         check_text("response", response, self.policy.max_response_chars)
         attributes = check_attributes(attributes or {})
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
+        await self._admit(cache_id)
         vector = await self._embed_one(prompt)
         return await self._put(cache_id, prompt, response, attributes, ttl_s, vector)
 

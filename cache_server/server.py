@@ -94,6 +94,7 @@ class CacheServer:
         policy = CachePolicy(
             threshold=settings.similarity_threshold,
             max_cache_size=settings.max_cache_size,
+            max_caches=settings.max_caches,
             default_ttl_s=settings.default_ttl_s,
             max_prompt_chars=settings.max_prompt_chars,
             max_response_chars=settings.max_response_chars,

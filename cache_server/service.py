@@ -18,7 +18,7 @@ from cache_server.embedder_client import (
     EmbedderUnavailableError,
 )
 from cache_server.entries import EntryNotFoundError, InvalidInputError
-from cache_server.store.base import StoreConflictError, StoreUnavailableError
+from cache_server.store.base import CacheLimitError, StoreConflictError, StoreUnavailableError
 from cache_server.upstream import UpstreamError
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
@@ -36,6 +36,7 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (UpstreamError, grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (StoreConflictError, grpc.StatusCode.FAILED_PRECONDITION),
+    (CacheLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 _STRATEGY_TO_PB = {

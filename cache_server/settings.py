@@ -88,6 +88,12 @@ class CacheSettings(BaseSettings):
         validation_alias=AliasChoices("max_cache_size", "CACHE_MAX_CACHE_SIZE", "MAX_CACHE_SIZE"),
         description="Entries per cache; least recently used are evicted beyond it",
     )
+    max_caches: int = Field(
+        10_000,
+        ge=1,
+        description="Caches (cache ids) the deployment holds, at most: a write that would open "
+        "one more is RESOURCE_EXHAUSTED (HTTP 429) until one is flushed",
+    )
     default_ttl_s: float | None = Field(None, gt=0, description="Default entry TTL, seconds")
     purge_interval_s: float = Field(5.0, gt=0, description="How often expired entries go")
     max_prompt_chars: int = Field(8192, ge=1)

@@ -47,20 +47,31 @@ class CacheCounters:
 
 
 class LookupLatency:
-    """Recent look-up latencies per cache, in this process."""
+    """Recent look-up latencies per cache, in this process, for at most `max_caches` caches
+    (those looked up longest ago are forgotten first, so made-up cache ids cannot grow it)."""
 
-    def __init__(self) -> None:
-        self._by_cache: dict[str, collections.deque[float]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=LATENCY_WINDOW)
+    def __init__(self, max_caches: int = 10_000) -> None:
+        self._max_caches = max_caches
+        self._by_cache: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict()
         )
 
     def record(self, cache_id: str, hit: bool, seconds: float) -> None:
         metrics.LOOKUPS.labels("hit" if hit else "miss").inc()
         metrics.LOOKUP_SECONDS.observe(seconds)
-        self._by_cache[cache_id].append(seconds)
+        window = self._by_cache.pop(cache_id, None)
+        if window is None:
+            window = collections.deque(maxlen=LATENCY_WINDOW)
+            if len(self._by_cache) >= self._max_caches:
+                self._by_cache.popitem(last=False)
+        window.append(seconds)
+        self._by_cache[cache_id] = window
 
     def of(self, cache_id: str) -> collections.deque[float]:
-        return self._by_cache[cache_id]
+        return self._by_cache.get(cache_id) or collections.deque(maxlen=LATENCY_WINDOW)
+
+    def __len__(self) -> int:
+        return len(self._by_cache)
 
     def reset(self, cache_id: str) -> None:
         self._by_cache.pop(cache_id, None)

@@ -18,6 +18,10 @@ class StoreUnavailableError(RuntimeError):
     """The store cannot be reached right now (e.g. Redis down); retry later."""
 
 
+class CacheLimitError(RuntimeError):
+    """A write would open one cache more than the deployment may hold (max_caches)."""
+
+
 class StoreConflictError(RuntimeError):
     """The request conflicts with what the store holds (e.g. vectors of another dimension
     after the embedding model changed)."""
@@ -49,6 +53,11 @@ class CacheStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def admits(self, cache_id: str, max_caches: int) -> bool:
+        """True when `cache_id` is a cache the store holds (from its first entry until it is
+        flushed), or when fewer than `max_caches` caches are held, so it may become one."""
+        ...
 
     async def put(
         self, entry: CacheEntry, vector: FloatArray, max_entries: int, now: float
@@ -96,7 +105,9 @@ class CacheStore(Protocol):
         ...
 
     async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> None:
-        """Adds to the cache's counters (hits, misses...). `put` counts `evictions` itself."""
+        """Adds to the cache's counters (hits, misses...). `put` counts `evictions` itself.
+        Only for a cache the store holds: a look-up under an unknown cache id leaves nothing
+        behind (else any caller could grow the store with made-up ids)."""
         ...
 
     async def counters(self, cache_id: str) -> dict[str, int]: ...

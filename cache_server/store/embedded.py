@@ -336,8 +336,12 @@ class EmbeddedStore:
 
     # -- counters (in memory: one process owns this store) ----------------------------------
 
+    async def admits(self, cache_id: str, max_caches: int) -> bool:
+        return cache_id in self._caches or len(self._caches) < max_caches
+
     async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> None:
-        self._counters[cache_id].update(counts)
+        if cache_id in self._caches:
+            self._counters[cache_id].update(counts)
 
     async def counters(self, cache_id: str) -> dict[str, int]:
         return dict(self._counters.get(cache_id, {}))

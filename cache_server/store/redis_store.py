@@ -48,6 +48,14 @@ local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
 if excess <= 0 then return {} end
 return redis.call('ZPOPMIN', KEYS[1], excess)
 """
+
+# KEYS[1] = set of caches, KEYS[2] = the cache's counters; ARGV[1] = cache id, then name/value
+# pairs. Counts only for a cache that exists, so made-up cache ids leave nothing behind.
+_ADD_COUNTERS = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
 _UNAVAILABLE = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
@@ -151,6 +159,7 @@ class RedisStore:
             **access.connection_options(url),
         )
         self._evict = self._redis.register_script(_EVICT)
+        self._add_counters = self._redis.register_script(_ADD_COUNTERS)
         self._indexed: dict[str, int] = {}  # cache_id -> dimension, indexes known to exist
 
     def _key(self, cache_id: str, *parts: str) -> str:
@@ -339,6 +348,7 @@ class RedisStore:
         count = int(await self._call(lambda: self._redis.zcard(lru)))
         deleted = await self.delete_matching(cache_id, {})
         await self._call(lambda: self._redis.delete(lru, self._key(cache_id, "exp")))
+        await self._call(lambda: self._redis.srem(self._key("_caches"), cache_id))
         return max(count, deleted)
 
     async def purge_expired(self, now: float) -> PurgeOutcome:
@@ -485,16 +495,24 @@ class RedisStore:
 
     # -- counters (shared by every replica) -------------------------------------------------
 
-    async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> None:
-        stats = self._key(cache_id, "stats")
+    async def admits(self, cache_id: str, max_caches: int) -> bool:
+        caches = self._key("_caches")
 
-        async def add() -> None:
+        async def ask() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for name, value in counts.items():
-                    pipe.hincrby(stats, name, value)
-                await pipe.execute()
+                pipe.sismember(caches, cache_id)
+                pipe.scard(caches)
+                return list(await pipe.execute())
 
-        await self._call(add)
+        member, count = await self._call(ask)
+        return bool(member) or int(count) < max_caches
+
+    async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> None:
+        keys = [self._key("_caches"), self._key(cache_id, "stats")]
+        args: list[Any] = [cache_id]
+        for name, value in counts.items():
+            args += [name, value]
+        await self._call(lambda: self._add_counters(keys=keys, args=args))
 
     async def counters(self, cache_id: str) -> dict[str, int]:
         raw = await self._call(lambda: self._redis.hgetall(self._key(cache_id, "stats")))

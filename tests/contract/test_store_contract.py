@@ -229,13 +229,36 @@ async def test_a_vector_of_another_dimension_is_refused(factory: StoreFactory) -
 
 
 async def test_counters_are_kept_by_the_store(store: CacheStore) -> None:
+    await store.put(entry("first"), vec(1), 10, NOW)
     await store.add_counters("c1", {"hits": 2, "misses": 1})
     await store.add_counters("c1", {"hits": 1})
     counts = await store.counters("c1")
     assert (counts.get("hits"), counts.get("misses")) == (3, 1)
     for i in range(3):
         await store.put(entry(f"p{i}"), vec(1, i), 2, NOW + i)
-    assert (await store.counters("c1")).get("evictions") == 1
+    assert (await store.counters("c1")).get("evictions") == 2
     await store.reset_counters("c1")
     assert await store.counters("c1") == {}
     assert await store.counters("other") == {}
+
+
+async def test_unknown_cache_ids_leave_nothing_behind(store: CacheStore) -> None:
+    # Look-ups under made-up cache ids must not grow the store.
+    for i in range(50):
+        await store.add_counters(f"made-up-{i}", {"misses": 1})
+        assert await store.search(f"made-up-{i}", vec(1), 1, 0.5, {}, NOW) == []
+    assert await store.counters("made-up-7") == {}
+    assert await store.admits("made-up-7", 1)  # no cache is held yet
+
+
+async def test_the_number_of_caches_is_bounded(store: CacheStore) -> None:
+    await store.put(entry("a", cache_id="one"), vec(1), 10, NOW)
+    await store.put(entry("b", cache_id="two"), vec(1), 10, NOW)
+    assert await store.admits("one", 2) and await store.admits("two", 2)
+    assert not await store.admits("three", 2)
+    assert await store.admits("three", 3)
+    # Deleting its entries keeps a cache (and its counters) until it is flushed.
+    await store.delete("one", entry("a", cache_id="one").id)
+    assert not await store.admits("three", 2)
+    await store.flush("one")
+    assert await store.admits("three", 2)

@@ -142,6 +142,38 @@ def test_lru_eviction_and_stats(tmp_path: Path, embedder_process: str) -> None:
         assert "demo responder" in demo.response
 
 
+def test_made_up_cache_ids_are_bounded(tmp_path: Path, embedder_process: str) -> None:
+    # A caller inventing cache ids can neither open caches without end nor leave state behind.
+    with cache_server(tmp_path, embedder_process, "--max-caches", "2") as server:
+        stub = pb_grpc.CacheServiceStub(grpc.insecure_channel(server.address))
+        for cache in ("alpha", "beta"):
+            stub.Set(pb.SetRequest(cache_id=cache, prompt="q", response=cache), timeout=10)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Set(pb.SetRequest(cache_id="gamma", prompt="q", response="g"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 2 caches (max_caches)" in str(info.value.details())
+        # A miss under a new cache id would store its answer: refused before the LLM is asked.
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Query(pb.QueryRequest(cache_id="delta", query="new question"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Existing caches take more entries; look-ups anywhere still answer.
+        stub.Set(pb.SetRequest(cache_id="alpha", prompt="another", response="a2"), timeout=10)
+        for i in range(20):
+            found = stub.Search(pb.SearchRequest(cache_id=f"ghost-{i}", prompt="q"), timeout=10)
+            assert not found.hits
+        ghost = stub.GetStats(pb.GetStatsRequest(cache_id="ghost-3"), timeout=10)
+        assert (ghost.cache_size, ghost.hits, ghost.misses) == (0, 0, 0)
+        # Flushing a cache makes room for another.
+        stub.Flush(pb.FlushRequest(cache_id="beta"), timeout=10)
+        stub.Set(pb.SetRequest(cache_id="gamma", prompt="q", response="g"), timeout=10)
+        first = stub.Query(
+            pb.QueryRequest(cache_id="alpha", query="brand new question"), timeout=10
+        )
+        assert not first.cache_hit
+        stats = stub.GetStats(pb.GetStatsRequest(cache_id="alpha"), timeout=10)
+        assert stats.misses == 1 and stats.cache_size == 3
+
+
 def test_ttl_expiry(stub: pb_grpc.CacheServiceStub) -> None:
     stub.Set(
         pb.SetRequest(prompt="a fleeting question", response="gone soon", ttl_seconds=1), timeout=10

@@ -244,3 +244,17 @@ async def test_bad_input_is_refused_clearly(
     with pytest.raises(InvalidInputError, match=message):
         await cache.query(args.pop("cache_id"), args.pop("query"), **args)
     assert upstream.calls == []
+
+
+def test_lookup_latency_remembers_a_bounded_number_of_caches() -> None:
+    from cache_server.stats import LookupLatency
+
+    latency = LookupLatency(max_caches=3)
+    for i in range(10):
+        latency.record(f"cache-{i}", hit=False, seconds=0.001 * (i + 1))
+    latency.record("cache-7", hit=True, seconds=0.5)  # used again: kept longest
+    latency.record("cache-10", hit=True, seconds=0.5)
+    assert len(latency) == 3
+    assert list(latency.of("cache-7")) == [0.008, 0.5]
+    assert list(latency.of("cache-9")) == [0.010]
+    assert not latency.of("cache-8") and not latency.of("cache-0")
