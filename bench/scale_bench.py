@@ -31,7 +31,7 @@ from cache_server.store.embedded import EmbeddedStore
 from cache_server.store.redis_store import RedisStore
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
-from tests.processes import RedisProcess, ServiceProcess
+from tests.processes import RedisProcess, ServiceProcess, redis_cache_server
 
 RESULTS = Path("bench/results")
 TENANTS = 4
@@ -145,22 +145,17 @@ def throughput_rows(redis_url: str) -> list[dict[str, Any]]:
         addresses = ",".join(e.address for e in embedder_procs)
         with tempfile.TemporaryDirectory() as data:
             caches = [
-                ServiceProcess(
-                    "cache_server",
-                    "--store-backend",
-                    "redis",
-                    "--redis-url",
-                    redis_url,
-                    "--redis-prefix",
-                    prefix,
-                    "--data-dir",
-                    data,
-                    "--embedder-addresses",
+                redis_cache_server(
+                    Path(data),
                     addresses,
+                    redis_url,
+                    prefix,
                     "--log-level",
                     "WARNING",
                     "--max-cache-size",
                     "100000",
+                    "--purge-interval-s",  # the default, over the helper's test setting
+                    "5",
                 ).start()
                 for _ in range(servers)
             ]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -310,3 +311,31 @@ class RedisProcess:
             else:
                 self.process.terminate()
             self.process.wait(30)
+
+
+def redis_cache_server(
+    tmp_path: Path,
+    embedder: str,
+    redis_url: str,
+    prefix: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> ServiceProcess:
+    """A cache server on the Redis backend (key prefix `prefix`), not started yet."""
+    return ServiceProcess(
+        "cache_server",
+        "--store-backend",
+        "redis",
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        prefix,
+        "--data-dir",
+        str(tmp_path / uuid.uuid4().hex),
+        "--embedder-addresses",
+        embedder,
+        "--purge-interval-s",
+        "0.3",
+        *args,
+        env=env,
+    )

@@ -13,7 +13,7 @@ import pytest
 
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
-from tests.processes import GatewayProcess, RedisProcess, ServiceProcess
+from tests.processes import GatewayProcess, RedisProcess, redis_cache_server
 
 pytestmark = pytest.mark.slow
 
@@ -23,27 +23,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
     server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
-
-
-def redis_cache_server(
-    tmp_path: Path, embedder: str, redis_url: str, prefix: str, *args: str
-) -> ServiceProcess:
-    return ServiceProcess(
-        "cache_server",
-        "--store-backend",
-        "redis",
-        "--redis-url",
-        redis_url,
-        "--redis-prefix",
-        prefix,
-        "--data-dir",
-        str(tmp_path / uuid.uuid4().hex),
-        "--embedder-addresses",
-        embedder,
-        "--purge-interval-s",
-        "0.3",
-        *args,
-    )
 
 
 @pytest.fixture()

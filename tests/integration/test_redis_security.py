@@ -15,7 +15,7 @@ import pytest
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from tests.certificates import Pair, make_ca, make_cert
-from tests.processes import RedisProcess, RedisTls, ServiceProcess
+from tests.processes import RedisProcess, RedisTls, ServiceProcess, redis_cache_server
 
 pytestmark = pytest.mark.slow
 
@@ -44,21 +44,9 @@ def secure_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRed
 def cache_server(
     tmp_path: Path, embedder: str, url: str, *args: str, password: str | None = PASSWORD
 ) -> ServiceProcess:
-    return ServiceProcess(
-        "cache_server",
-        "--store-backend",
-        "redis",
-        "--redis-url",
-        url,
-        "--redis-prefix",
-        f"sec-{uuid.uuid4().hex[:8]}",
-        "--data-dir",
-        str(tmp_path / uuid.uuid4().hex),
-        "--embedder-addresses",
-        embedder,
-        *args,
-        env={"CACHE_REDIS_PASSWORD": password} if password else None,
-    )
+    prefix = f"sec-{uuid.uuid4().hex[:8]}"
+    env = {"CACHE_REDIS_PASSWORD": password} if password else None
+    return redis_cache_server(tmp_path, embedder, url, prefix, *args, env=env)
 
 
 def tls_args(redis: SecureRedis, *, client_certificate: bool = True) -> list[str]:
