@@ -9,6 +9,7 @@ at the same time) and the answer is stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -209,11 +210,16 @@ class SemanticCache:
             await self._put(cache_id, query, response, attributes, ttl_s, vector)
             return response
 
+        # The miss is counted once the entry is stored, so that a new cache counts it too.
         try:
             response = await self._single_flight.run(key, answer_and_store)
-        finally:
-            if use_cache:  # counted once the entry is stored, so a new cache counts it too
-                await self._record_lookup(cache_id, False, time.perf_counter() - started)
+        except Exception:
+            if use_cache:  # still counted, but never in place of the error being raised
+                with contextlib.suppress(Exception):
+                    await self._record_lookup(cache_id, False, time.perf_counter() - started)
+            raise
+        if use_cache:
+            await self._record_lookup(cache_id, False, time.perf_counter() - started)
         return QueryResult(
             query=query,
             response=response,

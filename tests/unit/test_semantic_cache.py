@@ -194,6 +194,42 @@ async def test_upstream_failure_stores_nothing(parts: Parts) -> None:
     assert (await cache.query("", "How do I cook rice?")).hit is None
 
 
+async def test_misses_are_counted_in_new_caches_and_when_the_llm_fails(parts: Parts) -> None:
+    cache, _, upstream, _ = parts
+    await cache.query("fresh", "How do I learn Python?")  # opens the cache: its miss counts
+    assert (await cache.stats_of("fresh")).counters.misses == 1
+    upstream.fail = True
+    with pytest.raises(UpstreamError):  # the upstream's error, not a counting failure
+        await cache.query("fresh", "How do I cook rice?")
+    counters = (await cache.stats_of("fresh")).counters
+    assert (counters.misses, counters.hits) == (2, 0)
+    # Under a cache id that holds nothing, a failed miss leaves nothing behind.
+    with pytest.raises(UpstreamError):
+        await cache.query("nowhere", "How do I cook rice?")
+    assert (await cache.stats_of("nowhere")).counters.misses == 0
+
+
+async def test_one_cache_too_many_is_refused_before_the_llm_is_asked(tmp_path: Path) -> None:
+    from cache_server.store.base import CacheLimitError
+
+    store = EmbeddedStore(tmp_path)
+    await store.open()
+    upstream = FakeUpstream()
+    cache = SemanticCache(store, FakeEmbedder(), upstream, CachePolicy(max_caches=1), Clock())
+    try:
+        await cache.set("one", "How do I learn Python?", "read the tutorial")
+        with pytest.raises(CacheLimitError, match="at most 1 caches"):
+            await cache.set("two", "How do I cook rice?", "boil it")
+        with pytest.raises(CacheLimitError):
+            await cache.query("two", "How do I cook rice?")
+        assert upstream.calls == []
+        assert (await cache.query("one", "How do I cook rice?")).hit is None  # room inside
+        await cache.flush("one")
+        await cache.set("two", "How do I cook rice?", "boil it")
+    finally:
+        await store.close()
+
+
 async def test_use_cache_false_skips_lookup_but_stores(parts: Parts) -> None:
     cache, _, _, _ = parts
     await cache.set("", "How do I learn Python?", "old answer")
