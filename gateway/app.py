@@ -55,8 +55,7 @@ class GuardMiddleware:
         self.limiter = limiter
         self.routes = RouteTemplates()
 
-    def _refusal(self, scope: Scope) -> ProblemError | None:
-        headers = Headers(scope=scope)
+    def _refusal(self, scope: Scope, headers: Headers) -> ProblemError | None:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return ProblemError(413, f"request body over {self.max_body_bytes} bytes")
@@ -121,7 +120,8 @@ class GuardMiddleware:
         started = time.perf_counter()
         route = self.routes.template(scope)
         status = 500
-        rid = clean_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        headers = Headers(scope=scope)
+        rid = clean_request_id(headers.get(REQUEST_ID_HEADER))
         token = request_id.set(rid)
 
         async def send_and_record(message: Message) -> None:
@@ -132,8 +132,8 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            refusal = self._refusal(scope)
-            if refusal is None and "content-length" not in Headers(scope=scope):
+            refusal = self._refusal(scope, headers)
+            if refusal is None and "content-length" not in headers:
                 # A body without a declared length (chunked) is read here, up to the limit.
                 receive, refusal = await self._bounded_body(receive)
             if refusal is not None:
