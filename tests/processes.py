@@ -313,6 +313,24 @@ class RedisProcess:
             self.process.wait(30)
 
 
+def cache_server_process(
+    data_dir: Path, embedder: str, *args: str, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """A cache server (embedded store in `data_dir` unless `args` choose Redis), not started
+    yet; expired entries are purged every 0.3 s so that TTL tests need not wait."""
+    return ServiceProcess(
+        "cache_server",
+        "--data-dir",
+        str(data_dir),
+        "--embedder-addresses",
+        embedder,
+        "--purge-interval-s",
+        "0.3",
+        *args,
+        env=env,
+    )
+
+
 def redis_cache_server(
     tmp_path: Path,
     embedder: str,
@@ -322,20 +340,15 @@ def redis_cache_server(
     env: dict[str, str] | None = None,
 ) -> ServiceProcess:
     """A cache server on the Redis backend (key prefix `prefix`), not started yet."""
-    return ServiceProcess(
-        "cache_server",
+    return cache_server_process(
+        tmp_path / uuid.uuid4().hex,
+        embedder,
         "--store-backend",
         "redis",
         "--redis-url",
         redis_url,
         "--redis-prefix",
         prefix,
-        "--data-dir",
-        str(tmp_path / uuid.uuid4().hex),
-        "--embedder-addresses",
-        embedder,
-        "--purge-interval-s",
-        "0.3",
         *args,
         env=env,
     )

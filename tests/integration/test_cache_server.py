@@ -14,24 +14,13 @@ from bench.qqp import QuestionPair
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from tests.fake_llm import FakeLLM
-from tests.processes import ServiceProcess, free_port
+from tests.processes import ServiceProcess, cache_server_process, free_port
 
 pytestmark = pytest.mark.slow
 
 
 def cache_server(data_dir: Path, embedder: str, *args: str) -> ServiceProcess:
-    return ServiceProcess(
-        "cache_server",
-        "--data-dir",
-        str(data_dir),
-        "--embedder-addresses",
-        embedder,
-        "--embedder-timeout-s",
-        "2",
-        "--purge-interval-s",
-        "0.3",
-        *args,
-    )
+    return cache_server_process(data_dir, embedder, "--embedder-timeout-s", "2", *args)
 
 
 @pytest.fixture()

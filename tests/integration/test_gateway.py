@@ -15,7 +15,7 @@ from langcache.models import SearchStrategy
 
 from bench.qqp import QuestionPair
 from tests.fake_llm import FakeLLM
-from tests.processes import GatewayProcess, ServiceProcess
+from tests.processes import GatewayProcess, ServiceProcess, cache_server_process
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +23,8 @@ API_KEY = "test-key-0123456789abcdef"
 
 
 def start_cache_server(data_dir: Path, embedder: str, llm: FakeLLM) -> ServiceProcess:
-    return ServiceProcess(
-        "cache_server",
-        "--data-dir",
-        str(data_dir),
-        "--embedder-addresses",
-        embedder,
-        "--upstream-base-url",
-        llm.base_url,
-        "--embedder-timeout-s",
-        "2",
+    return cache_server_process(
+        data_dir, embedder, "--upstream-base-url", llm.base_url, "--embedder-timeout-s", "2"
     ).start()
 
 
@@ -346,16 +338,8 @@ def test_request_id_travels_through_all_three_services_in_json_logs(
             "--log-format",
             "json",
         ) as embedder,
-        ServiceProcess(
-            "cache_server",
-            "--data-dir",
-            str(tmp_path),
-            "--embedder-addresses",
-            embedder.address,
-            "--upstream-base-url",
-            llm.base_url,
-            "--log-format",
-            "json",
+        cache_server_process(
+            tmp_path, embedder.address, "--upstream-base-url", llm.base_url, "--log-format", "json"
         ) as cache,
         GatewayProcess(cache.address, "--log-level", "INFO", "--log-format", "json") as gw,
     ):

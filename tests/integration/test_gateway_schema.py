@@ -14,7 +14,7 @@ from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.result import Ok
 
 from tests.fake_llm import FakeLLM
-from tests.processes import GatewayProcess, ServiceProcess
+from tests.processes import GatewayProcess, cache_server_process
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +22,8 @@ pytestmark = pytest.mark.slow
 def test_gateway_conforms_to_its_schema(tmp_path: Path, embedder_process: str) -> None:
     with (
         FakeLLM() as llm,
-        ServiceProcess(
-            "cache_server",
-            "--data-dir",
-            str(tmp_path),
-            "--embedder-addresses",
-            embedder_process,
-            "--upstream-base-url",
-            llm.base_url,
+        cache_server_process(
+            tmp_path, embedder_process, "--upstream-base-url", llm.base_url
         ) as cache,
         GatewayProcess(cache.address) as gateway,
     ):

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certificates import Pair, make_ca, make_cert
-from tests.processes import GatewayProcess, ServiceProcess
+from tests.processes import GatewayProcess, ServiceProcess, cache_server_process
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +46,8 @@ def test_mutual_tls_on_both_hops(tmp_path: Path, minilm_dir: Path) -> None:
     cache = None
     try:
         wait_serving_tls(embedder, ca, cache_client)
-        cache = ServiceProcess(
-            "cache_server",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--embedder-addresses",
+        cache = cache_server_process(
+            tmp_path / "data",
             embedder.address,
             "--embedder-tls-ca-file",
             str(ca.cert),
