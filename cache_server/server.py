@@ -26,7 +26,7 @@ from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
 from service_runtime.metrics import serve_metrics
 from service_runtime.settings import start_service
-from service_runtime.tls import ClientTls, ServerTls
+from service_runtime.tls import ClientTls
 
 log = logging.getLogger("cache_server")
 
@@ -106,9 +106,7 @@ class CacheServer:
             service_names=[SERVICE_NAME],
             port_file=settings.port_file,
             logger=log,
-            tls=ServerTls(
-                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-            ),
+            tls=settings.server_tls,
         )
         pb_grpc.add_CacheServiceServicer_to_server(
             CacheServicer(self.cache, self.embedder, self.store.backend, settings.log_prompts),

@@ -7,25 +7,19 @@ from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from cache_server.store.redis_store import RedisAccess
-from service_runtime.tls import ClientTls, ServerTls
+from service_runtime.settings import GrpcServiceSettings
+from service_runtime.tls import ClientTls
 
 
-class CacheSettings(BaseSettings):
+class CacheSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="CACHE_", env_ignore_empty=True, populate_by_name=True, extra="forbid"
     )
 
-    host: str = Field("0.0.0.0", description="Interface to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
-    port_file: Path | None = Field(None, description="Write the bound port here once listening")
-    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM): TLS on")
-    tls_key_file: Path | None = Field(None, description="Its private key (PEM)")
-    tls_client_ca_file: Path | None = Field(
-        None, description="CA of accepted client certificates: mutual TLS on"
-    )
     store_backend: Literal["embedded", "redis"] = Field(
         "embedded",
         description="embedded: SQLite + in-process index (one server); redis: Redis with vector "
@@ -118,16 +112,8 @@ class CacheSettings(BaseSettings):
     upstream_model: str = Field("gpt-4o-mini", description="Model name sent upstream")
     upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream")
     upstream_timeout_s: float = Field(30.0, gt=0, le=600)
-    grace_period_s: float = Field(10.0, ge=0)
     log_prompts: bool = Field(
         False, description="Include prompts in the per-request log lines (off: ids and figures)"
-    )
-    metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="Serve Prometheus /metrics on this port (none: off)"
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = Field(
-        "text", description="json: one JSON object per line (with the request id)"
     )
 
     @property
@@ -146,7 +132,6 @@ class CacheSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        _ = ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file).enabled
         _ = ClientTls(
             self.embedder_tls_ca_file, self.embedder_tls_cert_file, self.embedder_tls_key_file
         ).enabled

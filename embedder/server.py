@@ -19,7 +19,6 @@ from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
 from service_runtime.metrics import serve_metrics
 from service_runtime.settings import start_service
-from service_runtime.tls import ServerTls
 
 log = logging.getLogger("embedder")
 
@@ -38,9 +37,7 @@ class Embedder:
             service_names=[SERVICE_NAME],
             port_file=settings.port_file,
             logger=log,
-            tls=ServerTls(
-                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-            ),
+            tls=settings.server_tls,
         )
         self.servicer = EmbeddingServicer(settings)
         pb_grpc.add_EmbeddingServiceServicer_to_server(self.servicer, self.service.server)

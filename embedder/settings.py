@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from service_runtime.tls import ServerTls
+from service_runtime.settings import GrpcServiceSettings
 
 
-class EmbedderSettings(BaseSettings):
+class EmbedderSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="EMBEDDER_",
         env_ignore_empty=True,
@@ -22,14 +22,7 @@ class EmbedderSettings(BaseSettings):
         extra="forbid",
     )
 
-    host: str = Field("0.0.0.0", description="Interface to listen on")
     port: int = Field(50052, ge=0, le=65535, description="gRPC port (0: any free port)")
-    port_file: Path | None = Field(None, description="Write the bound port here once listening")
-    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM): TLS on")
-    tls_key_file: Path | None = Field(None, description="Its private key (PEM)")
-    tls_client_ca_file: Path | None = Field(
-        None, description="CA of accepted client certificates: mutual TLS on"
-    )
     model_dir: Path = Field(Path("models/default"), description="Exported model folder")
     model_device: Literal["cpu", "cuda"] = Field(
         "cpu",
@@ -71,14 +64,6 @@ class EmbedderSettings(BaseSettings):
     max_text_chars: int = Field(8192, ge=1, description="Characters per text, at most")
     truncate: bool = Field(True, description="Cut texts at the model's max length (else reject)")
     verify_checksum: bool = Field(True, description="Check the ONNX file's sha256 at load")
-    grace_period_s: float = Field(10.0, ge=0, description="SIGTERM: seconds to finish in-flight")
-    metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="Serve Prometheus /metrics on this port (none: off)"
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = Field(
-        "text", description="json: one JSON object per line (with the request id)"
-    )
 
     @property
     def batch_token_budget(self) -> int:
@@ -88,7 +73,6 @@ class EmbedderSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        _ = ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file).enabled
         if self.max_texts_per_request > self.max_queue:
             raise ValueError(
                 f"max_texts_per_request ({self.max_texts_per_request}) cannot exceed max_queue "

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from service_runtime.settings import ServiceSettings
 from service_runtime.tls import ClientTls
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_ignore_empty=True, extra="forbid")
 
-    host: str = Field("0.0.0.0", description="Interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     cache_server_address: str = Field(
         "127.0.0.1:50051",
@@ -43,10 +43,6 @@ class GatewaySettings(BaseSettings):
         "beyond it 429 with Retry-After. None: no limit",
     )
     rate_limit_burst: int = Field(20, ge=1, description="Requests a client may send at once")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = Field(
-        "text", description="json: one JSON object per line (with the request id)"
-    )
 
     @model_validator(mode="after")
     def _safe(self) -> Self:

@@ -9,14 +9,53 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TypeVar
+from pathlib import Path
+from typing import Literal, Self, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings
 
 from service_runtime.logs import configure_logging
+from service_runtime.tls import ServerTls
 
-S = TypeVar("S", bound=BaseSettings)
+
+class ServiceSettings(BaseSettings):
+    """What every service is configured with; each adds its own fields and env prefix."""
+
+    host: str = Field("0.0.0.0", description="Interface to listen on")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line (with the request id)"
+    )
+
+
+class GrpcServiceSettings(ServiceSettings):
+    """What every gRPC service (embedder, cache server) is configured with, for the shell it
+    runs in (service_runtime.grpc_service): port, TLS, shutdown grace, metrics."""
+
+    port: int = Field(0, ge=0, le=65535, description="gRPC port (0: any free port)")
+    port_file: Path | None = Field(None, description="Write the bound port here once listening")
+    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM): TLS on")
+    tls_key_file: Path | None = Field(None, description="Its private key (PEM)")
+    tls_client_ca_file: Path | None = Field(
+        None, description="CA of accepted client certificates: mutual TLS on"
+    )
+    grace_period_s: float = Field(10.0, ge=0, description="SIGTERM: seconds to finish in-flight")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve Prometheus /metrics on this port (none: off)"
+    )
+
+    @property
+    def server_tls(self) -> ServerTls:
+        return ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+
+    @model_validator(mode="after")
+    def _server_tls_consistent(self) -> Self:
+        _ = self.server_tls.enabled  # raises for a half-configured pair
+        return self
+
+
+S = TypeVar("S", bound=ServiceSettings)
 
 
 def settings_from_args(cls: type[S], argv: Sequence[str] | None, prog: str) -> S:
@@ -57,9 +96,5 @@ def start_service(cls: type[S], argv: Sequence[str] | None, service: str) -> S |
     except ValidationError as exc:
         print(f"{service}: invalid settings:\n{describe_errors(exc)}", file=sys.stderr)
         return None
-    configure_logging(
-        service,
-        str(getattr(settings, "log_level", "INFO")),
-        str(getattr(settings, "log_format", "text")),
-    )
+    configure_logging(service, settings.log_level, settings.log_format)
     return settings
