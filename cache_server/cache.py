@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cache_server import metrics
-from cache_server.embedder_client import EmbedderModel
+from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
 from cache_server.entries import (
     CacheEntry,
     EntryNotFoundError,
@@ -41,6 +41,9 @@ from cache_server.upstream import SingleFlight, Upstream
 
 log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
+# How long an answer that needs no embedding waits for the embedder's model info when it has
+# not been learned yet (only right after start, with the embedder away).
+MODEL_PROBE_TIMEOUT_S = 0.5
 
 
 class Strategy(Enum):
@@ -54,6 +57,8 @@ class Embedder(Protocol):
     model: EmbedderModel | None
 
     async def embed(self, texts: Sequence[str]) -> FloatArray: ...
+
+    async def ensure_model(self, timeout_s: float | None = None) -> EmbedderModel: ...
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,17 @@ class SemanticCache:
         self._single_flight = SingleFlight()
         self._background: set[asyncio.Task[None]] = set()
 
-    @property
-    def dimension(self) -> int:
-        model = self.embedder.model
-        return model.dimension if model is not None else 0
+    async def _dimension(self, cache_id: str, vector: FloatArray | None = None) -> int:
+        """The embedding dimension an answer reports: the model's (asked of the embedder if
+        not known yet), else that of the vector just embedded, else that of the vectors the
+        cache holds (an exact repeat answered while no embedder has been reached yet)."""
+        if self.embedder.model is not None:
+            return self.embedder.model.dimension
+        if vector is not None:
+            return int(vector.shape[0])
+        with contextlib.suppress(EmbedderUnavailableError):
+            return (await self.embedder.ensure_model(MODEL_PROBE_TIMEOUT_S)).dimension
+        return self.store.vector_dimension(cache_id) or 0
 
     async def _embed_one(self, text: str) -> FloatArray:
         vectors = await self.embedder.embed([text])
@@ -191,7 +203,9 @@ class SemanticCache:
                     response=hit.entry.response,
                     hit=hit,
                     entry_id=hit.entry.id,
-                    embedding_dimension=self.dimension,
+                    embedding_dimension=await self._dimension(
+                        cache_id, vector_box[0] if vector_box else None
+                    ),
                     processing_time_s=time.perf_counter() - started,
                 )
 
@@ -225,7 +239,9 @@ class SemanticCache:
             response=response,
             hit=None,
             entry_id=entry_id(cache_id, query, attributes),
-            embedding_dimension=self.dimension,
+            embedding_dimension=await self._dimension(
+                cache_id, vector_box[0] if vector_box else None
+            ),
             processing_time_s=time.perf_counter() - started,
         )
 
@@ -246,10 +262,12 @@ class SemanticCache:
         k = check_max_results(max_results)
         attributes = check_attributes(attributes or {})
         ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
-        hits = await self._lookup(cache_id, prompt, threshold, k, attributes, ordered, [])
+        vector_box: list[FloatArray] = []
+        hits = await self._lookup(cache_id, prompt, threshold, k, attributes, ordered, vector_box)
         await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started)
         self._touch_later(cache_id, [hit.entry.id for hit in hits])
-        return SearchResult(hits, self.dimension, time.perf_counter() - started)
+        dimension = await self._dimension(cache_id, vector_box[0] if vector_box else None)
+        return SearchResult(hits, dimension, time.perf_counter() - started)
 
     async def _admit(self, cache_id: str) -> None:
         limit = self.policy.max_caches

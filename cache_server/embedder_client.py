@@ -77,6 +77,7 @@ class EmbedderClient:
         self._stubs = [pb_grpc.EmbeddingServiceStub(c) for c in self._channels]
         self._next = itertools.cycle(range(len(self._stubs)))
         self.model: EmbedderModel | None = None
+        self._learning: asyncio.Lock | None = None
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels))
@@ -101,11 +102,23 @@ class EmbedderClient:
         assert isinstance(reply, pb.EmbedResponse)
         return np.frombuffer(reply.vectors, dtype="<f4").reshape(reply.count, reply.dimension)
 
-    async def model_info(self) -> EmbedderModel:
-        reply = await self._call("GetModelInfo", pb.GetModelInfoRequest())
+    async def model_info(self, timeout_s: float | None = None) -> EmbedderModel:
+        reply = await self._call("GetModelInfo", pb.GetModelInfoRequest(), timeout_s)
         assert isinstance(reply, pb.GetModelInfoResponse)
         self.model = EmbedderModel(reply.model_id, reply.dimension, reply.fallback)
         return self.model
+
+    async def ensure_model(self, timeout_s: float | None = None) -> EmbedderModel:
+        """The model, asked of the embedder once if it is not known yet (one call, however
+        many wait for it). Raises EmbedderUnavailableError when no embedder answers."""
+        if self.model is not None:
+            return self.model
+        if self._learning is None:
+            self._learning = asyncio.Lock()
+        async with self._learning:
+            if self.model is not None:
+                return self.model
+            return await self.model_info(timeout_s)
 
     def _try_order(self) -> list[int]:
         """Addresses for one call: round robin from the next start, each once before any
@@ -118,7 +131,10 @@ class EmbedderClient:
         return sorted(order, key=lambda i: self._channels[i].get_state() == failing)
 
     async def _call(
-        self, method: str, request: pb.EmbedRequest | pb.GetModelInfoRequest
+        self,
+        method: str,
+        request: pb.EmbedRequest | pb.GetModelInfoRequest,
+        timeout_s: float | None = None,
     ) -> pb.EmbedResponse | pb.GetModelInfoResponse:
         last: grpc.aio.AioRpcError | None = None
         order = self._try_order()
@@ -127,7 +143,7 @@ class EmbedderClient:
             try:
                 rpc = getattr(self._stubs[index], method)
                 response: pb.EmbedResponse | pb.GetModelInfoResponse = await rpc(
-                    request, timeout=self._timeout_s, metadata=outgoing_metadata()
+                    request, timeout=timeout_s or self._timeout_s, metadata=outgoing_metadata()
                 )
                 return response
             except grpc.aio.AioRpcError as exc:

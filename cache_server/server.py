@@ -124,12 +124,14 @@ class CacheServer:
 
     async def _learn_model(self) -> None:
         """Asks the embedder what it serves, retrying until it answers (it may start later)."""
+        backoff_s = 0.1
         while True:
             try:
-                model = await self.embedder.model_info()
+                model = await self.embedder.ensure_model()
             except EmbedderUnavailableError as exc:
                 log.warning("embedder not reachable yet (%s); retrying", exc)
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(2.0, backoff_s * 2)
                 continue
             log.info(
                 "embedder model %s (%d dims)%s",

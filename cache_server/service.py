@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -229,11 +230,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: Context
     ) -> pb.GetServerInfoResponse:
-        model = self.cache.embedder.model
         upstream = self.cache.upstream
         serving, store_serving = await asyncio.gather(
             self.embedder.serving(), self.cache.store.ping()
         )
+        model = self.embedder.model
+        if model is None and serving:
+            # Serving but not yet asked what it serves: ask now, so that "serving" always
+            # means the answers carry the model's real dimension.
+            with contextlib.suppress(EmbedderUnavailableError):
+                model = await self.embedder.ensure_model(timeout_s=1.0)
+        serving = serving and model is not None
         return pb.GetServerInfoResponse(
             embedder_model_id=model.model_id if model else "",
             embedding_dimension=model.dimension if model else 0,

@@ -183,6 +183,8 @@ def export_model(
     verify_device: Device | None = None,
 ) -> ModelManifest:
     """Exports, verifies, then moves the finished folder into `output` (replacing it)."""
+    # Absolute from here on: the precision step below changes the working directory.
+    output = Path(output).resolve()
     source = resolve_model(model)
     layout = read_sentence_layout(source.path)
     log.info(

@@ -1,184 +1,35 @@
 """The FastAPI application: lifespan (one gRPC channel to the cache server, kept on
-app.state), authentication, body-size limit, metrics, error rendering, routes."""
+app.state), the guard middleware (gateway.middleware), error rendering (every error an RFC 7807
+Problem), routes."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import re
-import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import ProblemError, problem_response
-from gateway.metrics import LATENCY, REGISTRY, REQUESTS
-from gateway.rate_limit import RateLimiter, retry_after_header
+from gateway.metrics import REGISTRY
+from gateway.middleware import GuardMiddleware
+from gateway.rate_limit import RateLimiter
 from gateway.routes import langcache, original
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
-from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
 from service_runtime.tls import ClientTls
 
 log = logging.getLogger("gateway")
-
-OPEN_PATHS = {"/health"}  # reachable without the API key (load balancers, orchestrators)
 
 
 def grpc_target(addresses: str) -> str:
     """ "host:port" as is; "ip:port,ip:port" as one gRPC target over all of them."""
     parts = [a.strip() for a in addresses.split(",") if a.strip()]
     return parts[0] if len(parts) == 1 else "ipv4:" + ",".join(parts)
-
-
-class GuardMiddleware:
-    """Pure ASGI (no per-request task or stream wrapping): body-size limit, API key, metrics."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_body_bytes: int,
-        api_key: bytes | None,
-        limiter: RateLimiter | None = None,
-    ) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.api_key = api_key
-        self.limiter = limiter
-        self.routes = RouteTemplates()
-
-    def _refusal(self, scope: Scope, headers: Headers) -> ProblemError | None:
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            return ProblemError(413, f"request body over {self.max_body_bytes} bytes")
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            # Constant-time comparison: the time taken says nothing about the key.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), self.api_key
-            ):
-                return ProblemError(
-                    401,
-                    "missing or wrong API key (Authorization: Bearer <key>)",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        if self.limiter is not None and scope["path"] not in OPEN_PATHS:
-            token = headers.get("authorization", "").partition(" ")[2].strip()
-            client = scope.get("client") or ("unknown", 0)
-            # Keyed by a digest of the key, so the limiter's memory never holds keys.
-            who = hashlib.sha256(token.encode()).hexdigest() if token else f"ip:{client[0]}"
-            wait = self.limiter.acquire(who)
-            if wait > 0:
-                return ProblemError(
-                    429,
-                    f"rate limit of {self.limiter.rate:g} requests/s exceeded; retry later",
-                    headers={"Retry-After": retry_after_header(wait)},
-                )
-        return None
-
-    async def _bounded_body(self, receive: Receive) -> tuple[Receive, ProblemError | None]:
-        """Reads the whole body (at most max_body_bytes) and replays it to the app."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                first: Message = message
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                too_big = ProblemError(413, f"request body over {self.max_body_bytes} bytes")
-                return receive, too_big
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return first
-            return await receive()
-
-        return replay, None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        route = self.routes.template(scope)
-        status = 500
-        headers = Headers(scope=scope)
-        rid = clean_request_id(headers.get(REQUEST_ID_HEADER))
-        token = request_id.set(rid)
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            refusal = self._refusal(scope, headers)
-            if refusal is None and "content-length" not in headers:
-                # A body without a declared length (chunked) is read here, up to the limit.
-                receive, refusal = await self._bounded_body(receive)
-            if refusal is not None:
-                response = problem_response(Request(scope), refusal)
-                await response(scope, receive, send_and_record)
-            else:
-                await self.app(scope, receive, send_and_record)
-        finally:
-            elapsed = time.perf_counter() - started
-            LATENCY.labels(route, scope["method"]).observe(elapsed)
-            REQUESTS.labels(route, scope["method"], str(status)).inc()
-            log.info("%s %s %d in %.1f ms", scope["method"], route, status, elapsed * 1e3)
-            request_id.reset(token)
-
-
-class RouteTemplates:
-    """Maps a request path to its route's template ("/v1/caches/{cacheId}/entries/{entryId}"),
-    so that metric labels stay few however many entry ids are requested. Built on first use
-    from the application's routes, routers included through `include_router` too (FastAPI
-    keeps those behind a wrapper that has no path of its own)."""
-
-    def __init__(self) -> None:
-        self._table: list[tuple[re.Pattern[str], frozenset[str], str]] | None = None
-
-    @staticmethod
-    def _flatten(routes: Iterable[Any]) -> Iterator[tuple[re.Pattern[str], frozenset[str], str]]:
-        for route in routes:
-            included = getattr(route, "original_router", None)
-            if included is not None:
-                yield from RouteTemplates._flatten(included.routes)
-            elif isinstance(getattr(route, "path_regex", None), re.Pattern):
-                methods = frozenset(getattr(route, "methods", None) or ())
-                yield route.path_regex, methods, str(route.path)
-
-    def template(self, scope: Scope) -> str:
-        if self._table is None:
-            self._table = list(self._flatten(scope["app"].router.routes))
-        path, method = scope["path"], scope["method"]
-        path_only: str | None = None  # the path matches but not the method (405)
-        for regex, methods, template in self._table:
-            if regex.match(path):
-                if not methods or method in methods:
-                    return template
-                path_only = path_only or template
-        return path_only or "unmatched"
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -239,6 +90,32 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.exception_handler(ProblemError)
     async def on_problem(request: Request, error: ProblemError) -> JSONResponse:
         return problem_response(request, error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # Starlette's and FastAPI's own refusals: unknown route (404), wrong method (405, with
+        # its Allow header), a body that cannot be parsed at all (400).
+        detail = str(error.detail)
+        if error.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.url.path}"
+        elif error.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        elif error.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "the request body could not be parsed: send JSON encoded as UTF-8"
+        return problem_response(
+            request,
+            ProblemError(
+                error.status_code, detail, headers=dict(error.headers) if error.headers else None
+            ),
+        )
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        # The last resort: a bug still answers with a Problem (and is logged with its trace).
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
+        return problem_response(
+            request, ProblemError(500, f"internal error: {type(error).__name__}")
+        )
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:

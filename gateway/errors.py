@@ -32,11 +32,14 @@ PROBLEM_TYPES: dict[int, str] = {
     401: "/errors/authentication-failed",
     403: "/errors/insufficient-permissions",
     404: "/errors/resource-not-found",
+    405: "/errors/method-not-allowed",
     409: "/errors/conflict",
     413: "/errors/payload-too-large",
+    415: "/errors/unsupported-media-type",
     422: "/errors/invalid-data",
     429: "/errors/too-many-requests",
     503: "/errors/service-unavailable",
+    500: "/errors/unexpected-error",
     504: "/errors/upstream-timeout",
 }
 

@@ -28,4 +28,4 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": Problem} for status in statuses}
 
 
-COMMON = problem_responses(400, 401, 404, 413, 422, 429, 503, 504)
+COMMON = problem_responses(400, 401, 404, 413, 415, 422, 429, 503, 504)

@@ -54,6 +54,11 @@ class CacheStore(Protocol):
 
     async def close(self) -> None: ...
 
+    def vector_dimension(self, cache_id: str) -> int | None:
+        """The dimension of the vectors `cache_id` holds, where this process knows it without
+        asking the backend (None otherwise)."""
+        ...
+
     async def admits(self, cache_id: str, max_caches: int) -> bool:
         """True when `cache_id` is a cache the store holds (from its first entry until it is
         flushed), or when fewer than `max_caches` caches are held, so it may become one."""

@@ -146,6 +146,10 @@ class EmbeddedStore:
             )
         return state
 
+    def vector_dimension(self, cache_id: str) -> int | None:
+        state = self._caches.get(cache_id)
+        return state.index.dimension if state is not None else None
+
     async def ping(self) -> bool:
         return self._db is not None
 

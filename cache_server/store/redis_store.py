@@ -401,6 +401,9 @@ class RedisStore:
         prefix = len(self._key(cache_id, "e", ""))
         return [k.decode()[prefix:] for k in reply[1:]]
 
+    def vector_dimension(self, cache_id: str) -> int | None:
+        return self._indexed.get(cache_id)
+
     async def _index_exists(self, cache_id: str) -> bool:
         try:
             info = await self._call(

@@ -60,6 +60,9 @@ class HealthResponse(BaseModel):
         description='What is unreachable: "cache_server", "embedder", "store" (Redis)'
     )
     embedder_model: str | None = None
+    embedding_dimension: int | None = Field(
+        None, description="Dimension of the embedder's vectors (every answer reports it)"
+    )
     fallback_model: bool | None = Field(None, description="The packaged fallback model serves")
     demo_responder: bool | None = Field(None, description="Misses are answered by the demo")
 
@@ -125,6 +128,7 @@ async def health(cache: CacheStub, settings: Settings) -> JSONResponse:
         result.down = ["cache_server"]
     else:
         result.embedder_model = info.embedder_model_id or None
+        result.embedding_dimension = info.embedding_dimension or None
         result.fallback_model = info.embedder_fallback_model
         result.demo_responder = info.demo_responder
         if not info.embedder_serving:

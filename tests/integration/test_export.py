@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,45 @@ def test_cli_falls_back_loudly_when_no_model_is_named_and_the_hub_is_offline(
     assert manifest["fallback"] is True
     assert manifest["requested_model_id"] == "redis/langcache-embed-v1"
     assert manifest["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "fp16"])
+def test_cli_exports_to_a_relative_output_from_another_working_directory(
+    tmp_path: Path, packaged_st_dir: Path, precision: str
+) -> None:
+    """What `make model` does (`--output models/default`), from a folder that is not the
+    repository: the precision step changes the working directory, so relative paths must be
+    resolved before it (a fresh clone's `make run` once died here)."""
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedder.export",
+            "--model",
+            str(packaged_st_dir),
+            "--output",
+            "models/default",
+            "--precision",
+            precision,
+            "--verify-device",
+            "cpu",
+        ],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = workdir / "models" / "default"
+    manifest = ModelManifest.read(out)
+    assert manifest.precision.value == precision
+    assert manifest.onnx_sha256 == sha256_of(out / "model.onnx")
+    # Nothing but the finished folder is left: no temporary folder, no scratch files.
+    assert sorted(p.name for p in (workdir / "models").iterdir()) == ["default"]
+    assert sorted(p.name for p in workdir.iterdir()) == ["models"]
 
 
 @pytest.mark.parametrize("model", ["/no/such/folder", "redis/langcache-embed-v1"])

@@ -4,7 +4,6 @@ real HTTP upstream LLM; the LangCache SDK itself as a client."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,44 +14,10 @@ from langcache.models import SearchStrategy
 
 from bench.qqp import QuestionPair
 from tests.fake_llm import FakeLLM
+from tests.integration.conftest import API_KEY, start_cache_server
 from tests.processes import GatewayProcess, ServiceProcess, cache_server_process
 
 pytestmark = pytest.mark.slow
-
-API_KEY = "test-key-0123456789abcdef"
-
-
-def start_cache_server(data_dir: Path, embedder: str, llm: FakeLLM) -> ServiceProcess:
-    return cache_server_process(
-        data_dir, embedder, "--upstream-base-url", llm.base_url, "--embedder-timeout-s", "2"
-    ).start()
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def cache_server(
-    tmp_path_factory: pytest.TempPathFactory, embedder_process: str, llm: FakeLLM
-) -> Iterator[ServiceProcess]:
-    server = start_cache_server(tmp_path_factory.mktemp("gw-data"), embedder_process, llm)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(cache_server: ServiceProcess) -> Iterator[str]:
-    with GatewayProcess(cache_server.address) as process:
-        yield process.url
-
-
-@pytest.fixture(scope="module")
-def secured(cache_server: ServiceProcess) -> Iterator[str]:
-    with GatewayProcess(cache_server.address, env={"GATEWAY_API_KEY": API_KEY}) as process:
-        yield process.url
 
 
 def test_the_original_flow_a_miss_then_a_paraphrase_hit(
@@ -247,59 +212,6 @@ def test_api_key(secured: str, gateway: str) -> None:
     assert httpx.get(f"{gateway}/cache/stats").status_code == 200  # no key configured: open
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body", "status"),
-    [
-        ("POST", "/query", {}, 422),
-        ("POST", "/query", {"query": ""}, 422),
-        ("POST", "/query", {"query": "x", "similarity_threshold": 1.5}, 422),
-        ("POST", "/query", {"query": "x", "use_cache": "maybe"}, 422),
-        ("POST", "/query", {"query": "x" * 9000}, 400),
-        ("POST", "/query?cache_id=bad%20id", {"query": "x"}, 422),
-        ("POST", "/v1/caches/c1/entries", {"prompt": "p"}, 400),
-        ("POST", "/v1/caches/c1/entries", {"prompt": "p", "response": "r", "ttlMillis": -5}, 400),
-        (
-            "POST",
-            "/v1/caches/c1/entries/search",
-            {"prompt": "p", "searchStrategies": ["fuzzy"]},
-            400,
-        ),
-        ("POST", "/v1/caches/c1/entries/search", {"prompt": "p", "maxResults": 0}, 400),
-        ("POST", "/v1/caches/c1/entries/search", {"prompt": "p", "unknown": 1}, 400),
-        (
-            "POST",
-            "/v1/caches/c1/entries",
-            {"prompt": "p", "response": "r", "attributes": {"bad key": "v"}},
-            400,
-        ),
-        ("DELETE", "/v1/caches/c1/entries/not-an-id", None, 400),
-        ("DELETE", "/v1/caches/c1/entries/" + "0" * 32, None, 404),
-        ("GET", "/no/such/route", None, 404),
-    ],
-)
-def test_error_paths_are_clear_and_never_500(
-    gateway: str, method: str, path: str, body: object, status: int
-) -> None:
-    reply = httpx.request(method, f"{gateway}{path}", json=body)
-    assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"].startswith("application/json")
-    assert reply.json()["detail"]
-
-
-def test_oversized_and_malformed_bodies(gateway: str) -> None:
-    big = httpx.post(
-        f"{gateway}/query",
-        content=b"{" + b" " * 2_000_000 + b"}",
-        headers={"content-type": "application/json"},
-    )
-    assert big.status_code == 413
-    assert big.json()["type"] == "/errors/payload-too-large"
-    broken = httpx.post(
-        f"{gateway}/query", content=b'{"query": ', headers={"content-type": "application/json"}
-    )
-    assert broken.status_code == 422
-
-
 def test_rate_limit_per_key(cache_server: ServiceProcess) -> None:
     with GatewayProcess(
         cache_server.address,
@@ -415,23 +327,3 @@ def test_kill_9_of_the_embedder_under_load_gives_fast_503s_then_recovers(
         finally:
             cache.stop()
             embedder.stop()
-
-
-def test_chunked_bodies_are_held_to_the_same_limit(gateway: str) -> None:
-    def chunks(total: int) -> Iterator[bytes]:
-        yield b'{"query": "'
-        for _ in range(total // 65536):
-            yield b"a" * 65536
-        yield b'"}'
-
-    big = httpx.post(
-        f"{gateway}/query", content=chunks(2_000_000), headers={"content-type": "application/json"}
-    )
-    assert big.status_code == 413
-    small = httpx.post(
-        f"{gateway}/query",
-        content=iter([b'{"query": ', b'"chunked hello"}']),
-        headers={"content-type": "application/json"},
-    )
-    assert small.status_code == 200, small.text
-    assert small.json()["query"] == "chunked hello"

@@ -34,6 +34,13 @@ class FakeEmbedder:
         self.calls = 0
         self.down = False
 
+    async def ensure_model(self, timeout_s: float | None = None) -> EmbedderModel:
+        if self.model is None:
+            if self.down:
+                raise EmbedderUnavailableError("embedder unavailable (fake): UNAVAILABLE")
+            self.model = EmbedderModel("fake", DIM, False)
+        return self.model
+
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self.down:
             raise EmbedderUnavailableError("embedder unavailable (fake): UNAVAILABLE")
@@ -117,6 +124,36 @@ async def test_exact_repeat_needs_no_embedder(parts: Parts) -> None:
     assert again.hit.similarity == 1.0
     with pytest.raises(EmbedderUnavailableError):
         await cache.query("", "What is the best way to learn Python?")
+
+
+async def test_answers_carry_the_dimension_before_the_model_was_learned(parts: Parts) -> None:
+    """Right after start the cache server may not have asked the embedder what it serves:
+    every kind of answer must still report the real dimension, never 0."""
+    cache, embedder, _, _ = parts
+    embedder.model = None
+    miss = await cache.query("", "How do I learn Python?")
+    assert miss.hit is None and miss.embedding_dimension == DIM
+    embedder.model = None
+    semantic = await cache.query("", "What is the best way to learn Python?")
+    assert semantic.hit is not None and semantic.hit.strategy is Strategy.SEMANTIC
+    assert semantic.embedding_dimension == DIM
+    embedder.model = None
+    exact = await cache.query("", "How do I learn Python?")
+    assert exact.hit is not None and exact.embedding_dimension == DIM
+    embedder.model = None
+    found = await cache.search("", "What is the best way to learn Python?")
+    assert found.hits and found.embedding_dimension == DIM
+
+
+async def test_exact_repeat_with_the_embedder_never_reached_reports_the_stored_dimension(
+    parts: Parts,
+) -> None:
+    cache, embedder, _, _ = parts
+    await cache.query("", "How do I learn Python?")
+    embedder.model, embedder.down = None, True
+    again = await cache.query("", "How do I learn Python?")
+    assert again.hit is not None and again.hit.strategy is Strategy.EXACT
+    assert again.embedding_dimension == DIM
 
 
 async def test_per_request_threshold(parts: Parts) -> None:
