@@ -35,9 +35,10 @@ from cache_server.entries import (
     entry_id,
     normalize_prompt,
 )
+from cache_server.single_flight import SingleFlight
 from cache_server.stats import CacheCounters, LookupLatency
 from cache_server.store.base import CacheLimitError, CacheStore
-from cache_server.upstream import SingleFlight, Upstream
+from cache_server.upstream import Upstream
 
 log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
@@ -163,7 +164,8 @@ class SemanticCache:
                 vector_box.append(vector)
                 found = await self.store.search(cache_id, vector, k, threshold, attributes, now)
                 if found:
-                    return [Hit(e, s, Strategy.SEMANTIC) for e, s in found]
+                    # float32 rounding can give 1.0000001 for a vector and itself: clamp.
+                    return [Hit(e, min(1.0, max(0.0, s)), Strategy.SEMANTIC) for e, s in found]
         return []
 
     async def query(
@@ -209,7 +211,9 @@ class SemanticCache:
                     processing_time_s=time.perf_counter() - started,
                 )
 
-        key = (cache_id, normalize_prompt(query), tuple(sorted(attributes.items())))
+        # Everything that shapes the stored entry is in the key: a caller with another TTL
+        # does not join (and so does not inherit) a flight that stores with this one's.
+        key = (cache_id, normalize_prompt(query), tuple(sorted(attributes.items())), ttl_s)
 
         async def answer_and_store() -> str:
             # Room for the entry, and an embedder that answers, before paying for an LLM call.
@@ -228,9 +232,8 @@ class SemanticCache:
         try:
             response = await self._single_flight.run(key, answer_and_store)
         except Exception:
-            if use_cache:  # still counted, but never in place of the error being raised
-                with contextlib.suppress(Exception):
-                    await self._record_lookup(cache_id, False, time.perf_counter() - started)
+            if use_cache:  # still counted
+                await self._record_lookup(cache_id, False, time.perf_counter() - started)
             raise
         if use_cache:
             await self._record_lookup(cache_id, False, time.perf_counter() - started)
@@ -278,8 +281,16 @@ class SemanticCache:
             )
 
     async def _record_lookup(self, cache_id: str, hit: bool, seconds: float) -> None:
+        """Counts a look-up. Never raises: an answer already obtained (and stored) is not
+        turned into an error because a counter could not be written."""
         self.latency.record(cache_id, hit, seconds)
-        await self.store.add_counters(cache_id, {"hits" if hit else "misses": 1})
+        try:
+            await self.store.add_counters(cache_id, {"hits" if hit else "misses": 1})
+        except Exception as exc:
+            metrics.COUNTER_WRITE_FAILURES.inc()
+            log.warning(
+                "counting a %s in cache %r failed: %s", "hit" if hit else "miss", cache_id, exc
+            )
 
     def _touch_later(self, cache_id: str, entry_ids: list[str]) -> None:
         """Refreshes LRU recency after the answer has gone: recency is a hint for eviction,
@@ -349,9 +360,8 @@ class SemanticCache:
 
     async def delete(self, cache_id: str, entry_id_: str) -> None:
         cache_id = check_cache_id(cache_id)
-        check_entry_id(entry_id_)
-        if not await self.store.delete(cache_id, entry_id_):
-            raise EntryNotFoundError(f"no entry {entry_id_} in cache {cache_id!r}")
+        if not check_entry_id(entry_id_) or not await self.store.delete(cache_id, entry_id_):
+            raise EntryNotFoundError(f"no entry {entry_id_[:40]!r} in cache {cache_id!r}")
 
     async def delete_matching(self, cache_id: str, attributes: Mapping[str, str]) -> int:
         cache_id = check_cache_id(cache_id)

@@ -73,10 +73,17 @@ def check_cache_id(cache_id: str) -> str:
     return cache_id
 
 
-def check_entry_id(value: str) -> str:
-    if not _ENTRY_ID.match(value):
-        raise InvalidInputError(f"entry id {value[:40]!r} is invalid: 32 lowercase hex characters")
-    return value
+MAX_ENTRY_ID_CHARS = 256
+
+
+def check_entry_id(value: str) -> bool:
+    """Whether an entry could have this id (ids are 32 lowercase hex characters). An id that
+    cannot exist is simply not found; only an empty or absurdly long one is bad input."""
+    if not value or len(value) > MAX_ENTRY_ID_CHARS:
+        raise InvalidInputError(
+            f"entry id of {len(value)} characters: ids are 32 lowercase hex characters"
+        )
+    return _ENTRY_ID.match(value) is not None
 
 
 def check_text(name: str, value: str, max_chars: int) -> str:

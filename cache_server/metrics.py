@@ -28,6 +28,11 @@ EVICTIONS = Counter("semcache_cache_evictions_total", "Entries evicted (LRU)", r
 EXPIRATIONS = Counter(
     "semcache_cache_expirations_total", "Expired entries purged", registry=REGISTRY
 )
+COUNTER_WRITE_FAILURES = Counter(
+    "semcache_cache_counter_write_failures_total",
+    "Hit/miss counts the store could not record (the answers themselves were given)",
+    registry=REGISTRY,
+)
 RPCS = Counter(
     "semcache_cache_rpcs_total",
     "RPCs by method and status code",

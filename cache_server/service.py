@@ -23,22 +23,31 @@ from cache_server.store.base import CacheLimitError, StoreConflictError, StoreUn
 from cache_server.upstream import UpstreamError
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+from service_runtime.error_reasons import REASON_KEY, ErrorReason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[object, object]
 
-# Each error type a request can meet, and the status it becomes.
-_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
-    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (EmbedderRejectedError, grpc.StatusCode.INVALID_ARGUMENT),
-    (EntryNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (EmbedderUnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (UpstreamError, grpc.StatusCode.UNAVAILABLE),
-    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (StoreConflictError, grpc.StatusCode.FAILED_PRECONDITION),
-    (CacheLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+# Each error type a request can meet: the status it becomes, and why (sent as trailing
+# metadata, see service_runtime.error_reasons).
+_STATUS: list[tuple[type[BaseException], grpc.StatusCode, ErrorReason]] = [
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT, ErrorReason.INVALID_INPUT),
+    (EmbedderRejectedError, grpc.StatusCode.INVALID_ARGUMENT, ErrorReason.INVALID_INPUT),
+    (EntryNotFoundError, grpc.StatusCode.NOT_FOUND, ErrorReason.NOT_FOUND),
+    (EmbedderUnavailableError, grpc.StatusCode.UNAVAILABLE, ErrorReason.EMBEDDER_UNAVAILABLE),
+    (UpstreamError, grpc.StatusCode.UNAVAILABLE, ErrorReason.UPSTREAM_FAILED),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, ErrorReason.STORE_UNAVAILABLE),
+    (StoreConflictError, grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.STORE_CONFLICT),
+    (CacheLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.CACHE_LIMIT),
 ]
+
+
+async def _abort(
+    context: Context, code: grpc.StatusCode, reason: ErrorReason, message: str
+) -> None:
+    await context.abort(code, message, trailing_metadata=((REASON_KEY, reason.value),))
+
 
 _STRATEGY_TO_PB = {
     Strategy.EXACT: pb.SEARCH_STRATEGY_EXACT,
@@ -51,14 +60,32 @@ async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]
     started = time.perf_counter()
     try:
         result = await call()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this call itself was cancelled (deadline, disconnect): nobody to answer
+        # A cancellation that reached this call from work it shared with another: it still
+        # gets an answer, and a retryable one.
+        metrics.RPCS.labels(method, grpc.StatusCode.UNAVAILABLE.name).inc()
+        log.warning("%s interrupted by a cancellation it did not ask for", method)
+        await _abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            ErrorReason.INTERRUPTED,
+            "the request was interrupted; retry",
+        )
+        raise  # unreachable: abort raises
     except Exception as exc:
-        code = next((c for t, c in _STATUS if isinstance(exc, t)), grpc.StatusCode.INTERNAL)
+        code, reason = next(
+            ((c, r) for t, c, r in _STATUS if isinstance(exc, t)),
+            (grpc.StatusCode.INTERNAL, ErrorReason.INTERNAL),
+        )
         metrics.RPCS.labels(method, code.name).inc()
         if code is grpc.StatusCode.INTERNAL:
             log.exception("%s failed", method)
-            await context.abort(code, f"internal error: {type(exc).__name__}")
+            await _abort(context, code, reason, f"internal error: {type(exc).__name__}")
         log.info("%s %s in %.1f ms: %s", method, code.name, _ms(started), exc)
-        await context.abort(code, str(exc))
+        await _abort(context, code, reason, str(exc))
         raise  # unreachable: abort raises
     metrics.RPCS.labels(method, "OK").inc()
     log.info("%s OK in %.1f ms", method, _ms(started))
@@ -142,8 +169,11 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         strategies = []
         for value in request.strategies:
             if value not in _STRATEGY_FROM_PB:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"unknown search strategy {value}"
+                await _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    ErrorReason.INVALID_INPUT,
+                    f"unknown search strategy {value}",
                 )
             strategies.append(_STRATEGY_FROM_PB[value])
         result = await _answer(

@@ -1,19 +1,17 @@
 """The LLM asked on a miss: an OpenAI-compatible chat-completions API, or the demo responder.
 
-Concurrent misses on the same prompt in the same scope call the upstream once (SingleFlight).
+Concurrent misses on the same prompt in the same scope call the upstream once (see
+cache_server.single_flight).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Protocol, TypeVar, cast
+from typing import Protocol
 
 import httpx
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class UpstreamError(RuntimeError):
@@ -93,33 +91,3 @@ class OpenAICompatibleUpstream:
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-class SingleFlight:
-    """Runs one call per key at a time; concurrent callers with the same key share its result
-    (or its error)."""
-
-    def __init__(self) -> None:
-        self._flights: dict[Hashable, asyncio.Future[object]] = {}
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._flights)
-
-    async def run(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> T:
-        existing = self._flights.get(key)
-        if existing is not None:
-            return cast(T, await asyncio.shield(existing))
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._flights[key] = future
-        try:
-            result = await call()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: followers may be none
-            raise
-        else:
-            future.set_result(result)
-            return result
-        finally:
-            del self._flights[key]

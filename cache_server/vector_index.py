@@ -60,7 +60,7 @@ class VectorIndex:
         if entry_id in self._row:
             self._matrix[self._row[entry_id]] = vector
             if self._hnsw is not None:
-                self._hnsw.mark_deleted(self._label.pop(entry_id))
+                self._hnsw_remove(entry_id)
                 self._hnsw_add(entry_id, vector)
             return
         if len(self._ids) == self._matrix.shape[0]:
@@ -111,9 +111,7 @@ class VectorIndex:
             self._row[moved] = row
         self._ids.pop()
         if self._hnsw is not None:
-            label = self._label.pop(entry_id)
-            del self._id_of_label[label]
-            self._hnsw.mark_deleted(label)
+            self._hnsw_remove(entry_id)
         return True
 
     def search(
@@ -207,3 +205,10 @@ class VectorIndex:
         self._hnsw.add_items(vector[None, :], np.array([label]), replace_deleted=True)
         self._label[entry_id] = label
         self._id_of_label[label] = entry_id
+
+    def _hnsw_remove(self, entry_id: str) -> None:
+        """Retires the id's label: out of the graph's results and out of both maps."""
+        assert self._hnsw is not None
+        label = self._label.pop(entry_id)
+        del self._id_of_label[label]
+        self._hnsw.mark_deleted(label)

@@ -14,7 +14,13 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import ProblemError, problem_response
+from gateway.errors import (
+    CacheCallError,
+    ProblemError,
+    from_grpc,
+    is_langcache,
+    problem_response,
+)
 from gateway.metrics import REGISTRY
 from gateway.middleware import GuardMiddleware
 from gateway.rate_limit import RateLimiter
@@ -91,6 +97,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def on_problem(request: Request, error: ProblemError) -> JSONResponse:
         return problem_response(request, error)
 
+    @app.exception_handler(CacheCallError)
+    async def on_cache_call_error(request: Request, error: CacheCallError) -> JSONResponse:
+        problem = from_grpc(error.error, langcache=is_langcache(request.url.path))
+        return problem_response(request, problem)
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         # Starlette's and FastAPI's own refusals: unknown route (404), wrong method (405, with
@@ -128,10 +139,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             for e in error.errors()
         ]
         detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-        # The LangCache API answers bad input with 400 (its SDK expects it); the original
-        # API with FastAPI's 422.
-        status = 400 if request.url.path.startswith("/v1/") else 422
-        return problem_response(request, ProblemError(status, detail, fields=fields))
+        # FastAPI's 422 (the original API); the LangCache API makes it a 400, as its SDK
+        # expects (gateway.errors.problem_response).
+        return problem_response(request, ProblemError(422, detail, fields=fields))
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_runtime.error_reasons import REASON_KEY, ErrorReason
 from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
 from service_runtime.tls import ServerTls
 
@@ -66,7 +67,9 @@ class UnaryCallInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if isinstance(request, _Malformed):
                     await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}"
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"malformed request: {request.reason}",
+                        trailing_metadata=((REASON_KEY, ErrorReason.INVALID_INPUT.value),),
                     )
                 return await behaviour(request, context)  # type: ignore[arg-type]  # sync ctx
             finally:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import grpc
 from fastapi import Depends, Request
 
-from gateway.errors import from_grpc
+from gateway.errors import CacheCallError
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 
@@ -39,8 +39,9 @@ Settings = Annotated[GatewaySettings, Depends(_settings)]
 
 
 async def call(rpc: Awaitable[T]) -> T:
-    """Awaits a gRPC call, turning its failure into the mapped HTTP problem."""
+    """Awaits a gRPC call; a failure is answered by the app's handler of CacheCallError, in
+    the terms of the API the request came through (gateway.errors)."""
     try:
         return await rpc
     except grpc.aio.AioRpcError as error:
-        raise from_grpc(error) from error
+        raise CacheCallError(error) from error

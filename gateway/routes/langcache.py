@@ -8,20 +8,23 @@ RFC 7807 errors with LangCache's `type` URIs.
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Self
 
 from fastapi import APIRouter, Path, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.metrics import LOOKUPS
-from gateway.problems import COMMON
+from gateway.problems import LANGCACHE
 from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings, call
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
+log = logging.getLogger("gateway")
+
 router = APIRouter(
-    prefix="/v1/caches/{cacheId}", tags=["LangCache-compatible API"], responses=COMMON
+    prefix="/v1/caches/{cacheId}", tags=["LangCache-compatible API"], responses=LANGCACHE
 )
 
 CacheIdPath = Annotated[
@@ -33,7 +36,13 @@ CacheIdPath = Annotated[
     ),
 ]
 EntryIdPath = Annotated[
-    str, Path(alias="entryId", description="32 lowercase hex characters", pattern=r"^[0-9a-f]{32}$")
+    str,
+    Path(
+        alias="entryId",
+        description="An entry id as Set returned it (32 lowercase hex characters); any other "
+        "id is simply not found",
+        max_length=256,
+    ),
 ]
 Attributes = Annotated[
     dict[str, str],
@@ -54,7 +63,20 @@ _FROM_PB = {v: k for k, v in _TO_PB.items()}
 
 
 class Camel(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    """camelCase on the wire. Fields this API does not know (a newer SDK's) are ignored and
+    logged, so that a client upgrade never breaks every call."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    @model_validator(mode="after")
+    def _drop_unknown_fields(self) -> Self:
+        extra = self.__pydantic_extra__
+        if extra:
+            log.info(
+                "ignoring unknown fields of %s: %s", type(self).__name__, ", ".join(sorted(extra))
+            )
+            extra.clear()
+        return self
 
 
 class SetRequest(Camel):

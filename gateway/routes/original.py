@@ -11,12 +11,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from gateway.metrics import LOOKUPS
-from gateway.problems import COMMON
+from gateway.problems import ORIGINAL
 from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings, call
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
-router = APIRouter(tags=["semantic cache"], responses=COMMON)
+router = APIRouter(tags=["semantic cache"], responses=ORIGINAL)
 
 CacheId = Annotated[
     str,

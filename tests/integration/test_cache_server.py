@@ -310,7 +310,10 @@ def test_delete_flush_and_unknown_ids(stub: pb_grpc.CacheServiceStub) -> None:
     stub.Delete(pb.DeleteRequest(entry_id=entry_id), timeout=10)
     for bad, code in [
         (entry_id, grpc.StatusCode.NOT_FOUND),
-        ("not-an-id", grpc.StatusCode.INVALID_ARGUMENT),
+        ("not-an-id", grpc.StatusCode.NOT_FOUND),  # an id that cannot exist is not found
+        ("0b8e4f2c-6a3d-4e1b-9f7a-2c5d8e1f3a6b", grpc.StatusCode.NOT_FOUND),
+        ("", grpc.StatusCode.INVALID_ARGUMENT),
+        ("x" * 300, grpc.StatusCode.INVALID_ARGUMENT),
     ]:
         with pytest.raises(grpc.RpcError) as info:
             stub.Delete(pb.DeleteRequest(entry_id=bad), timeout=10)

@@ -9,6 +9,7 @@ seed is fixed so that a failure can be replayed (SEMCACHE_SCHEMATHESIS_SEED to v
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,4 +67,6 @@ def test_schemathesis_cli_finds_no_failures(tmp_path: Path, embedder_process: st
     # It really ran: every operation was exercised, in every phase.
     for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
         assert phase in output, output[-4000:]
-    assert "No issues found" in output or "0 failures" in output.lower(), output[-4000:]
+    # Every generated case passed (a warning, e.g. about test data, is not a failure).
+    counts = re.search(r"(\d+) generated, (\d+) passed", output)
+    assert counts is not None and counts[1] == counts[2] and int(counts[1]) > 100, output[-4000:]

@@ -4,100 +4,17 @@ one on a temp folder, since it is in-process)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from cache_server.cache import CachePolicy, SemanticCache, Strategy
-from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
+from cache_server.embedder_client import EmbedderUnavailableError
 from cache_server.entries import EntryNotFoundError, InvalidInputError
 from cache_server.store.embedded import EmbeddedStore
 from cache_server.upstream import UpstreamError
-
-DIM = 16
-# Texts in the same group get nearly the same vector (paraphrases); others are unrelated.
-GROUPS = {
-    "how do i learn python": 0,
-    "what is the best way to learn python": 0,
-    "how do i cook rice": 1,
-    "how to cook rice properly": 1,
-}
-
-
-class FakeEmbedder:
-    def __init__(self) -> None:
-        self.model: EmbedderModel | None = EmbedderModel("fake", DIM, False)
-        self.calls = 0
-        self.down = False
-
-    async def ensure_model(self, timeout_s: float | None = None) -> EmbedderModel:
-        if self.model is None:
-            if self.down:
-                raise EmbedderUnavailableError("embedder unavailable (fake): UNAVAILABLE")
-            self.model = EmbedderModel("fake", DIM, False)
-        return self.model
-
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if self.down:
-            raise EmbedderUnavailableError("embedder unavailable (fake): UNAVAILABLE")
-        self.calls += 1
-        out = []
-        for text in texts:
-            key = text.strip().lower().rstrip("?")
-            seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-            v = np.random.default_rng(seed).standard_normal(DIM) * 0.15
-            group = GROUPS.get(key)
-            if group is not None:
-                v[group] += 3.0
-            else:
-                v[2 + seed % (DIM - 2)] += 3.0
-            out.append(v / np.linalg.norm(v))
-        return np.array(out, dtype=np.float32)
-
-
-class FakeUpstream:
-    kind = "fake"
-    model = "fake-llm"
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.delay_s = 0.0
-        self.fail = False
-
-    async def complete(self, prompt: str) -> str:
-        self.calls.append(prompt)
-        await asyncio.sleep(self.delay_s)
-        if self.fail:
-            raise UpstreamError("upstream LLM answered HTTP 500")
-        return f"LLM says: {prompt}"
-
-    async def close(self) -> None:
-        return None
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-Parts = tuple[SemanticCache, FakeEmbedder, FakeUpstream, Clock]
-
-
-@pytest.fixture()
-async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
-    store = EmbeddedStore(tmp_path)
-    await store.open()
-    embedder, upstream, clock = FakeEmbedder(), FakeUpstream(), Clock()
-    cache = SemanticCache(store, embedder, upstream, CachePolicy(max_cache_size=3), clock)
-    yield cache, embedder, upstream, clock
-    await store.close()
+from tests.unit.fakes import DIM, Clock, FakeEmbedder, FakeUpstream, Parts
 
 
 async def test_miss_asks_the_llm_then_a_paraphrase_hits(parts: Parts) -> None:
@@ -283,8 +200,10 @@ async def test_deletes_flush_and_stats(parts: Parts) -> None:
     await cache.delete("", gone)
     with pytest.raises(EntryNotFoundError):
         await cache.delete("", gone)
-    with pytest.raises(InvalidInputError, match="32 lowercase hex"):
+    with pytest.raises(EntryNotFoundError):  # an id that cannot exist is simply not found
         await cache.delete("", "nope")
+    with pytest.raises(InvalidInputError, match="32 lowercase hex"):
+        await cache.delete("", "x" * 1000)
     assert await cache.delete_matching("", {"lang": "en"}) == 1
     await cache.set("", "How do I cook rice?", "r")
     await cache.query("", "How do I cook rice?")
