@@ -43,7 +43,7 @@ async def fill(store: CacheStore, texts: list[str], vectors: np.ndarray) -> None
         entry = CacheEntry(
             "bench", entry_id("bench", text, attributes), text, str(i), attributes, created_at=1.0
         )
-        await store.put(entry, vector, 10**9, 1.0)
+        await store.put(entry, vector, 10**9, 1.0, max_caches=1)
 
 
 async def probe(

@@ -216,9 +216,11 @@ class SemanticCache:
         key = (cache_id, normalize_prompt(query), tuple(sorted(attributes.items())), ttl_s)
 
         async def answer_and_store() -> str:
-            # Room for the entry, and an embedder that answers, before paying for an LLM call.
+            # Room for the entry, an embedder that answers, and vectors the cache can hold,
+            # before paying for an LLM call.
             await self._admit(cache_id)
             vector = vector_box[0] if vector_box else await self._embed_one(query)
+            await self.store.check_dimension(cache_id, int(vector.shape[0]))
             try:
                 response = await self.upstream.complete(query)
             except Exception:
@@ -354,7 +356,9 @@ class SemanticCache:
             created_at=now,
             expires_at=now + ttl_s if ttl_s is not None else None,
         )
-        outcome = await self.store.put(entry, vector, self.policy.max_cache_size, now)
+        outcome = await self.store.put(
+            entry, vector, self.policy.max_cache_size, now, max_caches=self.policy.max_caches
+        )
         metrics.EVICTIONS.inc(outcome.evicted)
         return entry.id
 

@@ -19,7 +19,12 @@ from cache_server.embedder_client import (
     EmbedderUnavailableError,
 )
 from cache_server.entries import EntryNotFoundError, InvalidInputError
-from cache_server.store.base import CacheLimitError, StoreConflictError, StoreUnavailableError
+from cache_server.store.base import (
+    CacheLimitError,
+    StoreConflictError,
+    StoreFullError,
+    StoreUnavailableError,
+)
 from cache_server.upstream import UpstreamError
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
@@ -40,6 +45,7 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode, ErrorReason]] = [
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, ErrorReason.STORE_UNAVAILABLE),
     (StoreConflictError, grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.STORE_CONFLICT),
     (CacheLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.CACHE_LIMIT),
+    (StoreFullError, grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.STORE_FULL),
 ]
 
 

@@ -18,6 +18,11 @@ class StoreUnavailableError(RuntimeError):
     """The store cannot be reached right now (e.g. Redis down); retry later."""
 
 
+class StoreFullError(RuntimeError):
+    """The store has no room left for new data (e.g. Redis at its maxmemory); freeing space
+    (flushing caches) or raising the limit is needed, retrying alone does not help."""
+
+
 class CacheLimitError(RuntimeError):
     """A write would open one cache more than the deployment may hold (max_caches)."""
 
@@ -61,14 +66,31 @@ class CacheStore(Protocol):
 
     async def admits(self, cache_id: str, max_caches: int) -> bool:
         """True when `cache_id` is a cache the store holds (from its first entry until it is
-        flushed), or when fewer than `max_caches` caches are held, so it may become one."""
+        flushed), or when fewer than `max_caches` caches are held, so it may become one. An
+        early check (before paying for an answer): `put` enforces the limit itself."""
+        ...
+
+    async def check_dimension(self, cache_id: str, dimension: int) -> None:
+        """Raises StoreConflictError when the cache holds vectors of another dimension (the
+        embedding model changed), as `put` would: an early check, before paying for an
+        answer that could not be stored."""
         ...
 
     async def put(
-        self, entry: CacheEntry, vector: FloatArray, max_entries: int, now: float
+        self,
+        entry: CacheEntry,
+        vector: FloatArray,
+        max_entries: int,
+        now: float,
+        *,
+        max_caches: int,
     ) -> PutOutcome:
         """Stores (or replaces) the entry, then evicts least-recently-used entries of its
-        cache beyond `max_entries`. Durable when it returns."""
+        cache beyond `max_entries`, never the entry itself. Durable when it returns.
+
+        Atomic with the check of its cache: raises CacheLimitError, storing nothing, when the
+        entry would open one cache more than `max_caches`, and StoreConflictError when the
+        cache holds vectors of another dimension."""
         ...
 
     async def get(self, cache_id: str, entry_id: str, now: float) -> CacheEntry | None: ...
@@ -101,7 +123,10 @@ class CacheStore(Protocol):
 
     async def delete_matching(self, cache_id: str, attributes: Mapping[str, str]) -> int: ...
 
-    async def flush(self, cache_id: str) -> int: ...
+    async def flush(self, cache_id: str) -> int:
+        """Removes every entry of the cache and the cache itself (its dimension, its place
+        among `max_caches`); its counters stay until `reset_counters`."""
+        ...
 
     async def count(self, cache_id: str, now: float) -> int: ...
 

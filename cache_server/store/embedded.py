@@ -21,7 +21,13 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
-from cache_server.store.base import FloatArray, PurgeOutcome, PutOutcome, StoreConflictError
+from cache_server.store.base import (
+    CacheLimitError,
+    FloatArray,
+    PurgeOutcome,
+    PutOutcome,
+    StoreConflictError,
+)
 from cache_server.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -206,21 +212,47 @@ class EmbeddedStore:
 
     # -- writes ---------------------------------------------------------------------------
 
+    async def check_dimension(self, cache_id: str, dimension: int) -> None:
+        # Read from the event loop: a dict look-up is atomic.
+        self._check_dimension(cache_id, dimension)
+
+    def _check_dimension(self, cache_id: str, dimension: int) -> None:
+        state = self._caches.get(cache_id)
+        if state is not None and state.index.dimension != dimension:
+            raise StoreConflictError(
+                f"cache {cache_id!r} holds {state.index.dimension}-dim vectors; got "
+                f"{dimension} (the embedding model changed: flush the cache)"
+            )
+
     async def put(
-        self, entry: CacheEntry, vector: FloatArray, max_entries: int, now: float
+        self,
+        entry: CacheEntry,
+        vector: FloatArray,
+        max_entries: int,
+        now: float,
+        *,
+        max_caches: int,
     ) -> PutOutcome:
-        return await self._run(self._put, entry, vector, max_entries, now)
+        return await self._run(self._put, entry, vector, max_entries, now, max_caches)
 
     def _put(
-        self, entry: CacheEntry, vector: FloatArray, max_entries: int, now: float
+        self,
+        entry: CacheEntry,
+        vector: FloatArray,
+        max_entries: int,
+        now: float,
+        max_caches: int,
     ) -> PutOutcome:
+        # Runs on the store's one thread: the checks and the write are one step.
         vector = np.ascontiguousarray(vector, dtype=np.float32)
         state = self._caches.get(entry.cache_id)
-        if state is not None and state.index.dimension != vector.shape[0]:
-            raise StoreConflictError(
-                f"cache {entry.cache_id!r} holds {state.index.dimension}-dim vectors; got "
-                f"{vector.shape[0]} (the embedding model changed: flush the cache)"
+        if state is None and len(self._caches) >= max_caches:
+            raise CacheLimitError(
+                f"cache {entry.cache_id!r} would be one cache too many: this deployment holds "
+                f"at most {max_caches} caches (max_caches); flush caches no longer used, or "
+                "raise the limit"
             )
+        self._check_dimension(entry.cache_id, vector.shape[0])
         with self.db:  # one transaction: the entry and any evictions
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(

@@ -1,108 +1,28 @@
 """One contract for every CacheStore backend. A new backend joins by adding itself to
-`BACKENDS`; each test gets a fresh, empty store."""
+`stores.BACKENDS`; each test gets a fresh, empty store."""
 
 from __future__ import annotations
 
-import itertools
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+import asyncio
 
 import numpy as np
 import pytest
 
-from cache_server.entries import CacheEntry, entry_id
-from cache_server.store.base import CacheStore, StoreConflictError
-from cache_server.store.embedded import EmbeddedStore
-from cache_server.store.redis_store import RedisStore
-from tests.processes import RedisProcess
-
-NOW = 1_700_000_000.0
-DIM = 8
-StoreFactory = Callable[[], Awaitable[CacheStore]]
-
-
-def vec(*values: float) -> np.ndarray:
-    v = np.zeros(DIM, dtype=np.float32)
-    v[: len(values)] = values
-    return v / np.linalg.norm(v)
-
-
-def entry(
-    prompt: str,
-    cache_id: str = "c1",
-    ttl: float | None = None,
-    created: float = NOW,
-    **attributes: str,
-) -> CacheEntry:
-    return CacheEntry(
-        cache_id=cache_id,
-        id=entry_id(cache_id, prompt, attributes),
-        prompt=prompt,
-        response=f"answer to {prompt}",
-        attributes=attributes,
-        created_at=created,
-        expires_at=created + ttl if ttl else None,
-    )
-
-
-async def embedded_factory(tmp_path: Path) -> StoreFactory:
-    async def make() -> CacheStore:
-        store = EmbeddedStore(tmp_path / "data")
-        await store.open()
-        return store
-
-    return make
-
-
-_namespaces = itertools.count()
-
-
-async def redis_factory(tmp_path: Path) -> StoreFactory:
-    # One Redis for the whole session; each test gets its own key prefix (and indexes).
-    prefix = f"contract{next(_namespaces)}-{uuid.uuid4().hex[:8]}"
-
-    async def make() -> CacheStore:
-        store = RedisStore(_redis_url(), prefix=prefix)
-        await store.open()
-        return store
-
-    return make
-
-
-BACKENDS = {"embedded": embedded_factory, "redis": redis_factory}
-_REDIS: list[RedisProcess] = []
-
-
-def _redis_url() -> str:
-    assert _REDIS, "the redis_server fixture starts it"
-    return _REDIS[0].url
-
-
-@pytest.fixture(scope="session", autouse=True)
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    server = RedisProcess(tmp_path_factory.mktemp("contract-redis")).start()
-    _REDIS.append(server)
-    yield
-    server.stop()
-    _REDIS.clear()
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-async def factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    return await BACKENDS[request.param](tmp_path)
-
-
-@pytest.fixture()
-async def store(factory: StoreFactory) -> AsyncIterator[CacheStore]:
-    s = await factory()
-    yield s
-    await s.close()
+from cache_server.entries import CacheEntry
+from cache_server.store.base import CacheLimitError, CacheStore, PutOutcome, StoreConflictError
+from tests.contract.stores import (
+    ADVERSARIAL_CACHE_IDS,
+    NOW,
+    StoreFactory,
+    entry,
+    put,
+    vec,
+)
 
 
 async def test_put_then_get_and_search(store: CacheStore) -> None:
     e = entry("how to boil an egg")
-    await store.put(e, vec(1, 0), 10, NOW)
+    await put(store, e, vec(1, 0), 10, NOW)
     assert await store.get("c1", e.id, NOW) == e
     found = await store.search("c1", vec(1, 0.1), 3, 0.9, {}, NOW)
     assert [(f.id, round(s, 4)) for f, s in found] == [
@@ -113,16 +33,16 @@ async def test_put_then_get_and_search(store: CacheStore) -> None:
 
 async def test_search_is_best_first_within_threshold(store: CacheStore) -> None:
     for i, v in enumerate([vec(1, 0), vec(1, 1), vec(0, 1)]):
-        await store.put(entry(f"p{i}"), v, 10, NOW)
+        await put(store, entry(f"p{i}"), v, 10, NOW)
     found = await store.search("c1", vec(1, 0.2), 3, 0.5, {}, NOW)
     assert [f.prompt for f, _ in found] == ["p0", "p1"]
     assert found[0][1] > found[1][1]
 
 
 async def test_caches_and_attributes_scope_everything(store: CacheStore) -> None:
-    await store.put(entry("q", cache_id="c1", user="ann"), vec(1), 10, NOW)
-    await store.put(entry("q", cache_id="c1", user="bob"), vec(1), 10, NOW)
-    await store.put(entry("q", cache_id="c2"), vec(1), 10, NOW)
+    await put(store, entry("q", cache_id="c1", user="ann"), vec(1), 10, NOW)
+    await put(store, entry("q", cache_id="c1", user="bob"), vec(1), 10, NOW)
+    await put(store, entry("q", cache_id="c2"), vec(1), 10, NOW)
     assert len(await store.search("c1", vec(1), 5, 0.5, {}, NOW)) == 2
     ann = await store.search("c1", vec(1), 5, 0.5, {"user": "ann"}, NOW)
     assert [f.attributes for f, _ in ann] == [{"user": "ann"}]
@@ -136,9 +56,9 @@ async def test_caches_and_attributes_scope_everything(store: CacheStore) -> None
 
 async def test_same_id_replaces(store: CacheStore) -> None:
     e = entry("same")
-    await store.put(e, vec(1), 10, NOW)
+    await put(store, e, vec(1), 10, NOW)
     newer = CacheEntry(**{**e.__dict__, "response": "new answer"})
-    await store.put(newer, vec(0, 1), 10, NOW + 1)
+    await put(store, newer, vec(0, 1), 10, NOW + 1)
     assert await store.count("c1", NOW) == 1
     got = await store.get("c1", e.id, NOW)
     assert got is not None and got.response == "new answer"
@@ -148,9 +68,9 @@ async def test_same_id_replaces(store: CacheStore) -> None:
 async def test_least_recently_used_is_evicted_beyond_the_cap(store: CacheStore) -> None:
     entries = [entry(f"p{i}") for i in range(3)]
     for i, e in enumerate(entries):
-        await store.put(e, vec(1, i), 3, NOW + i)
+        await put(store, e, vec(1, i), 3, NOW + i)
     await store.touch("c1", entries[0].id, NOW + 10)  # p0 becomes the most recently used
-    outcome = await store.put(entry("p3"), vec(0, 0, 1), 3, NOW + 11)
+    outcome = await put(store, entry("p3"), vec(0, 0, 1), 3, NOW + 11)
     assert outcome.evicted == 1
     assert await store.get("c1", entries[1].id, NOW) is None  # p1 was least recently used
     assert await store.get("c1", entries[0].id, NOW) is not None
@@ -159,8 +79,8 @@ async def test_least_recently_used_is_evicted_beyond_the_cap(store: CacheStore) 
 
 async def test_expired_entries_are_never_returned_and_get_purged(store: CacheStore) -> None:
     short = entry("short", ttl=10)
-    await store.put(short, vec(1), 10, NOW)
-    await store.put(entry("long"), vec(1, 0.1), 10, NOW)
+    await put(store, short, vec(1), 10, NOW)
+    await put(store, entry("long"), vec(1, 0.1), 10, NOW)
     later = NOW + 11
     assert await store.get("c1", short.id, later) is None
     assert await store.find_exact("c1", "short", {}, later) is None
@@ -173,10 +93,10 @@ async def test_expired_entries_are_never_returned_and_get_purged(store: CacheSto
 
 async def test_delete_delete_matching_and_flush(store: CacheStore) -> None:
     a = entry("a", team="x")
-    await store.put(a, vec(1), 10, NOW)
-    await store.put(entry("b", team="x", lang="en"), vec(0, 1), 10, NOW)
-    await store.put(entry("c", team="y"), vec(0, 0, 1), 10, NOW)
-    await store.put(entry("d", cache_id="other", team="x"), vec(1), 10, NOW)
+    await put(store, a, vec(1), 10, NOW)
+    await put(store, entry("b", team="x", lang="en"), vec(0, 1), 10, NOW)
+    await put(store, entry("c", team="y"), vec(0, 0, 1), 10, NOW)
+    await put(store, entry("d", cache_id="other", team="x"), vec(1), 10, NOW)
     assert await store.delete("c1", a.id)
     assert not await store.delete("c1", a.id)
     assert await store.delete_matching("c1", {"team": "x"}) == 1
@@ -191,7 +111,7 @@ async def test_everything_acknowledged_survives_a_reopen(factory: StoreFactory) 
     store = await factory()
     kept = [entry(f"p{i}", ttl=1000 if i % 2 else None, tag=str(i)) for i in range(20)]
     for i, e in enumerate(kept):
-        await store.put(e, vec(1, i / 10), 100, NOW)
+        await put(store, e, vec(1, i / 10), 100, NOW)
     await store.delete("c1", kept[0].id)
     await store.close()
     reopened = await factory()
@@ -211,31 +131,31 @@ async def test_a_vector_of_another_dimension_is_refused(factory: StoreFactory) -
     # also by a store opened afterwards (which learns the dimension from what is stored).
     first = await factory()
     kept = entry("kept")
-    await first.put(kept, vec(1), 10, NOW)
+    await put(first, kept, vec(1), 10, NOW)
     with pytest.raises(StoreConflictError, match="8-dim"):
-        await first.put(entry("other"), small, 10, NOW)
+        await put(first, entry("other"), small, 10, NOW)
     await first.close()
     reopened = await factory()
     try:
         with pytest.raises(StoreConflictError, match="8-dim"):
-            await reopened.put(entry("other"), small, 10, NOW)
+            await put(reopened, entry("other"), small, 10, NOW)
         assert await reopened.get("c1", kept.id, NOW) == kept
         assert await reopened.count("c1", NOW) == 1
         # Another cache is free to use another dimension.
-        await reopened.put(entry("small", cache_id="c2"), small, 10, NOW)
+        await put(reopened, entry("small", cache_id="c2"), small, 10, NOW)
         assert await reopened.count("c2", NOW) == 1
     finally:
         await reopened.close()
 
 
 async def test_counters_are_kept_by_the_store(store: CacheStore) -> None:
-    await store.put(entry("first"), vec(1), 10, NOW)
+    await put(store, entry("first"), vec(1), 10, NOW)
     await store.add_counters("c1", {"hits": 2, "misses": 1})
     await store.add_counters("c1", {"hits": 1})
     counts = await store.counters("c1")
     assert (counts.get("hits"), counts.get("misses")) == (3, 1)
     for i in range(3):
-        await store.put(entry(f"p{i}"), vec(1, i), 2, NOW + i)
+        await put(store, entry(f"p{i}"), vec(1, i), 2, NOW + i)
     assert (await store.counters("c1")).get("evictions") == 2
     await store.reset_counters("c1")
     assert await store.counters("c1") == {}
@@ -252,8 +172,8 @@ async def test_unknown_cache_ids_leave_nothing_behind(store: CacheStore) -> None
 
 
 async def test_the_number_of_caches_is_bounded(store: CacheStore) -> None:
-    await store.put(entry("a", cache_id="one"), vec(1), 10, NOW)
-    await store.put(entry("b", cache_id="two"), vec(1), 10, NOW)
+    await put(store, entry("a", cache_id="one"), vec(1), 10, NOW)
+    await put(store, entry("b", cache_id="two"), vec(1), 10, NOW)
     assert await store.admits("one", 2) and await store.admits("two", 2)
     assert not await store.admits("three", 2)
     assert await store.admits("three", 3)
@@ -262,3 +182,122 @@ async def test_the_number_of_caches_is_bounded(store: CacheStore) -> None:
     assert not await store.admits("three", 2)
     await store.flush("one")
     assert await store.admits("three", 2)
+
+
+async def test_adversarial_cache_ids_never_see_each_others_entries(store: CacheStore) -> None:
+    # Every cache holds the same prompt, vector and attributes: any overlap of key spaces or
+    # index prefixes shows up as a foreign hit, a foreign delete or a wrong count.
+    ids = ADVERSARIAL_CACHE_IDS
+    held = {}
+    for cache_id in ids:
+        e = entry("the same prompt", cache_id=cache_id, team="x")
+        await put(store, e, vec(1))
+        await put(store, entry("short lived", cache_id=cache_id, ttl=10), vec(0, 1))
+        await store.add_counters(cache_id, {"hits": 1})
+        held[cache_id] = e
+    for cache_id, e in held.items():
+        found = await store.search(cache_id, vec(1), 50, 0.5, {}, NOW)
+        assert [(f.cache_id, f.id) for f, _ in found] == [(cache_id, e.id)], cache_id
+        exact = await store.find_exact(cache_id, "the same prompt", {"team": "x"}, NOW)
+        assert exact == e, cache_id
+        assert await store.count(cache_id, NOW) == 2, cache_id
+        assert await store.get(cache_id, e.id, NOW) == e
+        assert (await store.counters(cache_id)).get("hits") == 1, cache_id
+    later = NOW + 11
+    assert dict((await store.purge_expired(later)).expired) == dict.fromkeys(ids, 1)
+    # Deleting, deleting by attributes and flushing in one cache touch no other.
+    a, a_e, a_e_x = ids[0], ids[1], ids[2]
+    assert not await store.delete(a, held[a_e].id)
+    assert await store.delete_matching(a, {"team": "x"}) == 1
+    assert await store.flush(a_e) == 1
+    for cache_id in ids:
+        expected = 0 if cache_id in (a, a_e) else 1
+        assert await store.count(cache_id, later) == expected, cache_id
+        found = await store.search(cache_id, vec(1), 50, 0.5, {}, later)
+        assert [f.id for f, _ in found] == ([held[cache_id].id] if expected else []), cache_id
+    assert await store.get(a_e_x, held[a_e_x].id, later) == held[a_e_x]
+
+
+async def test_a_flushed_cache_takes_vectors_of_another_dimension(factory: StoreFactory) -> None:
+    first = await factory()
+    await put(first, entry("old model"), vec(1))
+    with pytest.raises(StoreConflictError, match="8-dim"):
+        await put(first, entry("new model"), vec(1, dim=4))
+    assert await first.flush("c1") == 1
+    try:
+        e = entry("new model")
+        await put(first, e, vec(1, dim=4))
+        found = await first.search("c1", vec(1, dim=4), 5, 0.5, {}, NOW)
+        assert [f.id for f, _ in found] == [e.id]
+        assert first.vector_dimension("c1") == 4
+    finally:
+        await first.close()
+
+
+async def test_check_dimension_refuses_another_dimension_before_any_write(
+    factory: StoreFactory,
+) -> None:
+    store = await factory()
+    await store.check_dimension("c1", 8)  # a cache not held yet takes any dimension
+    await put(store, entry("kept"), vec(1))
+    await store.check_dimension("c1", 8)
+    with pytest.raises(StoreConflictError, match="cache 'c1' holds 8-dim vectors; got 4"):
+        await store.check_dimension("c1", 4)
+    await store.check_dimension("c2", 4)
+    await store.close()
+    reopened = await factory()  # learns the dimension from what is stored
+    try:
+        with pytest.raises(StoreConflictError, match="8-dim"):
+            await reopened.check_dimension("c1", 4)
+        await reopened.flush("c1")
+        await reopened.check_dimension("c1", 4)
+    finally:
+        await reopened.close()
+
+
+async def test_the_entry_just_written_is_never_evicted(store: CacheStore) -> None:
+    a, b, c = entry("a"), entry("b"), entry("c")
+    await put(store, a, vec(1), 2, NOW)
+    await put(store, b, vec(0, 1), 2, NOW)
+    await store.touch("c1", a.id, NOW + 100)
+    await store.touch("c1", b.id, NOW + 101)
+    # Written with an older clock than the last uses: the least recent of all, yet kept.
+    outcome = await put(store, c, vec(0, 0, 1), 2, NOW + 1)
+    assert outcome.evicted == 1
+    assert await store.get("c1", c.id, NOW + 1) == c
+    assert await store.get("c1", a.id, NOW + 1) is None
+    assert await store.count("c1", NOW + 1) == 2
+
+
+async def test_max_caches_holds_under_concurrent_first_writes(store: CacheStore) -> None:
+    async def first_write(i: int) -> PutOutcome:
+        return await put(store, entry("q", cache_id=f"new{i}"), vec(1), max_caches=2)
+
+    results = await asyncio.gather(*(first_write(i) for i in range(6)), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 4 and all(isinstance(r, CacheLimitError) for r in refused), results
+    held = [i for i in range(6) if await store.count(f"new{i}", NOW)]
+    assert len(held) == 2
+    refused_id = next(f"new{i}" for i in range(6) if i not in held)
+    assert await store.get(refused_id, entry("q", cache_id=refused_id).id, NOW) is None
+    assert not await store.admits(refused_id, 2)
+    # A cache already held still takes writes at the limit; a flush frees a place.
+    await put(store, entry("more", cache_id=f"new{held[0]}"), vec(1), max_caches=2)
+    with pytest.raises(CacheLimitError, match=r"at most 2 caches \(max_caches\)"):
+        await put(store, entry("q", cache_id=refused_id), vec(1), max_caches=2)
+    await store.flush(f"new{held[0]}")
+    await put(store, entry("q", cache_id=refused_id), vec(1), max_caches=2)
+    assert await store.count(refused_id, NOW) == 1
+
+
+async def test_expired_entries_never_crowd_live_ones_out_of_a_look_up(store: CacheStore) -> None:
+    # Expired entries not purged yet (Redis has not dropped them either) rank first.
+    live = entry("same prompt", variant="live")
+    await put(store, live, vec(1, 1), max_entries=100)
+    for i in range(25):
+        expiring = entry("same prompt", ttl=10, created=NOW + 1, variant=str(i))
+        await put(store, expiring, vec(1, 0.01 * i), max_entries=100)
+    later = NOW + 12
+    found = await store.search("c1", vec(1), 1, 0.5, {}, later)
+    assert [f.id for f, _ in found] == [live.id]
+    assert await store.find_exact("c1", "same prompt", {}, later) == live

@@ -28,6 +28,7 @@ class FakeEmbedder:
         self.model: EmbedderModel | None = EmbedderModel("fake", DIM, False)
         self.calls = 0
         self.down = False
+        self.dimension = DIM  # change it to play an embedder that now serves another model
 
     async def ensure_model(self, timeout_s: float | None = None) -> EmbedderModel:
         if self.model is None:
@@ -44,12 +45,12 @@ class FakeEmbedder:
         for text in texts:
             key = text.strip().lower().rstrip("?")
             seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-            v = np.random.default_rng(seed).standard_normal(DIM) * 0.15
+            v = np.random.default_rng(seed).standard_normal(self.dimension) * 0.15
             group = GROUPS.get(key)
             if group is not None:
                 v[group] += 3.0
             else:
-                v[2 + seed % (DIM - 2)] += 3.0
+                v[2 + seed % (self.dimension - 2)] += 3.0
             out.append(v / np.linalg.norm(v))
         return np.array(out, dtype=np.float32)
 

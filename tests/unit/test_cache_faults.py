@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from cache_server.store.base import StoreUnavailableError
-from tests.unit.fakes import Parts
+import pytest
+
+from cache_server.store.base import StoreConflictError, StoreUnavailableError
+from tests.unit.fakes import DIM, Parts
 
 
 async def test_an_answer_is_not_lost_because_its_hit_or_miss_could_not_be_counted(
@@ -41,3 +43,17 @@ async def test_a_caller_with_another_ttl_does_not_join_a_flight_storing_with_thi
     # Same TTL: one flight, one call.
     await asyncio.gather(*(cache.query("", "What is rice?", ttl_s=5) for _ in range(3)))
     assert len(upstream.calls) == 3
+
+
+async def test_vectors_the_cache_cannot_hold_are_refused_before_the_llm_is_paid(
+    parts: Parts,
+) -> None:
+    """The model changed (another dimension) while the cache holds the old vectors: the miss
+    is refused before the upstream is asked, not after its answer could not be stored."""
+    cache, embedder, upstream, _ = parts
+    await cache.query("", "How do I learn Python?")
+    assert len(upstream.calls) == 1
+    embedder.dimension = DIM * 2  # the embedder now serves another model
+    with pytest.raises(StoreConflictError, match="dim"):
+        await cache.query("", "How do I cook rice?")
+    assert len(upstream.calls) == 1

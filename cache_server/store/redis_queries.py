@@ -1,0 +1,159 @@
+"""RedisStore's reads: look-ups by id, exact and semantic, counts and counters, and the
+dimension each cache's vectors have (see redis_layout for the keys and the index)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from redis import exceptions as redis_errors
+
+from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
+from cache_server.store.base import FloatArray, StoreConflictError
+from cache_server.store.redis_access import RedisAccess
+from cache_server.store.redis_connection import RedisConnection
+from cache_server.store.redis_layout import ENTRY_FIELDS, CacheKeys, decode_entry, live_filter
+
+
+def dimension_conflict(cache_id: str, held: int, got: int) -> StoreConflictError:
+    return StoreConflictError(
+        f"cache {cache_id!r} holds {held}-dim vectors; got {got} (the embedding model "
+        "changed: flush the cache)"
+    )
+
+
+def _no_index(exc: redis_errors.ResponseError) -> bool:
+    message = str(exc).lower()
+    return "no such index" in message or "unknown index name" in message
+
+
+class RedisQueries(RedisConnection):
+    def __init__(
+        self, url: str, *, prefix: str, timeout_s: float, access: RedisAccess | None
+    ) -> None:
+        super().__init__(url, prefix=prefix, timeout_s=timeout_s, access=access)
+        # cache_id -> dimension, as last seen in Redis: a hint (another replica may have
+        # flushed the cache since); Redis's meta key is the truth.
+        self._dimensions: dict[str, int] = {}
+
+    def vector_dimension(self, cache_id: str) -> int | None:
+        return self._dimensions.get(cache_id)
+
+    async def _dimension_in_redis(self, keys: CacheKeys) -> int | None:
+        raw = await self._call(lambda: self._redis.hget(keys.meta, "dim"))
+        if raw is None:
+            self._dimensions.pop(keys.cache_id, None)
+            return None
+        self._dimensions[keys.cache_id] = int(raw)
+        return int(raw)
+
+    async def check_dimension(self, cache_id: str, dimension: int) -> None:
+        held = await self._dimension_in_redis(self.layout.cache(cache_id))
+        if held is not None and held != dimension:
+            raise dimension_conflict(cache_id, held, dimension)
+
+    async def get(self, cache_id: str, entry_id: str, now: float) -> CacheEntry | None:
+        key = self.layout.cache(cache_id).entry(entry_id)
+        raw = await self._call(lambda: self._redis.hgetall(key))
+        return decode_entry(cache_id, raw, now) if raw else None
+
+    async def _search(self, keys: CacheKeys, *arguments: Any) -> list[Any] | None:
+        """FT.SEARCH on the cache's index; None when the cache has none."""
+        try:
+            reply: list[Any] = await self._call(
+                lambda: self._redis.execute_command("FT.SEARCH", keys.index, *arguments)
+            )
+        except redis_errors.ResponseError as exc:
+            if _no_index(exc):
+                self._dimensions.pop(keys.cache_id, None)
+                return None
+            raise
+        return reply
+
+    async def _query_ids(self, keys: CacheKeys, query: str, limit: int) -> list[str]:
+        reply = await self._search(keys, query, "NOCONTENT", "LIMIT", "0", limit, "DIALECT", 2)
+        start = len(keys.entry_prefix)
+        return [k.decode()[start:] for k in reply[1:]] if reply else []
+
+    async def find_exact(
+        self, cache_id: str, prompt: str, attributes: Mapping[str, str], now: float
+    ) -> CacheEntry | None:
+        keys = self.layout.cache(cache_id)
+        query = f"@pkey:{{{prompt_key(prompt)}}} {live_filter(attributes, now)}"
+        fields = ("RETURN", len(ENTRY_FIELDS), *ENTRY_FIELDS)
+        sort = ("SORTBY", "created_at", "DESC")
+        reply = await self._search(keys, query, *fields, *sort, "LIMIT", 0, 20, "DIALECT", 2)
+        wanted = normalize_prompt(prompt)
+        for raw in _documents(reply or []):
+            entry = decode_entry(cache_id, raw, now)
+            if entry is not None and normalize_prompt(entry.prompt) == wanted:
+                return entry
+        return None
+
+    async def search(
+        self,
+        cache_id: str,
+        vector: FloatArray,
+        k: int,
+        min_similarity: float,
+        attributes: Mapping[str, str],
+        now: float,
+    ) -> list[tuple[CacheEntry, float]]:
+        keys = self.layout.cache(cache_id)
+        dimension = int(vector.shape[0])
+        hint = self._dimensions.get(cache_id)
+        if hint is not None and hint != dimension:
+            hint = await self._dimension_in_redis(keys)  # another replica may have flushed
+            if hint is not None and hint != dimension:
+                return []
+        query = f"({live_filter(attributes, now)})=>[KNN {k} @vector $vec AS distance]"
+        blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+        fields = ("RETURN", len(ENTRY_FIELDS) + 1, "distance", *ENTRY_FIELDS)
+        arguments = ("PARAMS", 2, "vec", blob, "SORTBY", "distance", *fields)
+        try:
+            reply = await self._search(keys, query, *arguments, "LIMIT", 0, k, "DIALECT", 2)
+        except redis_errors.ResponseError:
+            # The index holds another dimension than this replica thought: no match, as for
+            # any cache of another dimension (a write would be refused).
+            held = await self._dimension_in_redis(keys)
+            if held is not None and held != dimension:
+                return []
+            raise
+        if reply is None:
+            return []
+        self._dimensions[cache_id] = dimension
+        out: list[tuple[CacheEntry, float]] = []
+        for raw in _documents(reply):
+            similarity = 1.0 - float(raw[b"distance"])
+            if similarity < min_similarity:
+                break
+            entry = decode_entry(cache_id, raw, now)
+            if entry is not None:
+                out.append((entry, similarity))
+        return out
+
+    async def count(self, cache_id: str, now: float) -> int:
+        keys = self.layout.cache(cache_id)
+
+        async def ask() -> list[Any]:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zcard(keys.lru)
+                pipe.zcount(keys.exp, "-inf", now)
+                return list(await pipe.execute())
+
+        size, expired = await self._call(ask)
+        return int(size) - int(expired)
+
+    async def counters(self, cache_id: str) -> dict[str, int]:
+        stats = self.layout.cache(cache_id).stats
+        raw = await self._call(lambda: self._redis.hgetall(stats))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _documents(reply: list[Any]) -> list[dict[bytes, bytes]]:
+    """The returned fields of each document in an FT.SEARCH reply (RESP2: total, then key and
+    flat field/value list per document). A document deleted between the index match and the
+    loading of its fields (a concurrent delete, eviction or expiry) comes back with no field
+    list at all: it is gone, so it is skipped."""
+    return [dict(zip(d[::2], d[1::2], strict=True)) for d in reply[2::2] if d is not None]

@@ -1,0 +1,109 @@
+"""The Lua scripts of RedisStore: each multi-key change in one atomic step (see redis_layout
+for the keys). A script's checks all come before its first write, so a refusal changes
+nothing.
+
+Each declares its flags (the `#!lua` line): without `allow-oom`, Redis refuses the whole
+script up front at maxmemory (a script without the line is refused only at its first write
+that may grow memory, and none at all once an earlier write, even a DEL, has run: it would
+store past maxmemory). Removing (flush, purge) is allowed at maxmemory: it frees memory."""
+
+from __future__ import annotations
+
+# Stores (or replaces) one entry and evicts the least recently used beyond the cap, never the
+# entry just written. Refuses, changing nothing, a cache one too many ({'limit', held}), a
+# vector of another dimension ({'conflict', dimension}) and a token taken by another cache id
+# ({'collision', other id}). The cache's first entry creates its index and meta and registers
+# it. Answers {'ok', evicted}.
+# KEYS: registry, meta, entry hash, lru, exp, stats.
+# ARGV: cache id, token, entry id, dimension, max entries, max caches, now, expires at ('' for
+# never), PEXPIRE milliseconds, entry key prefix, index name, n, then n FT.CREATE arguments,
+# then the entry's field/value pairs.
+PUT = """#!lua
+local registry, meta, key, lru, exp, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local cache_id, token, id, dimension = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local known = redis.call('HGET', registry, token)
+if not known then
+  local held = redis.call('HLEN', registry)
+  if held >= tonumber(ARGV[6]) then return {'limit', held} end
+elseif known ~= cache_id then
+  return {'collision', known}
+end
+local existing = redis.call('HGET', meta, 'dim')
+if existing and existing ~= dimension then return {'conflict', existing} end
+local n = tonumber(ARGV[12])
+if not existing then
+  -- No meta, so no index but a leftover of some older failure: drop it and its documents.
+  pcall(redis.call, 'FT.DROPINDEX', ARGV[11], 'DD')
+  redis.call('FT.CREATE', ARGV[11], unpack(ARGV, 13, 12 + n))
+  redis.call('HSET', meta, 'cache_id', cache_id, 'dim', dimension)
+end
+if not known then redis.call('HSET', registry, token, cache_id) end
+redis.call('DEL', key)  -- a replaced entry loses attributes it no longer has
+redis.call('HSET', key, unpack(ARGV, 13 + n, #ARGV))
+if ARGV[8] ~= '' then
+  redis.call('PEXPIRE', key, ARGV[9])
+  redis.call('ZADD', exp, ARGV[8], id)
+else
+  redis.call('ZREM', exp, id)
+end
+redis.call('ZADD', lru, ARGV[7], id)
+local excess = redis.call('ZCARD', lru) - tonumber(ARGV[5])
+local evicted = 0
+if excess > 0 then
+  for _, victim in ipairs(redis.call('ZRANGE', lru, 0, excess)) do
+    if evicted < excess and victim ~= id then
+      redis.call('DEL', ARGV[10] .. victim)
+      redis.call('ZREM', lru, victim)
+      redis.call('ZREM', exp, victim)
+      evicted = evicted + 1
+    end
+  end
+  if evicted > 0 then redis.call('HINCRBY', stats, 'evictions', evicted) end
+end
+return {'ok', evicted}
+"""
+
+# One step of a flush: deletes up to `batch` entries (hashes, lru and exp members); once none
+# is left, drops the index (with any document it still covers), the meta, lru and exp, and
+# the registration. Answers {deleted, done (0/1)}.
+# KEYS: registry, meta, lru, exp. ARGV: token, entry key prefix, index name, batch.
+FLUSH_STEP = """#!lua flags=allow-oom
+local ids = redis.call('ZRANGE', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+for _, id in ipairs(ids) do redis.call('DEL', ARGV[2] .. id) end
+if #ids > 0 then
+  redis.call('ZREM', KEYS[3], unpack(ids))
+  redis.call('ZREM', KEYS[4], unpack(ids))
+end
+if redis.call('ZCARD', KEYS[3]) > 0 then return {#ids, 0} end
+pcall(redis.call, 'FT.DROPINDEX', ARGV[3], 'DD')
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('HDEL', KEYS[1], ARGV[1])
+return {#ids, 1}
+"""
+
+# Removes the given entries that are still expired at `now` (one re-stored since it was
+# listed has a later expiry and stays), and counts them. Answers the number removed.
+# KEYS: exp, lru, stats. ARGV: now, entry key prefix, then the entry ids.
+PURGE = """#!lua flags=allow-oom
+local now, removed = tonumber(ARGV[1]), 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local at = redis.call('ZSCORE', KEYS[1], id)
+  if at and tonumber(at) <= now then
+    redis.call('DEL', ARGV[2] .. id)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    removed = removed + 1
+  end
+end
+if removed > 0 then redis.call('HINCRBY', KEYS[3], 'expirations', removed) end
+return removed
+"""
+
+# Adds to the counters of a cache the store holds (its meta exists), so made-up cache ids
+# leave nothing behind. KEYS: meta, stats. ARGV: name/value pairs.
+ADD_COUNTERS = """#!lua
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
