@@ -9,6 +9,10 @@ MODEL      ?=
 MODEL_DIR  ?= models/default
 PRECISION  ?= fp32
 SOAK_SECONDS ?= 180
+DATA       ?= ../shared/data/qqp_pairs_dev.jsonl.gz
+BASE       ?=
+OUTPUT     ?= models/tuned
+TARGET_PRECISION ?= 0.90
 PROTOS     := $(shell find protos -name '*.proto')
 PROTOC      = PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1)
 
@@ -40,6 +44,12 @@ model: $(MODEL_DIR)/semcache-model.json ## Export the embedding model to ONNX (M
 
 $(MODEL_DIR)/semcache-model.json: | $(VENV)/.stamp-proto
 	$(PY) -m embedder.export --output $(MODEL_DIR) --precision $(PRECISION) $(if $(MODEL),--model $(MODEL),)
+
+finetune: proto ## Fine-tune the embedder on labelled pairs, export and calibrate it (DATA, BASE, OUTPUT; FINETUNE_ARGS=--epochs 3 ...)
+	$(PY) -m embedder.training.finetune --data $(DATA) --output $(OUTPUT) --target-precision $(TARGET_PRECISION) $(if $(BASE),--base $(BASE),) $(FINETUNE_ARGS)
+
+calibrate: proto model ## Calibrate MODEL_DIR's default threshold on labelled pairs (DATA, TARGET_PRECISION)
+	$(PY) -m embedder.training.calibrate --model-dir $(MODEL_DIR) --data $(DATA) --target-precision $(TARGET_PRECISION) $(CALIBRATE_ARGS)
 
 run: proto model ## Start the stack: REST gateway :8000, cache server :50051, embedder :50052
 	$(PY) -m service_runtime.stack --model-dir $(MODEL_DIR)
@@ -78,4 +88,4 @@ clean: ## Remove the venv, generated stubs and exported models
 	rm -rf $(VENV) models data
 	find protos -name '*_pb2*' -delete
 
-.PHONY: help setup proto proto-check model run redis demo test lint bench soak clean compose-tools
+.PHONY: help setup proto proto-check model finetune calibrate run redis demo test lint bench soak clean compose-tools

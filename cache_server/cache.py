@@ -45,6 +45,7 @@ FloatArray = npt.NDArray[np.float32]
 # How long an answer that needs no embedding waits for the embedder's model info when it has
 # not been learned yet (only right after start, with the embedder away).
 MODEL_PROBE_TIMEOUT_S = 0.5
+DEFAULT_THRESHOLD = 0.85
 
 
 class Strategy(Enum):
@@ -64,7 +65,9 @@ class Embedder(Protocol):
 
 @dataclass(frozen=True)
 class CachePolicy:
-    threshold: float = 0.85  # cosine similarity; higher is stricter
+    # Cosine similarity, higher is stricter. None: the model's calibrated threshold when it
+    # has one, else DEFAULT_THRESHOLD (see SemanticCache.threshold_in_force).
+    threshold: float | None = None
     max_cache_size: int = 1000  # entries per cache
     max_caches: int = 10_000  # caches (cache ids) the deployment holds
     default_ttl_s: float | None = None
@@ -102,6 +105,7 @@ class StatsSnapshot:
     cache_size: int
     max_cache_size: int
     threshold: float
+    threshold_source: str  # "operator", "calibrated" or "default"
     counters: CacheCounters = field(repr=False)
 
 
@@ -122,6 +126,24 @@ class SemanticCache:
         self._clock = clock
         self._single_flight = SingleFlight()
         self._background: set[asyncio.Task[None]] = set()
+
+    def threshold_in_force(self) -> tuple[float, str]:
+        """The default hit threshold and where it comes from: the operator's setting, else the
+        threshold calibrated for the embedder's model, else DEFAULT_THRESHOLD."""
+        if self.policy.threshold is not None:
+            return self.policy.threshold, "operator"
+        model = self.embedder.model
+        if model is not None and model.calibrated_threshold is not None:
+            return model.calibrated_threshold, "calibrated"
+        return DEFAULT_THRESHOLD, "default"
+
+    async def _default_threshold(self) -> float:
+        """threshold_in_force, after asking the embedder for its model if it was not known yet
+        (right after start): the first look-ups use the calibrated threshold too."""
+        if self.policy.threshold is None and self.embedder.model is None:
+            with contextlib.suppress(EmbedderUnavailableError):
+                await self.embedder.ensure_model(MODEL_PROBE_TIMEOUT_S)
+        return self.threshold_in_force()[0]
 
     async def _dimension(self, cache_id: str, vector: FloatArray | None = None) -> int:
         """The embedding dimension an answer reports: the model's (asked of the embedder if
@@ -181,7 +203,7 @@ class SemanticCache:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("query", query, self.policy.max_prompt_chars)
-        threshold = check_threshold(threshold, self.policy.threshold)
+        threshold = check_threshold(threshold, await self._default_threshold())
         attributes = check_attributes(attributes or {})
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
 
@@ -263,7 +285,7 @@ class SemanticCache:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("prompt", prompt, self.policy.max_prompt_chars)
-        threshold = check_threshold(threshold, self.policy.threshold)
+        threshold = check_threshold(threshold, await self._default_threshold())
         k = check_max_results(max_results)
         attributes = check_attributes(attributes or {})
         ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
@@ -388,11 +410,14 @@ class SemanticCache:
         cache_id = check_cache_id(cache_id)
         size = await self.store.count(cache_id, self._clock())
         counts = await self.store.counters(cache_id)
+        await self._default_threshold()
+        threshold, source = self.threshold_in_force()
         return StatsSnapshot(
             cache_id=cache_id,
             cache_size=size,
             max_cache_size=self.policy.max_cache_size,
-            threshold=self.policy.threshold,
+            threshold=threshold,
+            threshold_source=source,
             counters=CacheCounters.of(counts, self.latency.of(cache_id)),
         )
 

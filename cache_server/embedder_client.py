@@ -56,6 +56,7 @@ class EmbedderModel:
     model_id: str
     dimension: int
     fallback: bool
+    calibrated_threshold: float | None = None  # from the model's manifest (make calibrate)
 
 
 class EmbedderClient:
@@ -105,7 +106,8 @@ class EmbedderClient:
     async def model_info(self, timeout_s: float | None = None) -> EmbedderModel:
         reply = await self._call("GetModelInfo", pb.GetModelInfoRequest(), timeout_s)
         assert isinstance(reply, pb.GetModelInfoResponse)
-        self.model = EmbedderModel(reply.model_id, reply.dimension, reply.fallback)
+        calibrated = reply.calibrated_threshold if reply.HasField("calibrated_threshold") else None
+        self.model = EmbedderModel(reply.model_id, reply.dimension, reply.fallback, calibrated)
         return self.model
 
     async def ensure_model(self, timeout_s: float | None = None) -> EmbedderModel:

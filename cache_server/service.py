@@ -252,6 +252,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             cache_size=snapshot.cache_size,
             max_cache_size=snapshot.max_cache_size,
             current_threshold=snapshot.threshold,
+            threshold_source=snapshot.threshold_source,
             hits=counters.hits,
             misses=counters.misses,
             hit_rate=counters.hit_rate,
@@ -277,6 +278,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             with contextlib.suppress(EmbedderUnavailableError):
                 model = await self.embedder.ensure_model(timeout_s=1.0)
         serving = serving and model is not None
+        threshold, threshold_source = self.cache.threshold_in_force()
         return pb.GetServerInfoResponse(
             embedder_model_id=model.model_id if model else "",
             embedding_dimension=model.dimension if model else 0,
@@ -285,7 +287,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             demo_responder=upstream.kind == "demo",
             upstream_model=upstream.model,
             store_backend=self.store_backend,
-            default_threshold=self.cache.policy.threshold,
+            default_threshold=threshold,
+            threshold_source=threshold_source,
             max_cache_size=self.cache.policy.max_cache_size,
             embedder_serving=serving,
             store_serving=store_serving,

@@ -67,14 +67,15 @@ class CacheSettings(GrpcServiceSettings):
     )
     embedder_timeout_s: float = Field(5.0, gt=0, le=300, description="Deadline per embedder call")
     embedder_retries: int = Field(2, ge=0, le=10, description="Extra tries on other embedders")
-    similarity_threshold: float = Field(
-        0.85,
+    similarity_threshold: float | None = Field(
+        None,
         ge=0.0,
         le=1.0,
         validation_alias=AliasChoices(
             "similarity_threshold", "CACHE_SIMILARITY_THRESHOLD", "SIMILARITY_THRESHOLD"
         ),
-        description="Default hit threshold, cosine similarity (higher is stricter)",
+        description="Default hit threshold, cosine similarity (higher is stricter). Unset: the "
+        "model's calibrated threshold (make calibrate), else 0.85",
     )
     max_cache_size: int = Field(
         1000,

@@ -10,6 +10,7 @@ import hashlib
 import json
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +42,21 @@ class Verification(BaseModel):
     provider: str
 
 
+class Calibration(BaseModel):
+    """The similarity threshold chosen on held-out labelled pairs for a target precision."""
+
+    threshold: float = Field(ge=0.0, le=1.0)
+    target_precision: float
+    precision: float = Field(description="Measured at the threshold, on the calibration pairs")
+    recall: float
+    pairs: int = Field(description="Held-out pairs it was chosen on")
+    data_sha256: str
+    reached_target: bool = Field(
+        description="False: no threshold reached the target; the best-F1 threshold is used"
+    )
+    calibrated_at: float
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -65,6 +81,9 @@ class ModelManifest(BaseModel):
     input_names: list[str]
     exported_at: float = Field(description="Unix time, seconds")
     verification: Verification | None = None
+    calibration: Calibration | None = None
+    # What `make finetune` did (base model, data, recipe, held-out figures), as it wrote it.
+    training: dict[str, Any] | None = None
 
     def write(self, folder: Path) -> Path:
         path = folder / MANIFEST_NAME

@@ -93,7 +93,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "the model is still loading")
         assert self._encoder is not None
         manifest = self._encoder.manifest
-        return pb.GetModelInfoResponse(
+        calibration = manifest.calibration
+        reply = pb.GetModelInfoResponse(
             model_id=manifest.model_id,
             dimension=manifest.dimension,
             pooling=_POOLING[manifest.pooling],
@@ -108,6 +109,12 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             max_texts_per_request=self._settings.max_texts_per_request,
             max_text_chars=self._settings.max_text_chars,
         )
+        if calibration is not None:
+            reply.calibrated_threshold = calibration.threshold
+            reply.calibration_target_precision = calibration.target_precision
+            reply.calibration_precision = calibration.precision
+            reply.calibration_recall = calibration.recall
+        return reply
 
 
 def validate_texts(texts: list[str], settings: EmbedderSettings) -> str | None:

@@ -63,6 +63,12 @@ class HealthResponse(BaseModel):
     embedding_dimension: int | None = Field(
         None, description="Dimension of the embedder's vectors (every answer reports it)"
     )
+    similarity_threshold: float | None = Field(None, description="The default hit threshold")
+    threshold_source: str | None = Field(
+        None,
+        description='Where it comes from: "operator" (settings), "calibrated" (the model\'s '
+        'manifest, make calibrate) or "default" (0.85)',
+    )
     fallback_model: bool | None = Field(None, description="The packaged fallback model serves")
     demo_responder: bool | None = Field(None, description="Misses are answered by the demo")
 
@@ -71,6 +77,7 @@ class StatsResponse(BaseModel):
     cache_size: int
     max_cache_size: int
     current_threshold: float
+    threshold_source: str = Field(description='"operator", "calibrated" or "default"')
     hits: int
     misses: int
     hit_rate: float
@@ -129,6 +136,8 @@ async def health(cache: CacheStub, settings: Settings) -> JSONResponse:
     else:
         result.embedder_model = info.embedder_model_id or None
         result.embedding_dimension = info.embedding_dimension or None
+        result.similarity_threshold = info.default_threshold
+        result.threshold_source = info.threshold_source or None
         result.fallback_model = info.embedder_fallback_model
         result.demo_responder = info.demo_responder
         if not info.embedder_serving:
@@ -157,6 +166,7 @@ async def stats(
         cache_size=reply.cache_size,
         max_cache_size=reply.max_cache_size,
         current_threshold=reply.current_threshold,
+        threshold_source=reply.threshold_source,
         hits=reply.hits,
         misses=reply.misses,
         hit_rate=reply.hit_rate,

@@ -38,7 +38,8 @@ SDK_ERRORS: dict[int, tuple[type[lc_errors.LangCacheError], str]] = {
 def limited(
     tmp_path_factory: pytest.TempPathFactory, embedder_process: str, llm: FakeLLM
 ) -> Iterator[str]:
-    """A gateway with a key and a rate limit, over a cache server that holds at most 2 caches."""
+    """A gateway with a key and a small body limit, over a cache server that holds at most 2
+    caches."""
     with (
         cache_server_process(
             tmp_path_factory.mktemp("sdk-limits"),
@@ -52,8 +53,6 @@ def limited(
             cache.address,
             env={
                 "GATEWAY_API_KEY": API_KEY,
-                "GATEWAY_RATE_LIMIT_PER_S": "50",
-                "GATEWAY_RATE_LIMIT_BURST": "50",
                 "GATEWAY_MAX_BODY_BYTES": "65536",
             },
         ) as gateway,
@@ -111,16 +110,19 @@ def test_every_error_is_the_sdks_own_exception(limited: str) -> None:
         assert "max_caches" in str(refused.data.detail)  # type: ignore[attr-defined]
     with LangCache(server_url=limited, cache_id="sdk-a", api_key="wrong-key-0123456789") as lc:
         expect(401, lambda: lc.search(prompt="first cache"))
-    with LangCache(server_url=limited, cache_id="sdk-a", api_key=API_KEY) as lc:
-        codes = []
-        for _ in range(80):
-            try:
-                lc.search(prompt="first cache", search_strategies=[SearchStrategy.EXACT])
-                codes.append(200)
-            except lc_errors.TooManyRequestsErrorResponseContent as error:
-                assert error.data.type == "/errors/too-many-requests"
-                codes.append(429)
-        assert 429 in codes
+
+
+def test_a_rate_limit_is_the_sdks_too_many_requests(cache_server: ServiceProcess) -> None:
+    with (
+        GatewayProcess(
+            cache_server.address,
+            env={"GATEWAY_RATE_LIMIT_PER_S": "0.1", "GATEWAY_RATE_LIMIT_BURST": "2"},
+        ) as gateway,
+        LangCache(server_url=gateway.url, cache_id="sdk-rate", api_key="unused") as lc,
+    ):
+        for _ in range(2):
+            lc.search(prompt="first cache", search_strategies=[SearchStrategy.EXACT])
+        expect(429, lambda: lc.search(prompt="first cache"))
 
 
 def test_a_dependency_down_is_424_resource_unavailable(embedder_down: str) -> None:
