@@ -6,6 +6,7 @@ the message. Also: unknown request fields are ignored, similarities stay within 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -186,4 +187,12 @@ def test_a_server_restarted_embedder_is_found_again(tmp_path: Path, minilm_dir: 
     ):
         expect(424, lambda: lc.set(prompt="hello", response="world"))
         with ServiceProcess("embedder", "--model-dir", str(minilm_dir), "--port", str(port)):
-            assert lc.set(prompt="hello", response="world").entry_id
+            # The cache server reconnects on its own within its backoff (at most 1 s).
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    assert lc.set(prompt="hello", response="world").entry_id
+                    break
+                except lc_errors.FailedDependencyErrorResponseContent:
+                    assert time.monotonic() < deadline, "the embedder was never found again"
+                    time.sleep(0.2)
