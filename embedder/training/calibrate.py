@@ -8,7 +8,8 @@ untouched; `--all-pairs` for data the model never trained on), measured through 
 encoder the server runs, it picks the lowest threshold whose hit precision reaches the target
 (so the most recall at that precision) and writes it, with what it measured, into the model's
 manifest. The cache server uses it as its default threshold when the operator has set none.
-When no threshold reaches the target, the best-F1 threshold is written instead, marked as
+When no threshold reaches the target, the most precise threshold that still keeps half the
+recall is written instead (a cache would rather miss than serve a wrong answer), marked as
 such, and the command says so.
 """
 
@@ -22,7 +23,13 @@ from pathlib import Path
 
 from embedder.encoder import OnnxEncoder
 from embedder.manifest import Calibration, ModelManifest
-from embedder.training.evaluate import QualityReport, evaluate, threshold_for_precision
+from embedder.training.evaluate import (
+    FALLBACK_MIN_RECALL,
+    QualityReport,
+    evaluate,
+    most_precise_point,
+    threshold_for_precision,
+)
 from embedder.training.pairs import Pair, PairsError, read_pairs, split_pairs, summarize
 
 log = logging.getLogger("embedder.calibrate")
@@ -44,13 +51,14 @@ def calibrate_folder(
     chosen = threshold_for_precision(found.curve, target_precision)
     reached = chosen is not None
     if chosen is None:
-        chosen = found.best_f1
+        chosen = most_precise_point(found.curve) or found.best_f1
         log.warning(
             "no threshold reaches precision %.2f on these %d pairs (best: %.3f); using the "
-            "best-F1 threshold %.2f (precision %.3f, recall %.3f)",
+            "most precise threshold that keeps recall >= %.1f: %.2f (precision %.3f, recall %.3f)",
             target_precision,
             len(pairs),
             max(p.precision for p in found.curve if p.hits) if found.curve else 0.0,
+            FALLBACK_MIN_RECALL,
             chosen.threshold,
             chosen.precision,
             chosen.recall,

@@ -121,3 +121,15 @@ def threshold_for_precision(curve: Sequence[CurvePoint], target: float) -> Curve
     when none does."""
     reaching = [p for p in curve if p.precision >= target and p.hits > 0]
     return min(reaching, key=lambda p: p.threshold) if reaching else None
+
+
+FALLBACK_MIN_RECALL = 0.5
+
+
+def most_precise_point(
+    curve: Sequence[CurvePoint], min_recall: float = FALLBACK_MIN_RECALL
+) -> CurvePoint | None:
+    """When no threshold reaches the target precision: the most precise one that still keeps
+    `min_recall` (a cache would rather miss than serve a wrong answer), or None."""
+    keeping = [p for p in curve if p.recall >= min_recall and p.hits > 0]
+    return max(keeping, key=lambda p: (p.precision, -p.threshold)) if keeping else None

@@ -14,6 +14,7 @@ import pytest
 from embedder.training.evaluate import (
     Lookups,
     evaluate,
+    most_precise_point,
     point,
     pr_auc,
     threshold_for_precision,
@@ -98,6 +99,10 @@ def test_quality_figures_follow_the_cache_protocol() -> None:
     chosen = threshold_for_precision(curve, 0.9)
     assert chosen is not None and chosen.threshold == 0.93
     assert threshold_for_precision(curve[:2], 0.9) is None
+    # Unreachable target: the most precise threshold that keeps half the recall, not best F1.
+    fallback = most_precise_point(curve[:2])
+    assert fallback is not None and fallback.threshold == 0.85
+    assert most_precise_point(curve, min_recall=0.9) is None
 
 
 def test_evaluate_stores_text_a_and_looks_up_text_b() -> None:
