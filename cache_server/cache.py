@@ -137,24 +137,30 @@ class SemanticCache:
             return model.calibrated_threshold, "calibrated"
         return DEFAULT_THRESHOLD, "default"
 
-    async def _default_threshold(self) -> float:
-        """threshold_in_force, after asking the embedder for its model if it was not known yet
-        (right after start): the first look-ups use the calibrated threshold too."""
-        if self.policy.threshold is None and self.embedder.model is None:
+    async def _model(self) -> EmbedderModel | None:
+        """The embedder's model, asked for (briefly) if it is not known yet, as right after
+        start; None when no embedder answers."""
+        if self.embedder.model is None:
             with contextlib.suppress(EmbedderUnavailableError):
                 await self.embedder.ensure_model(MODEL_PROBE_TIMEOUT_S)
-        return self.threshold_in_force()[0]
+        return self.embedder.model
+
+    async def _threshold(self) -> tuple[float, str]:
+        """threshold_in_force once the model is known: the first look-ups after start use the
+        calibrated threshold too."""
+        if self.policy.threshold is None:
+            await self._model()
+        return self.threshold_in_force()
 
     async def _dimension(self, cache_id: str, vector: FloatArray | None = None) -> int:
         """The embedding dimension an answer reports: the model's (asked of the embedder if
         not known yet), else that of the vector just embedded, else that of the vectors the
         cache holds (an exact repeat answered while no embedder has been reached yet)."""
-        if self.embedder.model is not None:
-            return self.embedder.model.dimension
-        if vector is not None:
+        if self.embedder.model is None and vector is not None:
             return int(vector.shape[0])
-        with contextlib.suppress(EmbedderUnavailableError):
-            return (await self.embedder.ensure_model(MODEL_PROBE_TIMEOUT_S)).dimension
+        model = await self._model()
+        if model is not None:
+            return model.dimension
         return self.store.vector_dimension(cache_id) or 0
 
     async def _embed_one(self, text: str) -> FloatArray:
@@ -203,7 +209,7 @@ class SemanticCache:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("query", query, self.policy.max_prompt_chars)
-        threshold = check_threshold(threshold, await self._default_threshold())
+        threshold = check_threshold(threshold, (await self._threshold())[0])
         attributes = check_attributes(attributes or {})
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
 
@@ -285,7 +291,7 @@ class SemanticCache:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("prompt", prompt, self.policy.max_prompt_chars)
-        threshold = check_threshold(threshold, await self._default_threshold())
+        threshold = check_threshold(threshold, (await self._threshold())[0])
         k = check_max_results(max_results)
         attributes = check_attributes(attributes or {})
         ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
@@ -410,8 +416,7 @@ class SemanticCache:
         cache_id = check_cache_id(cache_id)
         size = await self.store.count(cache_id, self._clock())
         counts = await self.store.counters(cache_id)
-        await self._default_threshold()
-        threshold, source = self.threshold_in_force()
+        threshold, source = await self._threshold()
         return StatsSnapshot(
             cache_id=cache_id,
             cache_size=size,
