@@ -13,6 +13,9 @@ DATA       ?= ../shared/data/qqp_pairs_dev.jsonl.gz
 BASE       ?=
 OUTPUT     ?= models/tuned
 TARGET_PRECISION ?= 0.90
+VERIFIER_DIR ?=
+# The embedding model a verifier is trained beside: the tuned one when `make finetune` made it.
+EMBEDDER_DIR ?= $(if $(wildcard models/tuned/semcache-model.json),models/tuned,$(MODEL_DIR))
 PROTOS     := $(shell find protos -name '*.proto')
 PROTOC      = PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1)
 
@@ -48,11 +51,14 @@ $(MODEL_DIR)/semcache-model.json: | $(VENV)/.stamp-proto
 finetune: proto ## Fine-tune the embedder on labelled pairs, export and calibrate it (DATA, BASE, OUTPUT; FINETUNE_ARGS=--epochs 3 ...)
 	$(PY) -m embedder.training.finetune --data $(DATA) --output $(OUTPUT) --target-precision $(TARGET_PRECISION) $(if $(BASE),--base $(BASE),) $(FINETUNE_ARGS)
 
+finetune-verifier: proto model ## Train the verifier (cross-encoder) beside EMBEDDER_DIR, export, calibrate its band (DATA, BASE, VERIFIER_DIR=models/verifier; VERIFIER_ARGS=--epochs 2 ...)
+	$(PY) -m embedder.training.verifier --data $(DATA) --output $(or $(VERIFIER_DIR),models/verifier) --embedder-dir $(EMBEDDER_DIR) --target-precision $(TARGET_PRECISION) $(if $(BASE),--base $(BASE),) $(VERIFIER_ARGS)
+
 calibrate: proto model ## Calibrate MODEL_DIR's default threshold on labelled pairs (DATA, TARGET_PRECISION)
 	$(PY) -m embedder.training.calibrate --model-dir $(MODEL_DIR) --data $(DATA) --target-precision $(TARGET_PRECISION) $(CALIBRATE_ARGS)
 
-run: proto model ## Start the stack: REST gateway :8000, cache server :50051, embedder :50052
-	$(PY) -m service_runtime.stack --model-dir $(MODEL_DIR)
+run: proto model ## Start the stack: REST gateway :8000, cache server :50051, embedder :50052 (MODEL_DIR, VERIFIER_DIR)
+	$(PY) -m service_runtime.stack --model-dir $(MODEL_DIR) $(if $(VERIFIER_DIR),--verifier-dir $(VERIFIER_DIR),)
 
 redis: setup ## Run a local Redis with vector search on :6379 (data/redis; from PyPI packages)
 	$(PY) -m service_runtime.redis_stack --port 6379 --dir data/redis
@@ -88,4 +94,4 @@ clean: ## Remove the venv, generated stubs and exported models
 	rm -rf $(VENV) models data
 	find protos -name '*_pb2*' -delete
 
-.PHONY: help setup proto proto-check model finetune calibrate run redis demo test lint bench soak clean compose-tools
+.PHONY: help setup proto proto-check model finetune finetune-verifier calibrate run redis demo test lint bench soak clean compose-tools

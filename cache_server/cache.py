@@ -39,6 +39,7 @@ from cache_server.single_flight import SingleFlight
 from cache_server.stats import CacheCounters, LookupLatency
 from cache_server.store.base import CacheLimitError, CacheStore
 from cache_server.upstream import Upstream
+from cache_server.verification import Band, Verifier
 
 log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
@@ -117,11 +118,13 @@ class SemanticCache:
         upstream: Upstream,
         policy: CachePolicy,
         clock: Callable[[], float] = time.time,
+        verifier: Verifier | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.upstream = upstream
         self.policy = policy
+        self.verifier = verifier
         self.latency = LookupLatency(max_caches=policy.max_caches)
         self._clock = clock
         self._single_flight = SingleFlight()
@@ -152,6 +155,19 @@ class SemanticCache:
             await self._model()
         return self.threshold_in_force()
 
+    def band_in_force(self) -> Band | None:
+        """The verifier's band for requests that set no threshold, or None (no verifier)."""
+        if self.verifier is None:
+            return None
+        return self.verifier.band(self.embedder.model, self.threshold_in_force()[0])
+
+    async def _hit_rule(self, requested: float | None) -> tuple[float, Band | None]:
+        """The similarity threshold for this request (its own, else the one in force) and the
+        verifier's band (None: cosine similarity alone decides)."""
+        threshold = check_threshold(requested, (await self._threshold())[0])
+        band = self.band_in_force()
+        return threshold, band.for_request(requested) if band is not None else None
+
     async def _dimension(self, cache_id: str, vector: FloatArray | None = None) -> int:
         """The embedding dimension an answer reports: the model's (asked of the embedder if
         not known yet), else that of the vector just embedded, else that of the vectors the
@@ -173,7 +189,7 @@ class SemanticCache:
         self,
         cache_id: str,
         prompt: str,
-        threshold: float,
+        rule: tuple[float, Band | None],
         k: int,
         attributes: Mapping[str, str],
         strategies: Sequence[Strategy],
@@ -190,11 +206,34 @@ class SemanticCache:
             else:
                 vector = await self._embed_one(prompt)
                 vector_box.append(vector)
-                found = await self.store.search(cache_id, vector, k, threshold, attributes, now)
+                found = await self._nearest(cache_id, prompt, vector, k, rule, attributes, now)
                 if found:
                     # float32 rounding can give 1.0000001 for a vector and itself: clamp.
                     return [Hit(e, min(1.0, max(0.0, s)), Strategy.SEMANTIC) for e, s in found]
         return []
+
+    async def _nearest(
+        self,
+        cache_id: str,
+        prompt: str,
+        vector: FloatArray,
+        k: int,
+        rule: tuple[float, Band | None],
+        attributes: Mapping[str, str],
+        now: float,
+    ) -> list[tuple[CacheEntry, float]]:
+        """The stored entries that are hits for `prompt`, nearest first: at or above the
+        threshold, or, with a verifier, those its band and verdicts let through."""
+        threshold, band = rule
+        if band is None or self.verifier is None:
+            return await self.store.search(cache_id, vector, k, threshold, attributes, now)
+        found = await self.store.search(
+            cache_id, vector, max(k, band.candidates), band.low, attributes, now
+        )
+        if not found:
+            return found
+        verdict = await self.verifier.keep(prompt, [(e.prompt, s) for e, s in found], band)
+        return [item for item, ok in zip(found, verdict, strict=True) if ok][:k]
 
     async def query(
         self,
@@ -209,7 +248,7 @@ class SemanticCache:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("query", query, self.policy.max_prompt_chars)
-        threshold = check_threshold(threshold, (await self._threshold())[0])
+        rule = await self._hit_rule(threshold)
         attributes = check_attributes(attributes or {})
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
 
@@ -218,7 +257,7 @@ class SemanticCache:
             hits = await self._lookup(
                 cache_id,
                 query,
-                threshold,
+                rule,
                 1,
                 attributes,
                 (Strategy.EXACT, Strategy.SEMANTIC),
@@ -291,12 +330,12 @@ class SemanticCache:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("prompt", prompt, self.policy.max_prompt_chars)
-        threshold = check_threshold(threshold, (await self._threshold())[0])
+        rule = await self._hit_rule(threshold)
         k = check_max_results(max_results)
         attributes = check_attributes(attributes or {})
         ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
         vector_box: list[FloatArray] = []
-        hits = await self._lookup(cache_id, prompt, threshold, k, attributes, ordered, vector_box)
+        hits = await self._lookup(cache_id, prompt, rule, k, attributes, ordered, vector_box)
         await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started)
         self._touch_later(cache_id, [hit.entry.id for hit in hits])
         dimension = await self._dimension(cache_id, vector_box[0] if vector_box else None)

@@ -52,11 +52,24 @@ class EmbedderRejectedError(ValueError):
 
 
 @dataclass(frozen=True)
+class VerifierModel:
+    """The verifier an embedder serves (GetModelInfo), with its calibrated band if any."""
+
+    model_id: str
+    threshold: float
+    band_low: float | None = None
+    band_high: float | None = None
+    band_embedder_sha256: str = ""
+
+
+@dataclass(frozen=True)
 class EmbedderModel:
     model_id: str
     dimension: int
     fallback: bool
     calibrated_threshold: float | None = None  # from the model's manifest (make calibrate)
+    onnx_sha256: str = ""
+    verifier: VerifierModel | None = None
 
 
 class EmbedderClient:
@@ -107,8 +120,32 @@ class EmbedderClient:
         reply = await self._call("GetModelInfo", pb.GetModelInfoRequest(), timeout_s)
         assert isinstance(reply, pb.GetModelInfoResponse)
         calibrated = reply.calibrated_threshold if reply.HasField("calibrated_threshold") else None
-        self.model = EmbedderModel(reply.model_id, reply.dimension, reply.fallback, calibrated)
+        verifier = None
+        if reply.HasField("verifier"):
+            v = reply.verifier
+            verifier = VerifierModel(
+                model_id=v.model_id,
+                threshold=v.threshold,
+                band_low=v.band_low if v.HasField("band_low") else None,
+                band_high=v.band_high if v.HasField("band_high") else None,
+                band_embedder_sha256=v.band_embedder_sha256,
+            )
+        self.model = EmbedderModel(
+            reply.model_id,
+            reply.dimension,
+            reply.fallback,
+            calibrated,
+            onnx_sha256=reply.onnx_sha256,
+            verifier=verifier,
+        )
         return self.model
+
+    async def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """The verifier's probability for each (asked, stored) pair."""
+        request = pb.ScoreRequest(pairs=[pb.TextPair(query=q, candidate=c) for q, c in pairs])
+        reply = await self._call("Score", request)
+        assert isinstance(reply, pb.ScoreResponse)
+        return list(reply.probabilities)
 
     async def ensure_model(self, timeout_s: float | None = None) -> EmbedderModel:
         """The model, asked of the embedder once if it is not known yet (one call, however
@@ -135,16 +172,16 @@ class EmbedderClient:
     async def _call(
         self,
         method: str,
-        request: pb.EmbedRequest | pb.GetModelInfoRequest,
+        request: pb.EmbedRequest | pb.GetModelInfoRequest | pb.ScoreRequest,
         timeout_s: float | None = None,
-    ) -> pb.EmbedResponse | pb.GetModelInfoResponse:
+    ) -> pb.EmbedResponse | pb.GetModelInfoResponse | pb.ScoreResponse:
         last: grpc.aio.AioRpcError | None = None
         order = self._try_order()
         for attempt in range(self._attempts):
             index = order[attempt % len(order)]
             try:
                 rpc = getattr(self._stubs[index], method)
-                response: pb.EmbedResponse | pb.GetModelInfoResponse = await rpc(
+                response: pb.EmbedResponse | pb.GetModelInfoResponse | pb.ScoreResponse = await rpc(
                     request, timeout=timeout_s or self._timeout_s, metadata=outgoing_metadata()
                 )
                 return response

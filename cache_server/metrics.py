@@ -39,3 +39,15 @@ RPCS = Counter(
     ["method", "code"],
     registry=REGISTRY,
 )
+VERIFIER_CALLS = Counter(
+    "semcache_cache_verifier_calls_total",
+    "Score calls to the verifier by outcome (ok, error: grey-zone candidates then missed)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+VERIFIER_VERDICTS = Counter(
+    "semcache_cache_verifier_verdicts_total",
+    "Grey-zone candidates the verifier was asked about, by verdict (hit, rejected)",
+    ["verdict"],
+    registry=REGISTRY,
+)

@@ -21,6 +21,7 @@ from cache_server.store.base import CacheStore
 from cache_server.store.embedded import EmbeddedStore
 from cache_server.store.redis_store import RedisStore, redacted_url
 from cache_server.upstream import DemoResponder, OpenAICompatibleUpstream, Upstream
+from cache_server.verification import Verifier, VerifierSettings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
@@ -99,7 +100,19 @@ class CacheServer:
             max_prompt_chars=settings.max_prompt_chars,
             max_response_chars=settings.max_response_chars,
         )
-        self.cache = SemanticCache(self.store, self.embedder, self.upstream, policy)
+        verifier = Verifier(
+            VerifierSettings(
+                mode=settings.verifier,
+                band_low=settings.verifier_band_low,
+                band_high=settings.verifier_band_high,
+                threshold=settings.verifier_threshold,
+                candidates=settings.verifier_candidates,
+            ),
+            self.embedder,
+        )
+        self.cache = SemanticCache(
+            self.store, self.embedder, self.upstream, policy, verifier=verifier
+        )
         self.service = GrpcService(
             host=settings.host,
             port=settings.port,

@@ -279,7 +279,19 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 model = await self.embedder.ensure_model(timeout_s=1.0)
         serving = serving and model is not None
         threshold, threshold_source = self.cache.threshold_in_force()
+        band = self.cache.band_in_force()
+        verifier = None
+        if band is not None:
+            verifier = pb.VerifierBand(
+                model_id=band.model_id,
+                low=band.low,
+                high=band.high,
+                threshold=band.threshold,
+                source=band.source,
+                candidates=band.candidates,
+            )
         return pb.GetServerInfoResponse(
+            verifier=verifier,
             embedder_model_id=model.model_id if model else "",
             embedding_dimension=model.dimension if model else 0,
             embedder_fallback_model=model.fallback if model else False,

@@ -77,6 +77,34 @@ class CacheSettings(GrpcServiceSettings):
         description="Default hit threshold, cosine similarity (higher is stricter). Unset: the "
         "model's calibrated threshold (make calibrate), else 0.85",
     )
+    verifier: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: ask the embedder's verifier (cross-encoder) about grey-zone "
+        "candidates when it serves one; off: cosine similarity alone",
+    )
+    verifier_band_low: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Similarity below which a candidate is a miss. Unset: the band calibrated "
+        "with the verifier, else the hit threshold in force",
+    )
+    verifier_band_high: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.01,
+        description="Similarity from which a candidate is a hit without asking (1.01: always "
+        "ask). Unset: the calibrated band, else 1.01",
+    )
+    verifier_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Verifier probability for a hit. Unset: the calibrated one, else 0.5",
+    )
+    verifier_candidates: int = Field(
+        3, ge=1, le=32, description="Nearest candidates asked about per look-up, at most"
+    )
     max_cache_size: int = Field(
         1000,
         ge=1,

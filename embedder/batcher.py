@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -42,10 +42,15 @@ class TextRejectedError(ValueError):
         self.index = index
 
 
-class Model(Protocol):
-    """What the batcher needs of an encoder (OnnxEncoder satisfies it)."""
+Item = TypeVar("Item")  # what one request sends per row: a text, or a (query, candidate) pair
+Item_contra = TypeVar("Item_contra", contravariant=True)
 
-    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]: ...
+
+class Model(Protocol[Item_contra]):
+    """What the batcher needs of a model: OnnxEncoder (texts -> vectors) and OnnxPairScorer
+    (pairs -> a column of probabilities) both satisfy it."""
+
+    def tokenize(self, texts: Sequence[Item_contra]) -> list[TokenizedText]: ...
     def check_length(self, item: TokenizedText) -> None: ...
     def run(self, batch: Sequence[TokenizedText]) -> FloatArray: ...
 
@@ -82,8 +87,8 @@ class EmbedResult:
 
 
 @dataclass
-class _Pending:
-    text: str
+class _Pending(Generic[Item]):
+    text: Item
     future: asyncio.Future[TextResult]
     enqueued_at: float = field(default_factory=time.perf_counter)
 
@@ -117,22 +122,23 @@ def plan_runs(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
     return runs
 
 
-class EmbeddingBatcher:
+class EmbeddingBatcher(Generic[Item]):
     def __init__(
         self,
-        model: Model,
+        model: Model[Item],
         *,
         max_batch_size: int = 32,
         max_batch_tokens: int = 512,
         max_wait_s: float = 0.0,
         max_queue: int = 2048,
+        instrument: bool = True,
     ) -> None:
         self._model = model
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
-        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queue: collections.deque[_Pending[Item]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._accepting = False
         self._worker: asyncio.Task[None] | None = None
@@ -140,7 +146,11 @@ class EmbeddingBatcher:
         # machine would only fight for the same cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.stats = BatcherStats()
-        metrics.QUEUED.set_function(lambda: len(self._queue))
+        # The embedder's metrics describe embedding; a second batcher (the verifier's) keeps
+        # its own counts in `stats` only.
+        self._instrument = instrument
+        if instrument:
+            metrics.QUEUED.set_function(lambda: len(self._queue))
 
     @property
     def queued(self) -> int:
@@ -158,7 +168,7 @@ class EmbeddingBatcher:
             await self._worker
         self._executor.shutdown(wait=True)
 
-    async def embed(self, texts: Sequence[str]) -> EmbedResult:
+    async def embed(self, texts: Sequence[Item]) -> EmbedResult:
         if not self._accepting:
             raise ShuttingDownError("the embedder is shutting down")
         if len(self._queue) + len(texts) > self._max_queue:
@@ -217,8 +227,8 @@ class EmbeddingBatcher:
                 continue
             self._deliver(batch, outcome, started)
 
-    def _take_batch(self) -> list[_Pending]:
-        batch: list[_Pending] = []
+    def _take_batch(self) -> list[_Pending[Item]]:
+        batch: list[_Pending[Item]] = []
         while self._queue and len(batch) < self._max_batch_size:
             item = self._queue.popleft()
             if item.future.done():  # its request was cancelled or already failed
@@ -227,7 +237,7 @@ class EmbeddingBatcher:
             batch.append(item)
         return batch
 
-    def _infer(self, texts: list[str]) -> list[_Outcome]:
+    def _infer(self, texts: list[Item]) -> list[_Outcome]:
         """Runs in the inference thread: tokenize, sort by length, run under the token budget."""
         tokenized = self._model.tokenize(texts)
         outcomes = [_Outcome(tokens=t) for t in tokenized]
@@ -244,20 +254,24 @@ class EmbeddingBatcher:
             started = time.perf_counter()
             vectors = self._model.run([tokenized[i] for i in members])
             elapsed = time.perf_counter() - started
-            metrics.RUN_SECONDS.observe(elapsed)
+            if self._instrument:
+                metrics.RUN_SECONDS.observe(elapsed)
             for row, i in enumerate(members):
                 outcomes[i].vector = vectors[row]
                 outcomes[i].run_size = len(members)
                 outcomes[i].seconds = elapsed
         return outcomes
 
-    def _deliver(self, batch: list[_Pending], outcomes: list[_Outcome], started: float) -> None:
+    def _deliver(
+        self, batch: list[_Pending[Item]], outcomes: list[_Outcome], started: float
+    ) -> None:
         self.stats.batches += 1
         self.stats.texts += len(batch)
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(batch))
         self.stats.batch_size_counts[len(batch)] += 1
-        metrics.BATCH_TEXTS.observe(len(batch))
-        metrics.TEXTS.inc(len(batch))
+        if self._instrument:
+            metrics.BATCH_TEXTS.observe(len(batch))
+            metrics.TEXTS.inc(len(batch))
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():
                 continue

@@ -54,7 +54,7 @@ class TokenizedText:
         return len(self.encoding.ids)
 
 
-def _providers(device: Device, cuda_device_id: int) -> list[str | tuple[str, dict[str, str]]]:
+def providers_for(device: Device, cuda_device_id: int) -> list[str | tuple[str, dict[str, str]]]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     available = ort.get_available_providers()
@@ -110,7 +110,7 @@ class OnnxEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self._session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=_providers(device, cuda_device_id)
+            str(onnx_path), sess_options=options, providers=providers_for(device, cuda_device_id)
         )
         self.execution_provider = self._session.get_providers()[0]
         if device == "cuda" and self.execution_provider != "CUDAExecutionProvider":

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from embedder import metrics
 from embedder.batcher import EmbeddingBatcher
 from embedder.encoder import ModelIntegrityError, OnnxEncoder, ProviderUnavailableError
+from embedder.scorer import OnnxPairScorer, TextPair
 from embedder.service import EmbeddingServicer
 from embedder.settings import EmbedderSettings
 from protos.semcache.embedding.v1 import embedding_pb2 as pb
@@ -41,7 +42,8 @@ class Embedder:
         )
         self.servicer = EmbeddingServicer(settings)
         pb_grpc.add_EmbeddingServiceServicer_to_server(self.servicer, self.service.server)
-        self.batcher: EmbeddingBatcher | None = None
+        self.batcher: EmbeddingBatcher[str] | None = None
+        self.verifier_batcher: EmbeddingBatcher[TextPair] | None = None
 
     async def load_model(self) -> None:
         s = self.settings
@@ -76,7 +78,8 @@ class Embedder:
         self.batcher.start()
         for _ in range(3):  # first runs allocate arenas and pick kernels
             await self.batcher.embed(WARMUP_TEXTS)
-        self.servicer.attach(encoder, self.batcher)
+        verifier = await self._load_verifier()
+        self.servicer.attach(encoder, self.batcher, verifier, self.verifier_batcher)
         log.info(
             "serving %s (%d dims, %s pooling, %s) on %s in %.1fs",
             manifest.model_id,
@@ -87,7 +90,43 @@ class Embedder:
             time.perf_counter() - started,
         )
 
+    async def _load_verifier(self) -> OnnxPairScorer | None:
+        s = self.settings
+        if s.verifier_dir is None:
+            return None
+        started = time.perf_counter()
+        scorer = await asyncio.to_thread(
+            OnnxPairScorer,
+            s.verifier_dir,
+            device=s.model_device,
+            cuda_device_id=s.cuda_device_id,
+            intra_op_threads=s.intra_op_threads,
+            verify_checksum=s.verify_checksum,
+            spin_wait=s.spin_wait,
+        )
+        self.verifier_batcher = EmbeddingBatcher(
+            scorer,
+            max_batch_size=s.max_batch_size,
+            max_batch_tokens=2 * s.batch_token_budget,  # a pair is two texts
+            max_wait_s=s.max_wait_ms / 1e3,
+            max_queue=s.max_queue,
+            instrument=False,
+        )
+        self.verifier_batcher.start()
+        for _ in range(3):
+            await self.verifier_batcher.embed([(WARMUP_TEXTS[0], WARMUP_TEXTS[1])])
+        band = scorer.manifest.band
+        log.info(
+            "verifier %s loaded in %.1fs (band %s)",
+            scorer.manifest.model_id,
+            time.perf_counter() - started,
+            f"{band.low:.2f}-{band.high:.2f} at p >= {band.threshold:.2f}" if band else "none",
+        )
+        return scorer
+
     async def drain(self) -> None:
+        if self.verifier_batcher is not None:
+            await self.verifier_batcher.stop()
         if self.batcher is not None:
             await self.batcher.stop()
             log.info(

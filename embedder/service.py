@@ -16,7 +16,9 @@ from embedder.batcher import (
 )
 from embedder.encoder import OnnxEncoder
 from embedder.manifest import Pooling, Precision
+from embedder.scorer import OnnxPairScorer, TextPair
 from embedder.settings import EmbedderSettings
+from embedder.verifier_manifest import DEFAULT_PROBABILITY_THRESHOLD
 from protos.semcache.embedding.v1 import embedding_pb2 as pb
 from protos.semcache.embedding.v1 import embedding_pb2_grpc as pb_grpc
 
@@ -41,9 +43,19 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     def __init__(self, settings: EmbedderSettings) -> None:
         self._settings = settings
         self._encoder: OnnxEncoder | None = None
-        self._batcher: EmbeddingBatcher | None = None
+        self._batcher: EmbeddingBatcher[str] | None = None
+        self._verifier: OnnxPairScorer | None = None
+        self._verifier_batcher: EmbeddingBatcher[TextPair] | None = None
 
-    def attach(self, encoder: OnnxEncoder, batcher: EmbeddingBatcher) -> None:
+    def attach(
+        self,
+        encoder: OnnxEncoder,
+        batcher: EmbeddingBatcher[str],
+        verifier: OnnxPairScorer | None = None,
+        verifier_batcher: EmbeddingBatcher[TextPair] | None = None,
+    ) -> None:
+        self._verifier = verifier
+        self._verifier_batcher = verifier_batcher
         self._encoder = encoder
         self._batcher = batcher
 
@@ -86,6 +98,40 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             ),
         )
 
+    async def Score(
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ScoreResponse:
+        pairs = [(p.query, p.candidate) for p in request.pairs]
+        problem = validate_pairs(pairs, self._settings)
+        if problem is not None:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if self._encoder is None:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        if self._verifier_batcher is None:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this embedder serves no verifier: start it with --verifier-dir "
+                "(EMBEDDER_VERIFIER_DIR), a folder made by `make finetune-verifier`",
+            )
+        assert self._verifier_batcher is not None
+        try:
+            result = await self._verifier_batcher.embed(pairs)
+        except QueueFullError as exc:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except ShuttingDownError as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        metrics.REQUESTS.labels("OK").inc()
+        return pb.ScoreResponse(
+            probabilities=result.vectors[:, 0].tolist(),
+            metadata=pb.Metadata(
+                queue_time_ms=result.queue_time_s * 1e3,
+                inference_time_ms=result.inference_time_s * 1e3,
+                batch_size=result.batch_size,
+                truncated=result.truncated,
+            ),
+        )
+
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.GetModelInfoResponse:
@@ -114,7 +160,45 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             reply.calibration_target_precision = calibration.target_precision
             reply.calibration_precision = calibration.precision
             reply.calibration_recall = calibration.recall
+        if self._verifier is not None:
+            reply.verifier.CopyFrom(verifier_info(self._verifier))
         return reply
+
+
+def verifier_info(scorer: OnnxPairScorer) -> pb.VerifierInfo:
+    manifest = scorer.manifest
+    info = pb.VerifierInfo(
+        model_id=manifest.model_id,
+        onnx_sha256=manifest.onnx_sha256,
+        max_sequence_length=manifest.max_seq_length,
+        execution_provider=scorer.execution_provider,
+    )
+    band = manifest.band
+    if band is None:
+        info.threshold = DEFAULT_PROBABILITY_THRESHOLD
+        return info
+    info.band_low, info.band_high, info.threshold = band.low, band.high, band.threshold
+    info.band_embedder_sha256 = band.embedder_onnx_sha256
+    info.band_precision, info.band_recall = band.precision, band.recall
+    return info
+
+
+def validate_pairs(pairs: list[TextPair], settings: EmbedderSettings) -> str | None:
+    """The reason a Score request is refused, or None when it is acceptable."""
+    if not pairs:
+        return "pairs is empty: send at least one (query, candidate) pair"
+    if len(pairs) > settings.max_texts_per_request:
+        return f"too many pairs: {len(pairs)}; at most {settings.max_texts_per_request} per request"
+    for index, pair in enumerate(pairs):
+        for name, text in zip(("query", "candidate"), pair, strict=True):
+            if not text.strip():
+                return f"pairs[{index}].{name} is empty"
+            if len(text) > settings.max_text_chars:
+                return (
+                    f"pairs[{index}].{name} has {len(text)} characters; the limit is "
+                    f"{settings.max_text_chars}"
+                )
+    return None
 
 
 def validate_texts(texts: list[str], settings: EmbedderSettings) -> str | None:

@@ -24,6 +24,11 @@ class EmbedderSettings(GrpcServiceSettings):
 
     port: int = Field(50052, ge=0, le=65535, description="gRPC port (0: any free port)")
     model_dir: Path = Field(Path("models/default"), description="Exported model folder")
+    verifier_dir: Path | None = Field(
+        None,
+        description="Exported verifier folder (`make finetune-verifier`), served through the "
+        "Score RPC; unset: no verifier",
+    )
     model_device: Literal["cpu", "cuda"] = Field(
         "cpu",
         validation_alias=AliasChoices("model_device", "EMBEDDER_MODEL_DEVICE", "MODEL_DEVICE"),

@@ -37,6 +37,7 @@ from embedder.manifest import ModelManifest
 from embedder.model_source import ModelUnavailableError, UnsupportedModelError, resolve_model
 from embedder.training.calibrate import DEFAULT_TARGET_PRECISION, calibrate_folder
 from embedder.training.evaluate import QualityReport, evaluate
+from embedder.training.mining import mine_hard_negatives
 from embedder.training.pairs import Pair, PairsError, read_pairs, split_pairs, summarize
 
 log = logging.getLogger("embedder.finetune")
@@ -71,34 +72,6 @@ def _encoder(model: Any) -> Any:
         )
 
     return encode
-
-
-def mine_hard_negatives(model: Any, pairs: list[Pair], per_pair: int) -> list[Pair]:
-    """For each pair, the stored questions nearest to its text_b that are not its own text_a:
-    the near misses a cache would serve wrongly, as pairs labelled 0."""
-    if per_pair <= 0:
-        return []
-    encode = _encoder(model)
-    stored = list(dict.fromkeys(p.text_a for p in pairs))
-    a = encode(stored)
-    b = encode([p.text_b for p in pairs])
-    duplicates = {(p.text_a, p.text_b) for p in pairs if p.label == 1}
-    mined: list[Pair] = []
-    for start in range(0, len(pairs), 512):
-        scores = b[start : start + 512] @ a.T
-        top = np.argsort(-scores, axis=1)[:, : per_pair + 1]
-        for offset, row in enumerate(top):
-            pair = pairs[start + offset]
-            taken = 0
-            for index in row:
-                candidate = stored[int(index)]
-                if candidate == pair.text_a or (candidate, pair.text_b) in duplicates:
-                    continue
-                mined.append(Pair(candidate, pair.text_b, 0))
-                taken += 1
-                if taken == per_pair:
-                    break
-    return mined
 
 
 def _train_epoch(
@@ -155,7 +128,9 @@ def train(
     losses: list[tuple[Any, float]] = [(OnlineContrastiveLoss(model, margin=recipe.margin), 1.0)]
     if recipe.ranking_loss_weight > 0:
         losses.append((_RankingLoss(model), recipe.ranking_loss_weight))
-    data = list(train_pairs) + mine_hard_negatives(model, train_pairs, recipe.hard_negatives)
+    data = list(train_pairs) + mine_hard_negatives(
+        _encoder(model), train_pairs, recipe.hard_negatives
+    )
     steps_per_epoch = (len(data) + recipe.batch_size - 1) // recipe.batch_size
     total_steps = steps_per_epoch * recipe.epochs
     if recipe.max_steps is not None:

@@ -51,6 +51,16 @@ class QueryResponse(BaseModel):
     processing_time: float = Field(description="Seconds spent answering")
 
 
+class VerifierBand(BaseModel):
+    """Where the verifier (a cross-encoder) is asked about candidates."""
+
+    model: str
+    low: float = Field(description="Similarity below which a candidate is a miss")
+    high: float = Field(description="Similarity from which a candidate is a hit without asking")
+    threshold: float = Field(description="Verifier probability for a hit in between")
+    source: str = Field(description='"operator", "calibrated" or "default"')
+
+
 class HealthResponse(BaseModel):
     status: str = Field(description='"healthy", or "unhealthy" (with HTTP 503)')
     timestamp: float = Field(description="Unix seconds")
@@ -71,6 +81,9 @@ class HealthResponse(BaseModel):
     )
     fallback_model: bool | None = Field(None, description="The packaged fallback model serves")
     demo_responder: bool | None = Field(None, description="Misses are answered by the demo")
+    verifier: VerifierBand | None = Field(
+        None, description="The verifier in force (make finetune-verifier); null when none"
+    )
 
 
 class StatsResponse(BaseModel):
@@ -140,6 +153,11 @@ async def health(cache: CacheStub, settings: Settings) -> JSONResponse:
         result.threshold_source = info.threshold_source or None
         result.fallback_model = info.embedder_fallback_model
         result.demo_responder = info.demo_responder
+        if info.HasField("verifier"):
+            v = info.verifier
+            result.verifier = VerifierBand(
+                model=v.model_id, low=v.low, high=v.high, threshold=v.threshold, source=v.source
+            )
         if not info.embedder_serving:
             result.embedder = "down"
             result.down.append("embedder")

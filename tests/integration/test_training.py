@@ -4,7 +4,6 @@ worse than its base on held-out pairs, and a stack serving it uses the calibrate
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import grpc
 import pytest
 
 from embedder.manifest import ModelManifest
-from embedder.training.finetune import Recipe, finetune
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from protos.semcache.embedding.v1 import embedding_pb2 as epb
@@ -20,34 +18,6 @@ from protos.semcache.embedding.v1 import embedding_pb2_grpc as epb_grpc
 from tests.processes import ServiceProcess, cache_server_process, run_module
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 900 shared QQP pairs, as a user's own data file."""
-    from bench.qqp import qqp_path
-
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl.gz"
-    with gzip.open(qqp_path(), "rt") as source, gzip.open(path, "wt") as target:
-        for _, line in zip(range(900), source, strict=False):
-            target.write(line)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tuned(
-    tmp_path_factory: pytest.TempPathFactory, pairs_file: Path, packaged_st_dir: Path
-) -> Path:
-    output = tmp_path_factory.mktemp("tuned") / "model"
-    finetune(
-        pairs_file,
-        output,
-        base=str(packaged_st_dir),
-        recipe=Recipe(epochs=2, batch_size=32, learning_rate=3e-5, max_steps=30),
-        held_out_fraction=0.4,
-        target_precision=0.9,
-    )
-    return output
 
 
 def test_the_manifest_records_the_run_and_the_calibration(tuned: Path, pairs_file: Path) -> None:

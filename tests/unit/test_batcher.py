@@ -80,7 +80,7 @@ def test_plan_runs_puts_an_over_budget_text_alone() -> None:
 
 async def test_concurrent_requests_are_batched_and_each_gets_its_own_vectors() -> None:
     model = FakeModel(delay_s=0.02)
-    batcher = EmbeddingBatcher(model, max_batch_size=16)  # type: ignore[arg-type]
+    batcher = EmbeddingBatcher[str](model, max_batch_size=16)  # type: ignore[arg-type]
     batcher.start()
     texts = [f"question number {'x' * i}" for i in range(40)]
     results = await asyncio.gather(*(batcher.embed([t]) for t in texts))
@@ -93,7 +93,7 @@ async def test_concurrent_requests_are_batched_and_each_gets_its_own_vectors() -
 
 
 async def test_multi_text_request_keeps_order() -> None:
-    batcher = EmbeddingBatcher(FakeModel(), max_batch_size=4)  # type: ignore[arg-type]
+    batcher = EmbeddingBatcher[str](FakeModel(), max_batch_size=4)  # type: ignore[arg-type]
     batcher.start()
     texts = ["a", "bb", "ccc", "dddd", "eeeee", "ffffff"]
     result = await batcher.embed(texts)
@@ -104,7 +104,7 @@ async def test_multi_text_request_keeps_order() -> None:
 
 async def test_full_queue_is_refused_at_once() -> None:
     gate = threading.Event()
-    batcher = EmbeddingBatcher(FakeModel(gate=gate), max_queue=3, max_batch_size=1)  # type: ignore[arg-type]
+    batcher = EmbeddingBatcher[str](FakeModel(gate=gate), max_queue=3, max_batch_size=1)  # type: ignore[arg-type]
     batcher.start()
     first = asyncio.create_task(batcher.embed(["running"]))
     await asyncio.sleep(0.05)  # the worker holds "running"; the queue is empty again
@@ -120,7 +120,7 @@ async def test_full_queue_is_refused_at_once() -> None:
 async def test_cancelled_request_texts_never_reach_the_model() -> None:
     gate = threading.Event()
     model = FakeModel(gate=gate)
-    batcher = EmbeddingBatcher(model, max_batch_size=1)  # type: ignore[arg-type]
+    batcher = EmbeddingBatcher[str](model, max_batch_size=1)  # type: ignore[arg-type]
     batcher.start()
     blocker = asyncio.create_task(batcher.embed(["blocker"]))
     await asyncio.sleep(0.05)
@@ -139,7 +139,7 @@ async def test_cancelled_request_texts_never_reach_the_model() -> None:
 
 
 async def test_too_long_text_is_rejected_with_its_index_and_others_unharmed() -> None:
-    batcher = EmbeddingBatcher(FakeModel(max_tokens=5))  # type: ignore[arg-type]
+    batcher = EmbeddingBatcher[str](FakeModel(max_tokens=5))  # type: ignore[arg-type]
     batcher.start()
     neighbour = asyncio.create_task(batcher.embed(["fine"]))
     with pytest.raises(TextRejectedError, match=r"texts\[1\] has more than 5 tokens"):
@@ -149,7 +149,7 @@ async def test_too_long_text_is_rejected_with_its_index_and_others_unharmed() ->
 
 
 async def test_stop_finishes_queued_work_then_refuses_new() -> None:
-    batcher = EmbeddingBatcher(FakeModel(delay_s=0.01), max_batch_size=2)  # type: ignore[arg-type]
+    batcher = EmbeddingBatcher[str](FakeModel(delay_s=0.01), max_batch_size=2)  # type: ignore[arg-type]
     batcher.start()
     pending = [asyncio.create_task(batcher.embed([f"t{i}"])) for i in range(8)]
     await asyncio.sleep(0)
