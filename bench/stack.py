@@ -20,13 +20,24 @@ class LocalStack:
 
 @contextmanager
 def local_stack(
-    model_dir: Path, *cache_args: str, with_gateway: bool = True
+    model_dir: Path,
+    *cache_args: str,
+    with_gateway: bool = True,
+    embedder_args: tuple[str, ...] = (),
 ) -> Iterator[LocalStack]:
-    """Embedder, cache server (embedded store; extra flags from `cache_args`), gateway."""
+    """Embedder (extra flags from `embedder_args`), cache server (embedded store; extra flags
+    from `cache_args`), gateway."""
     with ExitStack() as stack:
         data = stack.enter_context(tempfile.TemporaryDirectory())
         embedder = stack.enter_context(
-            ServiceProcess("embedder", "--model-dir", str(model_dir), "--log-level", "WARNING")
+            ServiceProcess(
+                "embedder",
+                "--model-dir",
+                str(model_dir),
+                "--log-level",
+                "WARNING",
+                *embedder_args,
+            )
         )
         cache = stack.enter_context(
             ServiceProcess(
