@@ -232,7 +232,7 @@ class SemanticCache:
         )
         if not found:
             return found
-        verdict = await self.verifier.keep(prompt, [(e.prompt, s) for e, s in found], band)
+        verdict = await self.verifier.keep(prompt, [(e.prompt, s) for e, s in found], band, k)
         return [item for item, ok in zip(found, verdict, strict=True) if ok][:k]
 
     async def query(

@@ -115,13 +115,14 @@ class Verifier:
         )
 
     async def keep(
-        self, prompt: str, candidates: Sequence[tuple[str, float]], band: Band
+        self, prompt: str, candidates: Sequence[tuple[str, float]], band: Band, k: int = 1
     ) -> list[bool]:
-        """For each (stored prompt, similarity), already at or above band.low, whether it is a
-        hit: above `high` without asking, in the band when the verifier agrees."""
+        """For each (stored prompt, similarity), nearest first and already at or above
+        band.low, whether it is a hit: above `high` without asking, in the band when the
+        verifier agrees. The verifier is not asked when the `k` nearest need no asking."""
         verdict = [similarity >= band.high for _, similarity in candidates]
         asked = [i for i, ok in enumerate(verdict) if not ok]
-        if not asked:
+        if not asked or all(verdict[:k]):
             return verdict
         try:
             probabilities = await self._scorer.score([(prompt, candidates[i][0]) for i in asked])

@@ -77,10 +77,24 @@ async def test_only_grey_zone_candidates_are_asked_and_in_one_call() -> None:
     band = verifier.band(model(), 0.85)
     assert band is not None
     verdict = await verifier.keep(
-        "asked", [("sure", 0.95), ("grey wrong", 0.8), ("grey right", 0.75)], band
+        "asked", [("sure", 0.95), ("grey wrong", 0.8), ("grey right", 0.75)], band, k=3
     )
     assert verdict == [True, False, True]
     assert scorer.asked == [[("asked", "grey wrong"), ("asked", "grey right")]]
+
+
+async def test_the_verifier_is_not_asked_when_the_nearest_need_no_asking() -> None:
+    scorer = FakeScorer({"grey": 0.9})
+    verifier = Verifier(VerifierSettings(), scorer)
+    band = verifier.band(model(), 0.85)
+    assert band is not None
+    assert await verifier.keep("asked", [("sure", 0.95), ("grey", 0.8)], band, k=1) == [
+        True,
+        False,
+    ]
+    assert scorer.asked == []
+    assert await verifier.keep("asked", [("sure", 0.95), ("grey", 0.8)], band, k=2) == [True, True]
+    assert scorer.asked == [[("asked", "grey")]]
 
 
 async def test_an_unreachable_verifier_serves_no_grey_zone_candidate() -> None:
