@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -34,7 +35,9 @@ from cache_server.entries import (
     check_ttl,
     entry_id,
     normalize_prompt,
+    prompt_key,
 )
+from cache_server.feedback import Feedback, is_excluded
 from cache_server.single_flight import SingleFlight
 from cache_server.stats import CacheCounters, LookupLatency
 from cache_server.store.base import CacheLimitError, CacheStore
@@ -198,15 +201,35 @@ class SemanticCache:
         """Strategies in order; the first that finds anything answers. A semantic look-up
         leaves its query vector in `vector_box` so a miss can store it without re-embedding."""
         now = self._clock()
+        excluded: dict[str, float] | None = None  # asked of the store once, when needed
+
+        async def allowed(
+            entries: list[tuple[CacheEntry, float]],
+        ) -> list[tuple[CacheEntry, float]]:
+            nonlocal excluded
+            if excluded is None:
+                excluded = await self.store.excluded(cache_id, prompt_key(prompt))
+            return [(e, s) for e, s in entries if not is_excluded(e, excluded)]
+
         for strategy in strategies:
             if strategy is Strategy.EXACT:
                 entry = await self.store.find_exact(cache_id, prompt, attributes, now)
-                if entry is not None:
+                if entry is not None and await allowed([(entry, 1.0)]):
                     return [Hit(entry, 1.0, Strategy.EXACT)]
             else:
                 vector = await self._embed_one(prompt)
                 vector_box.append(vector)
                 found = await self._nearest(cache_id, prompt, vector, k, rule, attributes, now)
+                kept = await allowed(found) if found else found
+                if len(kept) < len(found):
+                    # Entries reported wrong for this prompt: the next-best ones instead.
+                    assert excluded is not None
+                    wider = k + len(excluded)
+                    found = await self._nearest(
+                        cache_id, prompt, vector, wider, rule, attributes, now
+                    )
+                    kept = (await allowed(found))[:k]
+                found = kept
                 if found:
                     # float32 rounding can give 1.0000001 for a vector and itself: clamp.
                     return [Hit(e, min(1.0, max(0.0, s)), Strategy.SEMANTIC) for e, s in found]
@@ -428,6 +451,37 @@ class SemanticCache:
         )
         metrics.EVICTIONS.inc(outcome.evicted)
         return entry.id
+
+    async def feedback(
+        self, cache_id: str, entry_id_: str, prompt: str, *, correct: bool
+    ) -> Feedback:
+        """Keeps the application's verdict on entry `entry_id_` served for `prompt`; a wrong
+        one stops the entry being served for that prompt (cache_server.feedback)."""
+        cache_id = check_cache_id(cache_id)
+        check_text("prompt", prompt, self.policy.max_prompt_chars)
+        now = self._clock()
+        entry = (
+            await self.store.get(cache_id, entry_id_, now) if check_entry_id(entry_id_) else None
+        )
+        if entry is None:
+            raise EntryNotFoundError(f"no entry {entry_id_[:40]!r} in cache {cache_id!r}")
+        report = Feedback(
+            id=uuid.uuid4().hex,
+            cache_id=cache_id,
+            entry_id=entry.id,
+            entry_created_at=entry.created_at,
+            prompt=prompt,
+            prompt_key=prompt_key(prompt),
+            entry_prompt=entry.prompt,
+            entry_response=entry.response,
+            correct=correct,
+            created_at=now,
+        )
+        await self.store.add_feedback(report)
+        await self.store.add_counters(
+            cache_id, {"reported_right" if correct else "reported_wrong": 1}
+        )
+        return report
 
     async def delete(self, cache_id: str, entry_id_: str) -> None:
         cache_id = check_cache_id(cache_id)

@@ -229,6 +229,24 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         )
         return pb.DeleteResponse()
 
+    async def SubmitFeedback(
+        self, request: pb.SubmitFeedbackRequest, context: Context
+    ) -> pb.SubmitFeedbackResponse:
+        report = await _answer(
+            "SubmitFeedback",
+            context,
+            lambda: self.cache.feedback(
+                request.cache_id, request.entry_id, request.prompt, correct=request.correct
+            ),
+        )
+        return pb.SubmitFeedbackResponse(
+            feedback_id=report.id,
+            entry_id=report.entry_id,
+            entry_prompt=report.entry_prompt,
+            correct=report.correct,
+            served_for_prompt=report.correct,
+        )
+
     async def DeleteEntries(
         self, request: pb.DeleteEntriesRequest, context: Context
     ) -> pb.DeleteEntriesResponse:
@@ -258,6 +276,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             hit_rate=counters.hit_rate,
             evictions=counters.evictions,
             expirations=counters.expirations,
+            reported_wrong=counters.reported_wrong,
+            reported_right=counters.reported_right,
             lookup_p50_ms=p50,
             lookup_p95_ms=p95,
             lookup_p99_ms=p99,

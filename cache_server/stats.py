@@ -20,6 +20,8 @@ class CacheCounters:
     misses: int = 0
     evictions: int = 0
     expirations: int = 0
+    reported_wrong: int = 0  # served hits the application reported wrong (feedback)
+    reported_right: int = 0
     lookup_seconds: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW)
     )
@@ -31,6 +33,8 @@ class CacheCounters:
             misses=int(counts.get("misses", 0)),
             evictions=int(counts.get("evictions", 0)),
             expirations=int(counts.get("expirations", 0)),
+            reported_wrong=int(counts.get("reported_wrong", 0)),
+            reported_right=int(counts.get("reported_right", 0)),
             lookup_seconds=latencies,
         )
 

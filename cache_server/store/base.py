@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cache_server.entries import CacheEntry
+from cache_server.feedback import Feedback
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -143,3 +144,17 @@ class CacheStore(Protocol):
     async def counters(self, cache_id: str) -> dict[str, int]: ...
 
     async def reset_counters(self, cache_id: str) -> None: ...
+
+    async def add_feedback(self, report: Feedback) -> None:
+        """Keeps the report (durable when it returns; at most MAX_FEEDBACK_PER_CACHE per
+        cache, the oldest dropped) until the cache is flushed."""
+        ...
+
+    async def excluded(self, cache_id: str, prompt_key: str) -> dict[str, float]:
+        """Entry id -> created_at of the answer reported wrong for this prompt key (by its
+        latest report): feedback.exclusions over the cache's reports for it."""
+        ...
+
+    async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
+        """Every report kept (of one cache, or of all), oldest first."""
+        ...

@@ -21,6 +21,8 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
+from cache_server.feedback import Feedback
+from cache_server.store import embedded_feedback
 from cache_server.store.base import (
     CacheLimitError,
     FloatArray,
@@ -102,6 +104,7 @@ class EmbeddedStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-store")
         self._db: sqlite3.Connection | None = None
         self._caches: dict[str, _CacheState] = {}
+        self._rejecting: set[str] = set()  # caches holding any "wrong" report
         # Counters live in this process (the embedded store has one cache server).
         self._counters: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
@@ -121,7 +124,9 @@ class EmbeddedStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.executescript(_SCHEMA)
+        db.executescript(embedded_feedback.SCHEMA)
         self._db = db
+        self._rejecting = embedded_feedback.caches_with_wrong_reports(db)
         loaded: dict[str, tuple[list[str], list[FloatArray]]] = {}
         for cache_id, entry_id, attributes, expires_at, blob, key in db.execute(
             "SELECT cache_id, id, attributes, expires_at, vector, prompt_key FROM entries"
@@ -351,7 +356,9 @@ class EmbeddedStore:
             deleted = self.db.execute(
                 "DELETE FROM entries WHERE cache_id = ?", (cache_id,)
             ).rowcount
+            embedded_feedback.remove_cache(self.db, cache_id)
         self._caches.pop(cache_id, None)
+        self._rejecting.discard(cache_id)
         return int(deleted)
 
     async def purge_expired(self, now: float) -> PurgeOutcome:
@@ -481,3 +488,21 @@ class EmbeddedStore:
             return 0
         expired = sum(1 for e in state.expires_at.values() if e <= now)
         return len(state.index) - expired
+
+    # -- feedback (cache_server.feedback) -------------------------------------------------
+
+    async def add_feedback(self, report: Feedback) -> None:
+        await self._run(self._add_feedback, report)
+
+    def _add_feedback(self, report: Feedback) -> None:
+        embedded_feedback.add(self.db, report)
+        if not report.correct:
+            self._rejecting.add(report.cache_id)
+
+    async def excluded(self, cache_id: str, prompt_key: str) -> dict[str, float]:
+        if cache_id not in self._rejecting:
+            return {}
+        return await self._run(embedded_feedback.excluded, self.db, cache_id, prompt_key)
+
+    async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
+        return await self._run(embedded_feedback.listing, self.db, cache_id)

@@ -75,6 +75,16 @@ class CacheKeys:
         return self.root + "stats"
 
     @property
+    def feedback(self) -> str:
+        """The cache's feedback reports, a list of JSON objects, oldest first."""
+        return self.root + "feedback"
+
+    @property
+    def rejected(self) -> str:
+        """Hash: prompt key -> JSON {entry id: created_at of the answer reported wrong}."""
+        return self.root + "rejected"
+
+    @property
     def entry_prefix(self) -> str:
         return self.root + "e:"
 

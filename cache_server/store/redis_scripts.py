@@ -107,3 +107,22 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 1
 """
+
+# Keeps one feedback report (bounded list, newest kept) and updates, in the same step, which
+# entries are excluded for the report's prompt. Answers 1.
+# KEYS: feedback list, rejected hash. ARGV: report JSON, prompt key, entry id, correct (1/0),
+# entry created_at, most reports kept.
+FEEDBACK = """#!lua
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[6]), -1)
+local raw = redis.call('HGET', KEYS[2], ARGV[2])
+local excluded = {}
+if raw then excluded = cjson.decode(raw) end
+if ARGV[4] == '1' then excluded[ARGV[3]] = nil else excluded[ARGV[3]] = ARGV[5] end
+if next(excluded) == nil then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+else
+  redis.call('HSET', KEYS[2], ARGV[2], cjson.encode(excluded))
+end
+return 1
+"""

@@ -25,6 +25,7 @@ from cache_server.store.base import (
     StoreConflictError,
 )
 from cache_server.store.redis_access import RedisAccess, redacted_url
+from cache_server.store.redis_feedback import RedisFeedback
 from cache_server.store.redis_layout import (
     CacheKeys,
     attribute_filter,
@@ -36,7 +37,7 @@ from cache_server.store.redis_queries import RedisQueries, dimension_conflict
 __all__ = ["RedisAccess", "RedisStore", "redacted_url"]
 
 
-class RedisStore(RedisQueries):
+class RedisStore(RedisQueries, RedisFeedback):
     backend = "redis"
     flush_batch = 1000  # entries one flush step deletes (each step is atomic)
     purge_batch = 1000  # expired ids listed per cache and purge step
@@ -163,6 +164,7 @@ class RedisStore(RedisQueries):
         while not done:
             step, done = await self._call(lambda: self._flush_step(keys=script_keys, args=args))
             deleted += int(step)
+        await self._forget_feedback(cache_id)
         self._dimensions.pop(cache_id, None)
         return deleted
 

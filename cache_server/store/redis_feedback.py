@@ -1,0 +1,59 @@
+"""Feedback in the Redis store: per cache, a bounded list of reports and a hash of the entries
+excluded per prompt key, both in the cache's hash slot, updated together by one Lua script
+(replicas sharing the Redis see a report at once). Flushing the cache removes both."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from functools import partial
+from typing import Any
+
+from cache_server.feedback import MAX_FEEDBACK_PER_CACHE, Feedback
+from cache_server.store import redis_scripts
+from cache_server.store.redis_connection import RedisConnection
+
+
+class RedisFeedback(RedisConnection):
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._feedback_script = self._redis.register_script(redis_scripts.FEEDBACK)
+
+    async def add_feedback(self, report: Feedback) -> None:
+        keys = self.layout.cache(report.cache_id)
+        args = [
+            json.dumps(asdict(report)),
+            report.prompt_key,
+            report.entry_id,
+            "1" if report.correct else "0",
+            repr(report.entry_created_at),
+            MAX_FEEDBACK_PER_CACHE,
+        ]
+        await self._call(
+            lambda: self._feedback_script(keys=[keys.feedback, keys.rejected], args=args)
+        )
+
+    async def excluded(self, cache_id: str, prompt_key: str) -> dict[str, float]:
+        rejected = self.layout.cache(cache_id).rejected
+        raw = await self._call(lambda: self._redis.hget(rejected, prompt_key))
+        if not raw:
+            return {}
+        return {entry_id: float(at) for entry_id, at in json.loads(raw).items()}
+
+    async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
+        if cache_id is None:
+            registry = await self._call(lambda: self._redis.hvals(self.layout.registry))
+            cache_ids = sorted(raw.decode() for raw in registry)
+        else:
+            cache_ids = [cache_id]
+        reports: list[Feedback] = []
+        for one in cache_ids:
+            rows = await self._call(
+                partial(self._redis.lrange, self.layout.cache(one).feedback, 0, -1)
+            )
+            reports.extend(Feedback(**json.loads(row)) for row in rows)
+        return sorted(reports, key=lambda r: r.created_at)
+
+    async def _forget_feedback(self, cache_id: str) -> None:
+        keys = self.layout.cache(cache_id)
+        await self._call(lambda: self._redis.delete(keys.feedback, keys.rejected))

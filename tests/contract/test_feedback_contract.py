@@ -1,0 +1,78 @@
+"""The feedback part of the store contract, for every backend: reports are durable, the
+exclusion follows the latest report on the answer that was judged, and a flush removes it all."""
+
+from __future__ import annotations
+
+from cache_server.entries import CacheEntry, prompt_key
+from cache_server.feedback import Feedback, is_excluded
+from cache_server.store.base import CacheStore
+from tests.contract.stores import NOW, StoreFactory, entry, put, vec
+
+
+def report(e: CacheEntry, prompt: str, correct: bool, at: float) -> Feedback:
+    return Feedback(
+        id=f"fb-{e.cache_id}-{prompt}-{at}",
+        cache_id=e.cache_id,
+        entry_id=e.id,
+        entry_created_at=e.created_at,
+        prompt=prompt,
+        prompt_key=prompt_key(prompt),
+        entry_prompt=e.prompt,
+        entry_response=e.response,
+        correct=correct,
+        created_at=at,
+    )
+
+
+async def test_a_wrong_report_excludes_the_entry_for_that_prompt_only(store: CacheStore) -> None:
+    e = entry("how do I learn Python?")
+    await put(store, e, vec(1), 10, NOW)
+    assert await store.excluded("c1", prompt_key("how do I learn Java?")) == {}
+    await store.add_feedback(report(e, "how do I learn Java?", False, NOW + 1))
+    excluded = await store.excluded("c1", prompt_key("  how do I learn Java? "))
+    assert excluded == {e.id: e.created_at} and is_excluded(e, excluded)
+    assert await store.excluded("c1", prompt_key("how do I learn Rust?")) == {}
+    assert await store.excluded("c2", prompt_key("how do I learn Java?")) == {}
+    # A later "right" report for the same prompt lifts it.
+    await store.add_feedback(report(e, "how do I learn Java?", True, NOW + 2))
+    assert await store.excluded("c1", prompt_key("how do I learn Java?")) == {}
+
+
+async def test_reports_survive_a_reopen_and_a_new_answer_ends_the_exclusion(
+    factory: StoreFactory,
+) -> None:
+    first = await factory()
+    e = entry("what is the capital of France?")
+    await put(first, e, vec(1), 10, NOW)
+    await first.add_feedback(report(e, "what is the capital of Spain?", False, NOW + 1))
+    await first.close()
+    again = await factory()
+    try:
+        excluded = await again.excluded("c1", prompt_key("what is the capital of Spain?"))
+        assert is_excluded(e, excluded)
+        listed = await again.list_feedback("c1")
+        assert [(r.prompt, r.entry_prompt, r.correct) for r in listed] == [
+            ("what is the capital of Spain?", "what is the capital of France?", False)
+        ]
+        assert await again.list_feedback() == listed
+        # Stored again (a new answer, a new created_at): the report judged the old one.
+        newer = entry("what is the capital of France?", created=NOW + 5)
+        await put(again, newer, vec(1), 10, NOW + 5)
+        stored = await again.get("c1", e.id, NOW + 5)
+        assert stored is not None and not is_excluded(stored, excluded)
+    finally:
+        await again.close()
+
+
+async def test_a_flush_removes_the_reports_and_the_exclusions(store: CacheStore) -> None:
+    e = entry("q1")
+    other = entry("q1", cache_id="c2")
+    await put(store, e, vec(1), 10, NOW)
+    await put(store, other, vec(1), 10, NOW)
+    await store.add_feedback(report(e, "q2", False, NOW + 1))
+    await store.add_feedback(report(other, "q2", False, NOW + 1))
+    await store.flush("c1")
+    assert await store.excluded("c1", prompt_key("q2")) == {}
+    assert await store.list_feedback("c1") == []
+    assert [r.cache_id for r in await store.list_feedback()] == ["c2"]
+    assert await store.excluded("c2", prompt_key("q2")) == {other.id: other.created_at}
