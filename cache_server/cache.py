@@ -209,7 +209,16 @@ class SemanticCache:
             nonlocal excluded
             if excluded is None:
                 excluded = await self.store.excluded(cache_id, prompt_key(prompt))
-            return [(e, s) for e, s in entries if not is_excluded(e, excluded)]
+            kept = []
+            for e, s in entries:
+                if e.id in excluded:
+                    # Which answer was judged: a search reply may round created_at (Redis
+                    # returns sortable fields shortened), the entry itself has it exactly.
+                    exact = await self.store.get(cache_id, e.id, now)
+                    if exact is None or is_excluded(exact, excluded):
+                        continue
+                kept.append((e, s))
+            return kept
 
         for strategy in strategies:
             if strategy is Strategy.EXACT:

@@ -98,6 +98,8 @@ class StatsResponse(BaseModel):
     expirations: int
     lookup_p50_ms: float
     lookup_p99_ms: float
+    reported_wrong: int = Field(0, description="Served hits reported wrong (feedback)")
+    reported_right: int = Field(0, description="Served hits reported right (feedback)")
 
 
 @router.post("/query", response_model=QueryResponse)
@@ -192,4 +194,6 @@ async def stats(
         expirations=reply.expirations,
         lookup_p50_ms=reply.lookup_p50_ms,
         lookup_p99_ms=reply.lookup_p99_ms,
+        reported_wrong=reply.reported_wrong,
+        reported_right=reply.reported_right,
     )
