@@ -62,7 +62,7 @@ class Row:
 def frontier(points: list[BandPoint]) -> list[tuple[float, float]]:
     """(recall, best precision reached at that recall or more), recall ascending."""
     ordered = sorted((p for p in points if p.hits), key=lambda p: (-p.recall, -p.precision))
-    best, out = 0.0, []
+    best, out = 0.0, list[tuple[float, float]]()
     for p in ordered:
         if p.precision > best and (not out or p.recall < out[-1][0]):
             best = p.precision

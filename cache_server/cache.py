@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Protocol
 
 import numpy as np
@@ -37,7 +36,8 @@ from cache_server.entries import (
     normalize_prompt,
     prompt_key,
 )
-from cache_server.feedback import Feedback, is_excluded
+from cache_server.feedback import Feedback
+from cache_server.lookup import Finder, Hit, Strategy
 from cache_server.single_flight import SingleFlight
 from cache_server.stats import CacheCounters, LookupLatency
 from cache_server.store.base import CacheLimitError, CacheStore
@@ -50,11 +50,6 @@ FloatArray = npt.NDArray[np.float32]
 # not been learned yet (only right after start, with the embedder away).
 MODEL_PROBE_TIMEOUT_S = 0.5
 DEFAULT_THRESHOLD = 0.85
-
-
-class Strategy(Enum):
-    EXACT = "exact"
-    SEMANTIC = "semantic"
 
 
 class Embedder(Protocol):
@@ -77,13 +72,6 @@ class CachePolicy:
     default_ttl_s: float | None = None
     max_prompt_chars: int = 8192
     max_response_chars: int = 200_000
-
-
-@dataclass(frozen=True)
-class Hit:
-    entry: CacheEntry
-    similarity: float
-    strategy: Strategy
 
 
 @dataclass(frozen=True)
@@ -128,6 +116,7 @@ class SemanticCache:
         self.upstream = upstream
         self.policy = policy
         self.verifier = verifier
+        self._finder = Finder(store, self._embed_one, verifier)
         self.latency = LookupLatency(max_caches=policy.max_caches)
         self._clock = clock
         self._single_flight = SingleFlight()
@@ -188,85 +177,6 @@ class SemanticCache:
 
     # -- look-ups ------------------------------------------------------------------------
 
-    async def _lookup(
-        self,
-        cache_id: str,
-        prompt: str,
-        rule: tuple[float, Band | None],
-        k: int,
-        attributes: Mapping[str, str],
-        strategies: Sequence[Strategy],
-        vector_box: list[FloatArray],
-    ) -> list[Hit]:
-        """Strategies in order; the first that finds anything answers. A semantic look-up
-        leaves its query vector in `vector_box` so a miss can store it without re-embedding."""
-        now = self._clock()
-        excluded: dict[str, float] | None = None  # asked of the store once, when needed
-
-        async def allowed(
-            entries: list[tuple[CacheEntry, float]],
-        ) -> list[tuple[CacheEntry, float]]:
-            nonlocal excluded
-            if excluded is None:
-                excluded = await self.store.excluded(cache_id, prompt_key(prompt))
-            kept = []
-            for e, s in entries:
-                if e.id in excluded:
-                    # Which answer was judged: a search reply may round created_at (Redis
-                    # returns sortable fields shortened), the entry itself has it exactly.
-                    exact = await self.store.get(cache_id, e.id, now)
-                    if exact is None or is_excluded(exact, excluded):
-                        continue
-                kept.append((e, s))
-            return kept
-
-        for strategy in strategies:
-            if strategy is Strategy.EXACT:
-                entry = await self.store.find_exact(cache_id, prompt, attributes, now)
-                if entry is not None and await allowed([(entry, 1.0)]):
-                    return [Hit(entry, 1.0, Strategy.EXACT)]
-            else:
-                vector = await self._embed_one(prompt)
-                vector_box.append(vector)
-                found = await self._nearest(cache_id, prompt, vector, k, rule, attributes, now)
-                kept = await allowed(found) if found else found
-                if len(kept) < len(found):
-                    # Entries reported wrong for this prompt: the next-best ones instead.
-                    assert excluded is not None
-                    wider = k + len(excluded)
-                    found = await self._nearest(
-                        cache_id, prompt, vector, wider, rule, attributes, now
-                    )
-                    kept = (await allowed(found))[:k]
-                found = kept
-                if found:
-                    # float32 rounding can give 1.0000001 for a vector and itself: clamp.
-                    return [Hit(e, min(1.0, max(0.0, s)), Strategy.SEMANTIC) for e, s in found]
-        return []
-
-    async def _nearest(
-        self,
-        cache_id: str,
-        prompt: str,
-        vector: FloatArray,
-        k: int,
-        rule: tuple[float, Band | None],
-        attributes: Mapping[str, str],
-        now: float,
-    ) -> list[tuple[CacheEntry, float]]:
-        """The stored entries that are hits for `prompt`, nearest first: at or above the
-        threshold, or, with a verifier, those its band and verdicts let through."""
-        threshold, band = rule
-        if band is None or self.verifier is None:
-            return await self.store.search(cache_id, vector, k, threshold, attributes, now)
-        found = await self.store.search(
-            cache_id, vector, max(k, band.candidates), band.low, attributes, now
-        )
-        if not found:
-            return found
-        verdict = await self.verifier.keep(prompt, [(e.prompt, s) for e, s in found], band, k)
-        return [item for item, ok in zip(found, verdict, strict=True) if ok][:k]
-
     async def query(
         self,
         cache_id: str,
@@ -286,7 +196,7 @@ class SemanticCache:
 
         vector_box: list[FloatArray] = []
         if use_cache:
-            hits = await self._lookup(
+            hits = await self._finder.find(
                 cache_id,
                 query,
                 rule,
@@ -294,6 +204,7 @@ class SemanticCache:
                 attributes,
                 (Strategy.EXACT, Strategy.SEMANTIC),
                 vector_box,
+                self._clock(),
             )
             if hits:
                 await self._record_lookup(cache_id, True, time.perf_counter() - started)
@@ -367,7 +278,9 @@ class SemanticCache:
         attributes = check_attributes(attributes or {})
         ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
         vector_box: list[FloatArray] = []
-        hits = await self._lookup(cache_id, prompt, rule, k, attributes, ordered, vector_box)
+        hits = await self._finder.find(
+            cache_id, prompt, rule, k, attributes, ordered, vector_box, self._clock()
+        )
         await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started)
         self._touch_later(cache_id, [hit.entry.id for hit in hits])
         dimension = await self._dimension(cache_id, vector_box[0] if vector_box else None)

@@ -12,13 +12,14 @@ from typing import TypeVar
 import grpc
 
 from cache_server import metrics
-from cache_server.cache import Hit, SemanticCache, Strategy
+from cache_server.cache import SemanticCache
 from cache_server.embedder_client import (
     EmbedderClient,
     EmbedderRejectedError,
     EmbedderUnavailableError,
 )
 from cache_server.entries import EntryNotFoundError, InvalidInputError
+from cache_server.lookup import Hit, Strategy
 from cache_server.store.base import (
     CacheLimitError,
     StoreConflictError,

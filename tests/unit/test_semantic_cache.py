@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from cache_server.cache import CachePolicy, SemanticCache, Strategy
+from cache_server.cache import CachePolicy, SemanticCache
 from cache_server.embedder_client import EmbedderUnavailableError
 from cache_server.entries import EntryNotFoundError, InvalidInputError
+from cache_server.lookup import Strategy
 from cache_server.store.embedded import EmbeddedStore
 from cache_server.upstream import UpstreamError
 from tests.unit.fakes import DIM, Clock, FakeEmbedder, FakeUpstream, Parts

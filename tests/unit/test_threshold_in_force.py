@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cache_server.cache import DEFAULT_THRESHOLD, CachePolicy, Strategy
+from cache_server.cache import DEFAULT_THRESHOLD, CachePolicy
 from cache_server.embedder_client import EmbedderModel
+from cache_server.lookup import Strategy
 from tests.unit.fakes import DIM, Parts
 
 
