@@ -97,7 +97,7 @@ def measure(found: Candidates, low: float, high: float, threshold: float) -> Ban
 def band_grid(found: Candidates) -> list[BandPoint]:
     points: list[BandPoint] = []
     for low in LOWS:
-        highs = [h for h in LOWS if h > low] + [1.01]
+        highs = [h for h in LOWS if h >= low] + [1.01]  # high == low: cosine alone
         for high in highs:
             for threshold in PROBABILITIES:
                 points.append(measure(found, low, high, threshold))
