@@ -54,6 +54,9 @@ finetune: proto ## Fine-tune the embedder on labelled pairs, export and calibrat
 finetune-verifier: proto model ## Train the verifier (cross-encoder) beside EMBEDDER_DIR, export, calibrate its band (DATA, BASE, VERIFIER_DIR=models/verifier; VERIFIER_ARGS=--epochs 2 ...)
 	$(PY) -m embedder.training.verifier --data $(DATA) --output $(or $(VERIFIER_DIR),models/verifier) --embedder-dir $(EMBEDDER_DIR) --target-precision $(TARGET_PRECISION) $(if $(BASE),--base $(BASE),) $(VERIFIER_ARGS)
 
+calibrate-verifier: proto ## Re-choose the verifier's band for EMBEDDER_DIR on labelled pairs, no training (DATA, VERIFIER_DIR, TARGET_PRECISION)
+	$(PY) -m embedder.training.verifier_band --verifier-dir $(or $(VERIFIER_DIR),models/verifier) --embedder-dir $(EMBEDDER_DIR) --data $(DATA) --target-precision $(TARGET_PRECISION)
+
 feedback-export: proto ## Write the feedback applications gave as make finetune pairs (FEEDBACK_OUTPUT=feedback.jsonl, CACHE=id; CACHE_* settings as the server)
 	$(PY) -m cache_server.feedback_export --output $(or $(FEEDBACK_OUTPUT),feedback.jsonl) $(if $(CACHE),--cache-id $(CACHE),)
 
@@ -97,4 +100,4 @@ clean: ## Remove the venv, generated stubs and exported models
 	rm -rf $(VENV) models data
 	find protos -name '*_pb2*' -delete
 
-.PHONY: help setup proto proto-check model finetune finetune-verifier feedback-export calibrate run redis demo test lint bench soak clean compose-tools
+.PHONY: help setup proto proto-check model finetune finetune-verifier calibrate-verifier feedback-export calibrate run redis demo test lint bench soak clean compose-tools

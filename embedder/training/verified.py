@@ -23,6 +23,7 @@ from embedder.training.pairs import Pair
 FloatArray = npt.NDArray[np.float32]
 Score = Callable[[Sequence[tuple[str, str]]], FloatArray]  # (query, candidate) -> probability
 DEFAULT_CANDIDATES = 3
+MIN_HITS = 20
 LOWS = [round(0.50 + 0.01 * i, 2) for i in range(50)]  # 0.50 ... 0.99
 PROBABILITIES = [round(0.05 * i, 2) for i in range(1, 20)]  # 0.05 ... 0.95
 
@@ -111,7 +112,9 @@ def choose_band(
     least, i.e. the narrowest); when none reaches it, the most precise keeping `min_recall`
     (else best F1). Returns the point and whether the target was reached."""
     grid = band_grid(found)
-    reaching = [p for p in grid if p.precision >= target_precision and p.hits > 0]
+    # A precision measured on a handful of hits says little: a band counts as reaching the
+    # target only with MIN_HITS hits or more.
+    reaching = [p for p in grid if p.precision >= target_precision and p.hits >= MIN_HITS]
     if reaching:
         return max(reaching, key=lambda p: (p.recall, -(p.high - p.low), p.precision)), True
     keeping = [p for p in grid if p.recall >= min_recall and p.hits > 0]

@@ -39,21 +39,17 @@ from embedder.model_source import (
     read_sentence_layout,
     resolve_model,
 )
-from embedder.scorer import OnnxPairScorer
 from embedder.training.calibrate import DEFAULT_TARGET_PRECISION
 from embedder.training.mining import mine_hard_negatives
 from embedder.training.pairs import Pair, PairsError, read_pairs, split_pairs, summarize
 from embedder.training.verified import (
     DEFAULT_CANDIDATES,
-    BandPoint,
     Candidates,
-    choose_band,
-    cosine_curve,
-    measure,
     nearest_candidates,
 )
+from embedder.training.verifier_band import calibrate_band
 from embedder.training.verifier_export import export_verifier
-from embedder.verifier_manifest import Band, VerifierManifest
+from embedder.verifier_manifest import VerifierManifest
 
 log = logging.getLogger("embedder.finetune_verifier")
 
@@ -195,10 +191,6 @@ def train(
     return best, history
 
 
-def _point(point: BandPoint) -> dict[str, float]:
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(point).items()}
-
-
 def finetune_verifier(
     data: Path,
     output: Path,
@@ -244,58 +236,17 @@ def finetune_verifier(
             max_seq_length=recipe.max_seq_length,
             extra_pairs=dev_pairs[:64],
         )
-    scorer = OnnxPairScorer(output)
-    dev_found = nearest_candidates(embedder.encode, scorer.score, split.dev, candidates)
-    chosen, reached = choose_band(dev_found, target_precision)
-    test_found = nearest_candidates(embedder.encode, scorer.score, split.test, candidates)
-    cosine_threshold = (
-        embedder.manifest.calibration.threshold if embedder.manifest.calibration else 0.85
-    )
-    before = measure(test_found, cosine_threshold, cosine_threshold, 2.0)
-    after = measure(test_found, chosen.low, chosen.high, chosen.threshold)
-    manifest.band = Band(
-        low=chosen.low,
-        high=chosen.high,
-        threshold=chosen.threshold,
-        target_precision=target_precision,
-        precision=chosen.precision,
-        recall=chosen.recall,
-        reached_target=reached,
-        pairs=len(split.dev),
-        embedder_onnx_sha256=embedder.manifest.onnx_sha256,
-        embedder_model_id=embedder.manifest.model_id,
-    )
     manifest.training = {
         "base_model": source.model_id,
-        "embedder": str(embedder_dir),
         "data": asdict(summary),
         "split": {"train": len(split.train), "dev": len(split.dev), "test": len(split.test)},
         "hard_negatives": len(negatives),
         "recipe": asdict(recipe),
-        "candidates": candidates,
         "history": history,
         "seconds": round(time.time() - started, 1),
-        "test_cosine_alone": _point(before),
-        "test_with_verifier": _point(after),
-        "test_cosine_curve": [_point(p) for p in cosine_curve(test_found)],
     }
     manifest.write(output)
-    log.info(
-        "band %.2f-%.2f, verifier p >= %.2f (dev: precision %.3f, recall %.3f%s); held-out "
-        "test: cosine %.2f alone P %.3f R %.3f -> with the verifier P %.3f R %.3f",
-        chosen.low,
-        chosen.high,
-        chosen.threshold,
-        chosen.precision,
-        chosen.recall,
-        "" if reached else f", target {target_precision:.2f} NOT reached",
-        cosine_threshold,
-        before.precision,
-        before.recall,
-        after.precision,
-        after.recall,
-    )
-    return manifest
+    return calibrate_band(output, embedder_dir, split, target_precision, candidates)
 
 
 def main(argv: list[str] | None = None) -> int:

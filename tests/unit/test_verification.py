@@ -124,5 +124,16 @@ def test_the_rule_serves_the_first_candidate_that_passes() -> None:
 
 
 def test_the_band_chosen_reaches_the_target_with_the_most_recall() -> None:
-    chosen, reached = choose_band(candidates(), target_precision=0.9)
+    few = candidates()
+    many = Candidates(
+        np.tile(few.similarity, (10, 1)),
+        np.tile(few.probability, (10, 1)),
+        np.tile(few.right, (10, 1)),
+        positives=20,
+        asked=[],
+    )
+    chosen, reached = choose_band(many, target_precision=0.9)
     assert reached and chosen.precision >= 0.9 and chosen.recall == 1.0
+    # Two hits are too few to say a band reaches 0.9: the fallback is used, and says so.
+    _, reached = choose_band(few, target_precision=0.9)
+    assert not reached
