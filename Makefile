@@ -57,8 +57,11 @@ finetune-verifier: proto model ## Train the verifier (cross-encoder) beside EMBE
 calibrate-verifier: proto ## Re-choose the verifier's band for EMBEDDER_DIR on labelled pairs, no training (DATA, VERIFIER_DIR, TARGET_PRECISION)
 	$(PY) -m embedder.training.verifier_band --verifier-dir $(or $(VERIFIER_DIR),models/verifier) --embedder-dir $(EMBEDDER_DIR) --data $(DATA) --target-precision $(TARGET_PRECISION)
 
-feedback-export: proto ## Write the feedback applications gave as make finetune pairs (FEEDBACK_OUTPUT=feedback.jsonl, CACHE=id; CACHE_* settings as the server)
-	$(PY) -m cache_server.feedback_export --output $(or $(FEEDBACK_OUTPUT),feedback.jsonl) $(if $(CACHE),--cache-id $(CACHE),)
+# OUTPUT as given on the command line (its default, models/tuned, is finetune's folder).
+FEEDBACK_OUTPUT ?= $(if $(filter command line,$(origin OUTPUT)),$(OUTPUT),feedback.jsonl)
+
+feedback-export: proto ## Write the feedback applications gave as make finetune pairs (OUTPUT=feedback.jsonl, CACHE=id; CACHE_* settings as the server)
+	$(PY) -m cache_server.feedback_export --output $(FEEDBACK_OUTPUT) $(if $(CACHE),--cache-id $(CACHE),)
 
 calibrate: proto model ## Calibrate MODEL_DIR's default threshold on labelled pairs (DATA, TARGET_PRECISION)
 	$(PY) -m embedder.training.calibrate --model-dir $(MODEL_DIR) --data $(DATA) --target-precision $(TARGET_PRECISION) $(CALIBRATE_ARGS)

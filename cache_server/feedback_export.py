@@ -8,7 +8,8 @@ Opens the store the cache server is configured with (the same CACHE_* environmen
 flags; the embedded store may be read while the server runs) and writes one JSON object per
 line: `text_a` the entry's prompt, `text_b` the prompt asked, `label` 1 (right) or 0 (wrong),
 plus `cache_id`, `entry_id`, `response` and `reported_at`. When the same pair was reported more
-than once, its latest report wins. Exit 2, saying why, when the store cannot be opened.
+than once, its latest report wins. Exit 2, saying why, when the store cannot be read or the
+output cannot be written (then no output file is left half-written).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +28,8 @@ from pydantic import ValidationError
 from cache_server.feedback import Feedback
 from cache_server.server import make_store
 from cache_server.settings import CacheSettings
-from cache_server.store.base import StoreUnavailableError
+from cache_server.store import embedded_feedback
+from cache_server.store.base import StoreConflictError, StoreUnavailableError
 from service_runtime.settings import describe_errors, settings_from_args
 
 
@@ -49,18 +53,41 @@ def pairs(reports: Sequence[Feedback]) -> list[dict[str, object]]:
     ]
 
 
-async def export(settings: CacheSettings, output: Path, cache_id: str | None) -> int:
+def reports(settings: CacheSettings, cache_id: str | None) -> list[Feedback]:
+    if settings.store_backend == "embedded":
+        # Read-only, and without loading every entry's vector as opening the store would:
+        # the server keeps running beside it undisturbed.
+        return embedded_feedback.read(_database(settings), cache_id)
+    return asyncio.run(_listed(settings, cache_id))
+
+
+async def _listed(settings: CacheSettings, cache_id: str | None) -> list[Feedback]:
+    # The store's start-up warnings speak to a cache server ("will keep trying"); a failure
+    # to read is reported by main, once.
+    logging.getLogger("cache_server.store").setLevel(logging.ERROR)
     store = make_store(settings)
     await store.open()
     try:
-        rows = pairs(await store.list_feedback(cache_id))
+        return await store.list_feedback(cache_id)
     finally:
         await store.close()
+
+
+def write(rows: Sequence[dict[str, object]], output: Path) -> None:
+    """All or nothing: an export that fails leaves no half-written file behind."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return len(rows)
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _database(settings: CacheSettings) -> Path:
+    return settings.data_dir / "semcache.sqlite3"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,16 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"feedback-export: invalid settings:\n{describe_errors(exc)}", file=sys.stderr)
         return 2
-    database = settings.data_dir / "semcache.sqlite3"
+    database = _database(settings)
     if settings.store_backend == "embedded" and not database.is_file():
         print(f"feedback-export: no embedded store at {database} (--data-dir?)", file=sys.stderr)
         return 2
     try:
-        written = asyncio.run(export(settings, own.output, own.cache_id))
-    except (StoreUnavailableError, OSError) as exc:
+        rows = pairs(reports(settings, own.cache_id))
+    except (StoreUnavailableError, StoreConflictError, sqlite3.Error, OSError) as exc:
         print(f"feedback-export: cannot read the store: {exc}", file=sys.stderr)
         return 2
-    print(f"feedback-export: {written} pairs written to {own.output}")
+    try:
+        write(rows, own.output)
+    except OSError as exc:
+        print(f"feedback-export: cannot write {own.output}: {exc}", file=sys.stderr)
+        return 2
+    print(f"feedback-export: {len(rows)} pairs written to {own.output}")
     return 0
 
 

@@ -147,7 +147,8 @@ class CacheStore(Protocol):
 
     async def add_feedback(self, report: Feedback) -> None:
         """Keeps the report (durable when it returns; at most MAX_FEEDBACK_PER_CACHE per
-        cache, the oldest dropped) until the cache is flushed."""
+        cache, the oldest dropped, and the exclusions they made with them) until the cache is
+        flushed."""
         ...
 
     async def excluded(self, cache_id: str, prompt_key: str) -> dict[str, float]:

@@ -5,6 +5,7 @@ memory, so a look-up in a cache without one costs nothing more."""
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 from cache_server.feedback import MAX_FEEDBACK_PER_CACHE, Feedback, exclusions
 
@@ -88,3 +89,21 @@ def listing(db: sqlite3.Connection, cache_id: str | None) -> list[Feedback]:
 
 def remove_cache(db: sqlite3.Connection, cache_id: str) -> None:
     db.execute("DELETE FROM feedback WHERE cache_id = ?", (cache_id,))
+
+
+def read(path: Path, cache_id: str | None) -> list[Feedback]:
+    """The reports in the store at `path`, read without writing: what `make feedback-export`
+    reads, also while the cache server writes (a WAL reader sees the last commit), and without
+    loading the entries' vectors as opening the store would. Raises sqlite3.Error when the
+    file cannot be read as a store."""
+    # Not mode=ro: a read-only connection cannot remove the -wal and -shm files it makes when
+    # it is the only one (no server running); query_only refuses writes just the same.
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=10)
+    try:
+        db.execute("PRAGMA query_only = ON")
+        tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        if ("feedback",) not in tables:  # a store written before feedback existed
+            return []
+        return listing(db, cache_id)
+    finally:
+        db.close()

@@ -1,6 +1,7 @@
 """Feedback in the Redis store: per cache, a bounded list of reports and a hash of the entries
 excluded per prompt key, both in the cache's hash slot, updated together by one Lua script
-(replicas sharing the Redis see a report at once). Flushing the cache removes both."""
+(replicas sharing the Redis see a report at once; an exclusion goes with the report that made
+it, so both stay within MAX_FEEDBACK_PER_CACHE). Flushing the cache removes both."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from cache_server.store.redis_connection import RedisConnection
 
 
 class RedisFeedback(RedisConnection):
+    feedback_page = 500  # reports read per LRANGE by list_feedback
+
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self._feedback_script = self._redis.register_script(redis_scripts.FEEDBACK)
@@ -27,6 +30,7 @@ class RedisFeedback(RedisConnection):
             report.entry_id,
             "1" if report.correct else "0",
             repr(report.entry_created_at),
+            report.id,
             MAX_FEEDBACK_PER_CACHE,
         ]
         await self._call(
@@ -38,7 +42,12 @@ class RedisFeedback(RedisConnection):
         raw = await self._call(lambda: self._redis.hget(rejected, prompt_key))
         if not raw:
             return {}
-        return {entry_id: float(at) for entry_id, at in json.loads(raw).items()}
+        # {entry id: [created_at, id of the report]} (a bare created_at before reports were
+        # bounded with their exclusions).
+        return {
+            entry_id: float(made[0] if isinstance(made, list) else made)
+            for entry_id, made in json.loads(raw).items()
+        }
 
     async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
         if cache_id is None:
@@ -48,10 +57,16 @@ class RedisFeedback(RedisConnection):
             cache_ids = [cache_id]
         reports: list[Feedback] = []
         for one in cache_ids:
-            rows = await self._call(
-                partial(self._redis.lrange, self.layout.cache(one).feedback, 0, -1)
-            )
-            reports.extend(Feedback(**json.loads(row)) for row in rows)
+            key = self.layout.cache(one).feedback
+            # In pages: a list of long answers is never one huge reply. A report added while
+            # paging shifts nothing already read (new reports go to the end); one that drops
+            # the oldest may skip a report, as an export a moment later would.
+            start = 0
+            while rows := await self._call(
+                partial(self._redis.lrange, key, start, start + self.feedback_page - 1)
+            ):
+                reports.extend(Feedback(**json.loads(row)) for row in rows)
+                start += len(rows)
         return sorted(reports, key=lambda r: r.created_at)
 
     async def _forget_feedback(self, cache_id: str) -> None:

@@ -81,7 +81,8 @@ class CacheKeys:
 
     @property
     def rejected(self) -> str:
-        """Hash: prompt key -> JSON {entry id: created_at of the answer reported wrong}."""
+        """Hash: prompt key -> JSON {entry id: [created_at of the answer reported wrong, id of
+        the report that said so]} (the exclusion goes when that report leaves the list)."""
         return self.root + "rejected"
 
     @property

@@ -108,21 +108,40 @@ for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
-# Keeps one feedback report (bounded list, newest kept) and updates, in the same step, which
-# entries are excluded for the report's prompt. Answers 1.
+# Keeps one feedback report and updates, in the same step, which entries are excluded for the
+# report's prompt: {created_at of the judged answer, id of the report that excluded it} per
+# entry id. Bounded: beyond the most reports kept, the oldest go, and with each the exclusion
+# it made (unless a later report replaced it), so the hash never holds more exclusions than
+# the list holds reports (as in the embedded store, where they are read from the reports).
+# Answers 1.
 # KEYS: feedback list, rejected hash. ARGV: report JSON, prompt key, entry id, correct (1/0),
-# entry created_at, most reports kept.
+# entry created_at, report id, most reports kept.
 FEEDBACK = """#!lua
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[6]), -1)
-local raw = redis.call('HGET', KEYS[2], ARGV[2])
-local excluded = {}
-if raw then excluded = cjson.decode(raw) end
-if ARGV[4] == '1' then excluded[ARGV[3]] = nil else excluded[ARGV[3]] = ARGV[5] end
-if next(excluded) == nil then
-  redis.call('HDEL', KEYS[2], ARGV[2])
+local function exclude(prompt_key, entry_id, value, made_by)
+  local raw = redis.call('HGET', KEYS[2], prompt_key)
+  if not raw and value == nil then return end
+  local excluded = {}
+  if raw then excluded = cjson.decode(raw) end
+  if made_by then
+    local made = excluded[entry_id]
+    if type(made) ~= 'table' or made[2] ~= made_by then return end
+  end
+  excluded[entry_id] = value
+  if next(excluded) == nil then
+    redis.call('HDEL', KEYS[2], prompt_key)
+  else
+    redis.call('HSET', KEYS[2], prompt_key, cjson.encode(excluded))
+  end
+end
+if ARGV[4] == '1' then
+  exclude(ARGV[2], ARGV[3], nil, nil)
 else
-  redis.call('HSET', KEYS[2], ARGV[2], cjson.encode(excluded))
+  exclude(ARGV[2], ARGV[3], {ARGV[5], ARGV[6]}, nil)
+end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+while redis.call('LLEN', KEYS[1]) > tonumber(ARGV[7]) do
+  local old = cjson.decode(redis.call('LPOP', KEYS[1]))
+  if old.correct == false then exclude(old.prompt_key, old.entry_id, nil, old.id) end
 end
 return 1
 """

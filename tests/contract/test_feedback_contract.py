@@ -3,8 +3,11 @@ exclusion follows the latest report on the answer that was judged, and a flush r
 
 from __future__ import annotations
 
+import pytest
+
 from cache_server.entries import CacheEntry, prompt_key
 from cache_server.feedback import Feedback, is_excluded
+from cache_server.store import embedded_feedback, redis_feedback
 from cache_server.store.base import CacheStore
 from tests.contract.stores import NOW, StoreFactory, entry, put, vec
 
@@ -76,3 +79,38 @@ async def test_a_flush_removes_the_reports_and_the_exclusions(store: CacheStore)
     assert await store.list_feedback("c1") == []
     assert [r.cache_id for r in await store.list_feedback()] == ["c2"]
     assert await store.excluded("c2", prompt_key("q2")) == {other.id: other.created_at}
+
+
+async def test_a_deleted_entry_stored_again_is_served_again(store: CacheStore) -> None:
+    e = entry("how do I reset my password?")
+    await put(store, e, vec(1), 10, NOW)
+    await store.add_feedback(report(e, "how do I change my email?", False, NOW + 1))
+    assert await store.delete("c1", e.id)
+    again = entry("how do I reset my password?", created=NOW + 2)
+    await put(store, again, vec(1), 10, NOW + 2)
+    excluded = await store.excluded("c1", prompt_key("how do I change my email?"))
+    stored = await store.get("c1", e.id, NOW + 2)
+    assert stored is not None and not is_excluded(stored, excluded)
+    # The report itself is training data: still there.
+    assert [r.prompt for r in await store.list_feedback("c1")] == ["how do I change my email?"]
+
+
+async def test_reports_are_bounded_and_an_exclusion_goes_with_its_report(
+    store: CacheStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in (embedded_feedback, redis_feedback):
+        monkeypatch.setattr(module, "MAX_FEEDBACK_PER_CACHE", 3)
+    monkeypatch.setattr(redis_feedback.RedisFeedback, "feedback_page", 2)  # read in pages
+    e = entry("q1")
+    await put(store, e, vec(1), 10, NOW)
+    await store.add_feedback(report(e, "p1", False, NOW + 1))
+    await store.add_feedback(report(e, "p2", False, NOW + 2))
+    await store.add_feedback(report(e, "p1", False, NOW + 3))  # p1's exclusion made again
+    await store.add_feedback(report(e, "p3", True, NOW + 4))  # the first report goes
+    assert [r.prompt for r in await store.list_feedback("c1")] == ["p2", "p1", "p3"]
+    assert is_excluded(e, await store.excluded("c1", prompt_key("p1")))
+    assert is_excluded(e, await store.excluded("c1", prompt_key("p2")))
+    await store.add_feedback(report(e, "p4", True, NOW + 5))  # p2's only report goes
+    assert await store.excluded("c1", prompt_key("p2")) == {}
+    assert is_excluded(e, await store.excluded("c1", prompt_key("p1")))
+    assert [r.prompt for r in await store.list_feedback("c1")] == ["p1", "p3", "p4"]

@@ -187,6 +187,15 @@ def test_the_export_writes_finetune_pairs_while_the_server_runs(
     assert len(pairs) == 60 and sum(p.label for p in pairs) == 32
     missing = run_module("cache_server.feedback_export", "--data-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no embedded store" in missing.stderr
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "semcache.sqlite3").write_text("not a database")
+    output = tmp_path / "never.jsonl"
+    broken = run_module(
+        "cache_server.feedback_export", "--output", str(output), "--data-dir", str(corrupt)
+    )
+    assert broken.returncode == 2 and "cannot read the store" in broken.stderr
+    assert not output.exists() and not list(tmp_path.glob("never.jsonl*"))
 
 
 def test_the_export_reads_redis_too(tmp_path: Path, embedder_process: str) -> None:
@@ -197,6 +206,10 @@ def test_the_export_reads_redis_too(tmp_path: Path, embedder_process: str) -> No
     finally:
         redis.stop()
     assert [(r["text_a"], r["text_b"], r["label"]) for r in rows] == [(STORED, ASKED, 0)]
+    gone = run_module(
+        "cache_server.feedback_export", "--store-backend", "redis", "--redis-url", redis.url
+    )
+    assert gone.returncode == 2 and "unreachable" in gone.stderr
 
 
 def _reported_through_redis(
