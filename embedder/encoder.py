@@ -70,6 +70,59 @@ def providers_for(device: Device, cuda_device_id: int) -> list[str | tuple[str, 
     return [("CUDAExecutionProvider", {"device_id": str(cuda_device_id)}), "CPUExecutionProvider"]
 
 
+def open_session(
+    onnx_path: Path,
+    expected_sha256: str | None,
+    *,
+    device: Device,
+    cuda_device_id: int,
+    intra_op_threads: int,
+    spin_wait: bool,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session as every model here is served: the file checked against its
+    manifest's sha256 (unless None), thread pools sized on purpose, and CUDA never silently
+    replaced by the CPU."""
+    if expected_sha256 is not None and sha256_of(onnx_path) != expected_sha256:
+        raise ModelIntegrityError(
+            f"{onnx_path} does not match the sha256 in its manifest: re-export the model"
+        )
+    options = ort.SessionOptions()
+    # Thread pools are sized on purpose: on a small machine, ONNX Runtime's pool and any
+    # other pool (numpy/BLAS, a second process) fight for the same cores.
+    options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    # Spinning between runs lowers latency but burns cores that other processes may need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        str(onnx_path), sess_options=options, providers=providers_for(device, cuda_device_id)
+    )
+    running = session.get_providers()[0]
+    if device == "cuda" and running != "CUDAExecutionProvider":
+        raise ProviderUnavailableError(
+            f"model_device=cuda but ONNX Runtime runs {onnx_path.name} on {running} (CUDA "
+            "libraries or a GPU missing?): refusing to fall back to CPU silently"
+        )
+    return session
+
+
+def padded(
+    batch: Sequence[TokenizedText], pad_token_id: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """input_ids, attention_mask and token_type_ids of a batch, padded to its longest."""
+    width = max(t.length for t in batch)
+    ids = np.full((len(batch), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    types = np.zeros((len(batch), width), dtype=np.int64)
+    for row, item in enumerate(batch):
+        ids[row, : item.length] = item.encoding.ids
+        mask[row, : item.length] = 1
+        types[row, : item.length] = item.encoding.type_ids
+    return ids, mask, types
+
+
 class OnnxEncoder:
     """One exported model folder, loaded into an ONNX Runtime session.
 
@@ -91,33 +144,15 @@ class OnnxEncoder:
         self.model_dir = model_dir
         self.manifest = ModelManifest.read(model_dir)
         self.truncate = truncate
-        onnx_path = model_dir / self.manifest.onnx_file
-        if verify_checksum and sha256_of(onnx_path) != self.manifest.onnx_sha256:
-            raise ModelIntegrityError(
-                f"{onnx_path} does not match the sha256 in the manifest: re-export the model"
-            )
-
-        options = ort.SessionOptions()
-        # Thread pools are sized on purpose: on a small machine, ONNX Runtime's pool and any
-        # other pool (numpy/BLAS, a second process) fight for the same cores.
-        options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        # Spinning between runs lowers latency but burns cores that other processes may need.
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if spin_wait else "0"
-        )
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=providers_for(device, cuda_device_id)
+        self._session = open_session(
+            model_dir / self.manifest.onnx_file,
+            self.manifest.onnx_sha256 if verify_checksum else None,
+            device=device,
+            cuda_device_id=cuda_device_id,
+            intra_op_threads=intra_op_threads,
+            spin_wait=spin_wait,
         )
         self.execution_provider = self._session.get_providers()[0]
-        if device == "cuda" and self.execution_provider != "CUDAExecutionProvider":
-            raise ProviderUnavailableError(
-                f"model_device=cuda but ONNX Runtime runs on {self.execution_provider} "
-                "(CUDA libraries or a GPU missing?): refusing to fall back to CPU silently"
-            )
         self._input_names = {i.name for i in self._session.get_inputs()}
         self._output_name = self._session.get_outputs()[0].name
 
@@ -143,15 +178,10 @@ class OnnxEncoder:
 
     def run(self, batch: Sequence[TokenizedText]) -> FloatArray:
         """Runs one padded batch through the model; returns (len(batch), dimension) float32."""
-        width = max(t.length for t in batch)
-        ids = np.full((len(batch), width), self.manifest.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, item in enumerate(batch):
-            ids[row, : item.length] = item.encoding.ids
-            mask[row, : item.length] = 1
+        ids, mask, types = padded(batch, self.manifest.pad_token_id)
         feeds: dict[str, npt.NDArray[np.int64]] = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(ids)
+            feeds["token_type_ids"] = types  # all 0: one text per row
         (hidden,) = self._session.run([self._output_name], feeds)
         return self._pool(np.asarray(hidden, dtype=np.float32), mask)
 

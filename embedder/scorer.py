@@ -8,24 +8,20 @@ embeddings cannot. Same batching as the embedder (EmbeddingBatcher runs it), sam
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from embedder.encoder import (
     Device,
     FloatArray,
-    ModelIntegrityError,
-    ProviderUnavailableError,
     TokenizedText,
-    providers_for,
+    open_session,
+    padded,
 )
-from embedder.manifest import sha256_of
 from embedder.verifier_manifest import VerifierManifest
 
 TextPair = tuple[str, str]
@@ -51,28 +47,15 @@ class OnnxPairScorer:
     ) -> None:
         self.folder = folder
         self.manifest = VerifierManifest.read(folder)
-        onnx_path = folder / self.manifest.onnx_file
-        if verify_checksum and sha256_of(onnx_path) != self.manifest.onnx_sha256:
-            raise ModelIntegrityError(
-                f"{onnx_path} does not match the sha256 in the verifier's manifest: re-export it"
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if spin_wait else "0"
-        )
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=providers_for(device, cuda_device_id)
+        self._session = open_session(
+            folder / self.manifest.onnx_file,
+            self.manifest.onnx_sha256 if verify_checksum else None,
+            device=device,
+            cuda_device_id=cuda_device_id,
+            intra_op_threads=intra_op_threads,
+            spin_wait=spin_wait,
         )
         self.execution_provider = self._session.get_providers()[0]
-        if device == "cuda" and self.execution_provider != "CUDAExecutionProvider":
-            raise ProviderUnavailableError(
-                f"model_device=cuda but the verifier runs on {self.execution_provider}: "
-                "refusing to fall back to CPU silently"
-            )
         self._input_names = {i.name for i in self._session.get_inputs()}
         self._output_name = self._session.get_outputs()[0].name
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -90,14 +73,7 @@ class OnnxPairScorer:
         """Pairs are always cut at the model's length: nothing is refused."""
 
     def run(self, batch: Sequence[TokenizedText]) -> FloatArray:
-        width = max(t.length for t in batch)
-        ids = np.full((len(batch), width), self.manifest.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        types = np.zeros((len(batch), width), dtype=np.int64)
-        for row, item in enumerate(batch):
-            ids[row, : item.length] = item.encoding.ids
-            mask[row, : item.length] = 1
-            types[row, : item.length] = item.encoding.type_ids
+        ids, mask, types = padded(batch, self.manifest.pad_token_id)
         feeds: dict[str, npt.NDArray[np.int64]] = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = types

@@ -8,6 +8,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 from embedder import metrics
 from embedder.batcher import EmbeddingBatcher
@@ -45,19 +47,23 @@ class Embedder:
         self.batcher: EmbeddingBatcher[str] | None = None
         self.verifier_batcher: EmbeddingBatcher[TextPair] | None = None
 
+    def _runtime(self) -> dict[str, Any]:
+        """How every model here runs (the embedding model and the verifier alike)."""
+        s = self.settings
+        return {
+            "device": s.model_device,
+            "cuda_device_id": s.cuda_device_id,
+            "intra_op_threads": s.intra_op_threads,
+            "verify_checksum": s.verify_checksum,
+            "spin_wait": s.spin_wait,
+        }
+
     async def load_model(self) -> None:
         s = self.settings
         serve_metrics(metrics.REGISTRY, s.host, s.metrics_port)
         started = time.perf_counter()
         encoder = await asyncio.to_thread(
-            OnnxEncoder,
-            s.model_dir,
-            device=s.model_device,
-            cuda_device_id=s.cuda_device_id,
-            intra_op_threads=s.intra_op_threads,
-            truncate=s.truncate,
-            verify_checksum=s.verify_checksum,
-            spin_wait=s.spin_wait,
+            partial(OnnxEncoder, s.model_dir, truncate=s.truncate, **self._runtime())
         )
         manifest = encoder.manifest
         if manifest.fallback:
@@ -95,15 +101,7 @@ class Embedder:
         if s.verifier_dir is None:
             return None
         started = time.perf_counter()
-        scorer = await asyncio.to_thread(
-            OnnxPairScorer,
-            s.verifier_dir,
-            device=s.model_device,
-            cuda_device_id=s.cuda_device_id,
-            intra_op_threads=s.intra_op_threads,
-            verify_checksum=s.verify_checksum,
-            spin_wait=s.spin_wait,
-        )
+        scorer = await asyncio.to_thread(partial(OnnxPairScorer, s.verifier_dir, **self._runtime()))
         self.verifier_batcher = EmbeddingBatcher(
             scorer,
             max_batch_size=s.max_batch_size,
