@@ -59,20 +59,31 @@ def encode_in_batches(encode: Encode, texts: Sequence[str], batch: int = 64) -> 
     return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
 
 
+def nearest(
+    queries: FloatArray, stored: FloatArray, k: int
+) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """Exact search: for each query row, the indices of its `k` most similar stored rows, most
+    similar first, and their similarities. In slices of 512 queries: bounded memory."""
+    k = min(k, len(stored))
+    top = np.empty((len(queries), k), dtype=np.int64)
+    similarity = np.empty((len(queries), k), dtype=np.float32)
+    for start in range(0, len(queries), 512):
+        scores = queries[start : start + 512] @ stored.T
+        order = scores.argmax(axis=1)[:, None] if k == 1 else np.argsort(-scores, axis=1)[:, :k]
+        top[start : start + 512] = order
+        similarity[start : start + 512] = np.take_along_axis(scores, order, axis=1)
+    return top, similarity
+
+
 def lookups(encode: Encode, pairs: Sequence[Pair]) -> Lookups:
     stored = list(dict.fromkeys(p.text_a for p in pairs))
     row_of = {text: i for i, text in enumerate(stored)}
     a = encode_in_batches(encode, stored)
     b = encode_in_batches(encode, [p.text_b for p in pairs])
-    similarity = np.empty(len(pairs), dtype=np.float32)
-    nearest = np.empty(len(pairs), dtype=np.int64)
-    for start in range(0, len(pairs), 512):  # bounded memory for large sets
-        scores = b[start : start + 512] @ a.T
-        nearest[start : start + 512] = scores.argmax(axis=1)
-        similarity[start : start + 512] = scores.max(axis=1)
+    top, similarity = nearest(b, a, 1)
     own = np.array([row_of[p.text_a] for p in pairs])
     labels = np.array([p.label == 1 for p in pairs])
-    return Lookups(similarity, (nearest == own) & labels, int(labels.sum()))
+    return Lookups(similarity[:, 0], (top[:, 0] == own) & labels, int(labels.sum()))
 
 
 def point(found: Lookups, threshold: float) -> CurvePoint:
@@ -85,16 +96,24 @@ def point(found: Lookups, threshold: float) -> CurvePoint:
     return CurvePoint(threshold=threshold, precision=precision, recall=recall, f1=f1, hits=hits)
 
 
+def average_precision(
+    scores: npt.NDArray[np.floating], right: npt.NDArray[np.bool_], positives: int | None = None
+) -> float:
+    """Area under the precision/recall curve traced by every cut of `scores` (step-wise);
+    recall over `positives` (default: the right ones among the scored)."""
+    order = np.argsort(-scores, kind="stable")
+    ordered = right[order].astype(np.float64)
+    positives = int(ordered.sum()) if positives is None else positives
+    if not positives:
+        return 0.0
+    precision = np.cumsum(ordered) / np.arange(1, len(ordered) + 1)
+    # Each right hit adds 1/positives of recall at the precision reached there.
+    return float((precision * ordered).sum() / positives)
+
+
 def pr_auc(found: Lookups) -> float:
     """Area under the precision/recall curve traced by every threshold (step-wise)."""
-    order = np.argsort(-found.similarity, kind="stable")
-    right = found.right[order].astype(np.float64)
-    if not found.positives:
-        return 0.0
-    cumulative = np.cumsum(right)
-    precision = cumulative / np.arange(1, len(right) + 1)
-    # Each right hit adds 1/positives of recall at the precision reached there.
-    return float((precision * right).sum() / found.positives)
+    return average_precision(found.similarity, found.right, found.positives)
 
 
 def report(found: Lookups, pairs: int) -> QualityReport:

@@ -36,6 +36,7 @@ from embedder.export import export_model
 from embedder.manifest import ModelManifest
 from embedder.model_source import ModelUnavailableError, UnsupportedModelError, resolve_model
 from embedder.training.calibrate import DEFAULT_TARGET_PRECISION, calibrate_folder
+from embedder.training.cli import add_data_arguments, add_recipe_arguments, recipe_from
 from embedder.training.evaluate import QualityReport, evaluate
 from embedder.training.mining import mine_hard_negatives
 from embedder.training.pairs import Pair, PairsError, read_pairs, split_pairs, summarize
@@ -290,22 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m embedder.training.finetune", description=__doc__
     )
-    parser.add_argument(
-        "--data", type=Path, required=True, help="JSON lines: text_a, text_b, label"
-    )
     parser.add_argument("--output", type=Path, default=Path("models/tuned"))
     parser.add_argument("--base", default=None, help="hub id or folder (default: as make model)")
-    parser.add_argument("--held-out-fraction", type=float, default=0.2)
-    parser.add_argument("--target-precision", type=float, default=DEFAULT_TARGET_PRECISION)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
-    defaults = Recipe()
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        kind = type(value) if value is not None else int
-        parser.add_argument(flag, type=kind, default=value)
+    add_data_arguments(parser)
+    add_recipe_arguments(parser, Recipe())
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    recipe = Recipe(**{name: getattr(args, name) for name in asdict(defaults)})
+    recipe = recipe_from(args, Recipe)
     try:
         finetune(
             args.data,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from embedder.training.evaluate import Encode, encode_in_batches
+from embedder.training.evaluate import Encode, encode_in_batches, nearest
 from embedder.training.pairs import Pair
 
 
@@ -18,18 +16,15 @@ def mine_hard_negatives(encode: Encode, pairs: list[Pair], per_pair: int) -> lis
     b = encode_in_batches(encode, [p.text_b for p in pairs])
     duplicates = {(p.text_a, p.text_b) for p in pairs if p.label == 1}
     mined: list[Pair] = []
-    for start in range(0, len(pairs), 512):
-        scores = b[start : start + 512] @ a.T
-        top = np.argsort(-scores, axis=1)[:, : per_pair + 1]
-        for offset, row in enumerate(top):
-            pair = pairs[start + offset]
-            taken = 0
-            for index in row:
-                candidate = stored[int(index)]
-                if candidate == pair.text_a or (candidate, pair.text_b) in duplicates:
-                    continue
-                mined.append(Pair(candidate, pair.text_b, 0))
-                taken += 1
-                if taken == per_pair:
-                    break
+    top, _ = nearest(b, a, per_pair + 1)
+    for pair, row in zip(pairs, top, strict=True):
+        taken = 0
+        for index in row:
+            candidate = stored[int(index)]
+            if candidate == pair.text_a or (candidate, pair.text_b) in duplicates:
+                continue
+            mined.append(Pair(candidate, pair.text_b, 0))
+            taken += 1
+            if taken == per_pair:
+                break
     return mined

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from embedder.training.evaluate import Encode, encode_in_batches
+from embedder.training.evaluate import Encode, encode_in_batches, nearest
 from embedder.training.pairs import Pair
 
 FloatArray = npt.NDArray[np.float32]
@@ -60,14 +60,8 @@ def nearest_candidates(
     row_of = {text: i for i, text in enumerate(stored)}
     a = encode_in_batches(encode, stored)
     b = encode_in_batches(encode, [p.text_b for p in pairs])
-    k = min(k, len(stored))
-    top = np.empty((len(pairs), k), dtype=np.int64)
-    similarity = np.empty((len(pairs), k), dtype=np.float32)
-    for start in range(0, len(pairs), 512):
-        scores = b[start : start + 512] @ a.T
-        order = np.argsort(-scores, axis=1)[:, :k]
-        top[start : start + 512] = order
-        similarity[start : start + 512] = np.take_along_axis(scores, order, axis=1)
+    top, similarity = nearest(b, a, k)
+    k = top.shape[1]
     probability = np.zeros_like(similarity)
     flat = [(p.text_b, stored[int(j)]) for p, row in zip(pairs, top, strict=True) for j in row]
     if score is not None:

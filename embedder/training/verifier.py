@@ -27,7 +27,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -40,6 +39,8 @@ from embedder.model_source import (
     resolve_model,
 )
 from embedder.training.calibrate import DEFAULT_TARGET_PRECISION
+from embedder.training.cli import add_data_arguments, add_recipe_arguments, recipe_from
+from embedder.training.evaluate import average_precision
 from embedder.training.mining import mine_hard_negatives
 from embedder.training.pairs import Pair, PairsError, read_pairs, split_pairs, summarize
 from embedder.training.verified import (
@@ -48,7 +49,7 @@ from embedder.training.verified import (
     nearest_candidates,
 )
 from embedder.training.verifier_band import calibrate_band
-from embedder.training.verifier_export import export_verifier
+from embedder.training.verifier_export import export_verifier, torch_probabilities
 from embedder.verifier_manifest import VerifierManifest
 
 log = logging.getLogger("embedder.finetune_verifier")
@@ -66,34 +67,6 @@ class VerifierRecipe:
     patience: int = 1
     seed: int = 13
     max_steps: int | None = None
-
-
-def _average_precision(probability: np.ndarray, right: np.ndarray) -> float:
-    order = np.argsort(-probability, kind="stable")
-    hits = right[order].astype(np.float64)
-    if not hits.sum():
-        return 0.0
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / hits.sum())
-
-
-def _torch_scorer(model: Any, tokenizer: Any, max_seq_length: int) -> Any:
-    import torch
-
-    def score(pairs: list[tuple[str, str]]) -> np.ndarray:
-        model.eval()
-        features = tokenizer(
-            [a for a, _ in pairs],
-            [b for _, b in pairs],
-            padding=True,
-            truncation="longest_first",
-            max_length=max_seq_length,
-            return_tensors="pt",
-        )
-        with torch.no_grad():
-            return torch.sigmoid(model(**features).logits[:, 0]).numpy()
-
-    return score
 
 
 def train(
@@ -117,6 +90,7 @@ def train(
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(body))
+    tokenizer.model_max_length = recipe.max_seq_length  # where pairs are cut (and saved)
     model = AutoModelForSequenceClassification.from_pretrained(str(body), num_labels=1)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     steps_per_epoch = (len(data) + recipe.batch_size - 1) // recipe.batch_size
@@ -168,11 +142,14 @@ def train(
                 progress.update(1)
                 progress.set_postfix(loss=f"{float(loss.detach()):.4f}")
             steps_done += len(batches)
-            score = _torch_scorer(model, tokenizer, recipe.max_seq_length)
+            model.eval()
             probs = np.concatenate(
-                [score(dev_pairs[i : i + 128]) for i in range(0, len(dev_pairs), 128)]
+                [
+                    torch_probabilities(model, tokenizer, dev_pairs[i : i + 128])
+                    for i in range(0, len(dev_pairs), 128)
+                ]
             )
-            ap = _average_precision(probs, right)
+            ap = average_precision(probs, right)
             history.append(
                 {"epoch": epoch, "train_loss": total / len(batches), "dev_candidate_ap": ap}
             )
@@ -181,7 +158,6 @@ def train(
                 best_ap, stale = ap, 0
                 best = workdir / f"epoch-{epoch}"
                 model.save_pretrained(str(best))
-                tokenizer.model_max_length = recipe.max_seq_length
                 tokenizer.save_pretrained(str(best))
             else:
                 stale += 1
@@ -253,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m embedder.training.verifier", description=__doc__
     )
-    parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--output", type=Path, default=Path("models/verifier"))
     parser.add_argument("--base", default=None, help="hub id or folder (default: as make model)")
     parser.add_argument(
@@ -262,17 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("models/default"),
         help="the exported embedding model the verifier will serve beside",
     )
-    parser.add_argument("--held-out-fraction", type=float, default=0.2)
-    parser.add_argument("--target-precision", type=float, default=DEFAULT_TARGET_PRECISION)
     parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
-    defaults = VerifierRecipe()
-    for name, value in asdict(defaults).items():
-        kind = type(value) if value is not None else int
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
+    add_data_arguments(parser)
+    add_recipe_arguments(parser, VerifierRecipe())
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    recipe = VerifierRecipe(**{name: getattr(args, name) for name in asdict(defaults)})
+    recipe = recipe_from(args, VerifierRecipe)
     try:
         ModelManifest.read(args.embedder_dir)
         finetune_verifier(

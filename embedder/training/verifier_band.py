@@ -25,6 +25,7 @@ from typing import Any
 from embedder.encoder import OnnxEncoder
 from embedder.scorer import OnnxPairScorer
 from embedder.training.calibrate import DEFAULT_TARGET_PRECISION
+from embedder.training.cli import add_data_arguments
 from embedder.training.pairs import PairsError, Split, read_pairs, split_pairs
 from embedder.training.verified import (
     DEFAULT_CANDIDATES,
@@ -107,11 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--verifier-dir", type=Path, default=Path("models/verifier"))
     parser.add_argument("--embedder-dir", type=Path, default=Path("models/default"))
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--held-out-fraction", type=float, default=0.2)
-    parser.add_argument("--target-precision", type=float, default=DEFAULT_TARGET_PRECISION)
+    add_data_arguments(parser)
     parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
