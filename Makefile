@@ -96,6 +96,11 @@ bench: proto ## Benchmarks (compare against sentence-transformers in the same ru
 	$(PY) -m bench.gateway_bench
 	$(PY) -m bench.scale_bench
 
+bench-verified: proto model ## The verified hit policy vs static thresholds on one QQP question stream (VERIFIED_ARGS=--stream-size 6000 --deltas ...)
+	$(PY) -m bench.verified_bench --model-dir $(MODEL_DIR) $(VERIFIED_ARGS)
+
+.PHONY: bench-verified
+
 soak: proto model ## Soak through the gateway (SOAK_SECONDS=180); fails on any error or memory growth
 	$(PY) -m bench.soak --seconds $(SOAK_SECONDS) --clients 8
 

@@ -1,0 +1,134 @@
+"""Questions grouped by meaning, and a stream of requests drawn from them, for the verified
+policy's benchmark (bench.verified_bench).
+
+A cluster is a connected group of questions under the "same meaning" pairs (label 1) of the
+labelled data: union-find, so if a ~ b and b ~ c then a, b and c share one cluster even when
+(a, c) was never labelled. Every other question is a cluster of its own. Questions are keys
+after strip() (surrounding whitespace is not meaning). Each cluster has one answer (what a
+deterministic LLM would say to any of its questions), so a cached answer is right for a
+question exactly when the entry's question is in the question's cluster.
+
+The labels are incomplete: two questions never paired are in different clusters even when a
+person would call them the same, so an "error" here is an upper bound on real errors.
+
+The stream: pairs drawn at random (seeded), all their distinct questions emitted, shuffled,
+capped at the size asked for. Each question appears once: every hit is semantic, none is an
+exact repeat.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedder.training.pairs import Pair, read_pairs, split_pairs
+
+HELD_OUT_FRACTION = 0.2  # as bench.quality_bench and make finetune: the same test part
+
+
+def held_out_pairs(path: Path, held_out_fraction: float = HELD_OUT_FRACTION) -> list[Pair]:
+    """The held-out test part of the deterministic split (embedder.training.pairs): pairs no
+    model was trained or calibrated on."""
+    return split_pairs(read_pairs(path), held_out_fraction).test
+
+
+def _key(question: str) -> str:
+    return question.strip()
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """Cluster id of each known question (ids 0, 1, ... in order of first appearance in the
+    pairs) and each cluster's canonical question (its first appearance)."""
+
+    of: dict[str, int]
+    canonical: list[str]
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[Pair]) -> Clusters:
+        pairs = list(pairs)
+        index: dict[str, int] = {}
+        order: list[str] = []
+        for p in pairs:
+            for text in (p.text_a, p.text_b):
+                key = _key(text)
+                if key not in index:
+                    index[key] = len(order)
+                    order.append(key)
+        parent = list(range(len(order)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]  # path halving
+                i = parent[i]
+            return i
+
+        for p in pairs:
+            if p.label == 1:
+                a, b = root(index[_key(p.text_a)]), root(index[_key(p.text_b)])
+                if a != b:
+                    parent[max(a, b)] = min(a, b)  # the root is the earliest question
+        ids: dict[int, int] = {}
+        canonical: list[str] = []
+        of: dict[str, int] = {}
+        for i, question in enumerate(order):
+            r = root(i)
+            if r not in ids:
+                ids[r] = len(canonical)
+                canonical.append(order[r])
+            of[question] = ids[r]
+        return cls(of=of, canonical=canonical)
+
+    def cluster(self, question: str) -> int | None:
+        """The question's cluster id; None when it is in none of the pairs."""
+        return self.of.get(_key(question))
+
+    def answer(self, question: str) -> str:
+        """What a deterministic LLM answers: one text per cluster; an unknown question gets an
+        answer of its own."""
+        cid = self.cluster(question)
+        if cid is None:
+            return f"answer for a question outside the data: {_key(question)}"
+        return f"answer for cluster {cid}: {self.canonical[cid]}"
+
+    def same(self, a: str, b: str) -> bool:
+        ca = self.cluster(a)
+        return ca is not None and ca == self.cluster(b)
+
+
+def request_stream(pairs: Sequence[Pair], size: int = 6000, seed: int = 0) -> list[str]:
+    """Up to `size` distinct questions (stripped): pairs drawn at random without replacement,
+    both questions of each (once), then shuffled; the same seed gives the same stream."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    rng = random.Random(seed)
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    seen: set[str] = set()
+    stream: list[str] = []
+    for i in order:
+        if len(stream) >= size:
+            break
+        for text in (pairs[i].text_a, pairs[i].text_b):
+            key = _key(text)
+            if key and key not in seen:
+                seen.add(key)
+                stream.append(key)
+    rng.shuffle(stream)
+    return stream[:size]
+
+
+def reachable_hits(stream: Sequence[str], clusters: Clusters) -> int:
+    """Requests whose cluster was asked before in the stream: the most right hits any policy
+    can serve (each question comes once, so no other request has its answer cached)."""
+    seen: set[int] = set()
+    reachable = 0
+    for question in stream:
+        cid = clusters.cluster(question)
+        if cid is None:
+            continue
+        reachable += cid in seen
+        seen.add(cid)
+    return reachable
