@@ -22,7 +22,7 @@ import numpy as np
 
 from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
 from cache_server.feedback import Feedback
-from cache_server.store import embedded_feedback
+from cache_server.store import embedded_evidence, embedded_feedback
 from cache_server.store.base import (
     CacheLimitError,
     FloatArray,
@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS entries (
     expires_at  REAL,
     last_access REAL NOT NULL,
     vector      BLOB NOT NULL,
+    evidence    BLOB,  -- observations (embedded_evidence); added at open to older files
     PRIMARY KEY (cache_id, id)
 );
 CREATE INDEX IF NOT EXISTS entries_lru ON entries (cache_id, last_access);
@@ -125,6 +126,7 @@ class EmbeddedStore:
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.executescript(_SCHEMA)
         db.executescript(embedded_feedback.SCHEMA)
+        embedded_evidence.migrate(db)
         self._db = db
         self._rejecting = embedded_feedback.caches_with_wrong_reports(db)
         loaded: dict[str, tuple[list[str], list[FloatArray]]] = {}
@@ -352,11 +354,14 @@ class EmbeddedStore:
         return await self._run(self._flush, cache_id)
 
     def _flush(self, cache_id: str) -> int:
-        with self.db:
+        with self.db:  # one transaction: the entries, the feedback and the pool
+            self.db.execute("BEGIN IMMEDIATE")
             deleted = self.db.execute(
                 "DELETE FROM entries WHERE cache_id = ?", (cache_id,)
             ).rowcount
             embedded_feedback.remove_cache(self.db, cache_id)
+            embedded_evidence.remove_pool(self.db, cache_id)
+            self.db.execute("COMMIT")
         self._caches.pop(cache_id, None)
         self._rejecting.discard(cache_id)
         return int(deleted)
@@ -506,3 +511,31 @@ class EmbeddedStore:
 
     async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
         return await self._run(embedded_feedback.listing, self.db, cache_id)
+
+    # -- the verified hit policy (embedded_evidence) ----------------------------------------
+
+    async def evidence(self, cache_id: str, entry_id: str) -> bytes:
+        return await self._run(embedded_evidence.of_entry, self.db, cache_id, entry_id)
+
+    async def observe(
+        self, cache_id: str, entry_id: str, entry_created_at: float, record: bytes
+    ) -> bool:
+        embedded_evidence.check_record(record)
+        return await self._run(self._observe, cache_id, entry_id, entry_created_at, record)
+
+    def _observe(self, cache_id: str, entry_id: str, created_at: float, record: bytes) -> bool:
+        # On the store's thread, where `_caches` changes: "held" as `admits` judges it.
+        held = cache_id in self._caches
+        return embedded_evidence.observe(self.db, cache_id, entry_id, created_at, record, held)
+
+    async def pooled_evidence(self, cache_id: str) -> bytes:
+        return await self._run(embedded_evidence.pooled, self.db, cache_id)
+
+    async def sample_evidence(self, cache_id: str, limit: int) -> list[bytes]:
+        return await self._run(embedded_evidence.sample, self.db, cache_id, limit)
+
+    async def cache_policy(self, cache_id: str) -> str | None:
+        return await self._run(embedded_evidence.policy, self.db, cache_id)
+
+    async def set_cache_policy(self, cache_id: str, policy: str | None) -> None:
+        await self._run(embedded_evidence.set_policy, self.db, cache_id, policy)

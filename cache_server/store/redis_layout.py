@@ -13,11 +13,27 @@ Redis Cluster hash tag, so that every key of one cache lies in one hash slot. Un
   while the cache's index exists: the put script creates both, the last flush step drops both.
 - `{token}:e:{entry_id}` — a hash per entry (prompt, response, attributes, times, float32
   vector); an entry with a TTL carries a Redis expiry (PEXPIRE), so Redis itself drops it.
+  Its field `ev` holds the entry's observations for the verified hit policy (packed records,
+  `cache_server.verified.evidence`), so they go with the hash (delete, eviction, expiry,
+  flush), and a re-put (which DELs the hash first) starts the new answer with none. `ev` is
+  not in the index schema and not in ENTRY_FIELDS, so searches neither filter on it nor
+  return it; RediSearch (2.10) does re-index the document on any HSET, so each observation
+  costs one re-index of its entry (observations follow an LLM call each: rare next to
+  look-ups). HSET leaves the hash's PEXPIRE as it is.
 - `{token}:lru` — a sorted set of entry ids by last use: the entries the cache holds (expired
   ones too, until purged), for the size cap.
 - `{token}:exp` — a sorted set of entry ids by expiry time, so expirations are counted once.
 - `{token}:stats` — a hash of counters (hits, misses, evictions, expirations) all replicas
   share; it outlives a flush (reset_counters removes it).
+- `{token}:feedback`, `{token}:rejected` — feedback reports and the exclusions they make
+  (redis_feedback); a flush removes both.
+- `{token}:pool` — a string: the cache's pooled observations (the last
+  evidence.MAX_PER_CACHE records, oldest first), appended to only while `meta` exists (the
+  cache is held). The last flush step deletes it together with `meta`, so no observation
+  lands in the pool of a cache no longer held.
+- `{token}:policy` — a string: the cache's hit policy (JSON) as set. Configuration, not data:
+  a flush does not delete it (flush deletes the keys it names, never a SCAN of the cache's
+  pattern), so it outlives the cache's entries; setting None deletes it.
 - the RediSearch index `{prefix}:v2:{token}:idx` (not a key) over the entry hashes: TAG fields
   for the exact-match key and the attributes, NUMERIC `created_at` and `live_until` (the expiry,
   `inf` for none: searches filter on it, so expired entries never crowd out live ones), and a
@@ -84,6 +100,16 @@ class CacheKeys:
         """Hash: prompt key -> JSON {entry id: [created_at of the answer reported wrong, id of
         the report that said so]} (the exclusion goes when that report leaves the list)."""
         return self.root + "rejected"
+
+    @property
+    def pool(self) -> str:
+        """String: the cache's pooled observations (verified hit policy)."""
+        return self.root + "pool"
+
+    @property
+    def policy(self) -> str:
+        """String: the cache's hit policy (JSON); kept by a flush."""
+        return self.root + "policy"
 
     @property
     def entry_prefix(self) -> str:

@@ -64,9 +64,10 @@ return {'ok', evicted}
 """
 
 # One step of a flush: deletes up to `batch` entries (hashes, lru and exp members); once none
-# is left, drops the index (with any document it still covers), the meta, lru and exp, and
-# the registration. Answers {deleted, done (0/1)}.
-# KEYS: registry, meta, lru, exp. ARGV: token, entry key prefix, index name, batch.
+# is left, drops the index (with any document it still covers), the meta, lru, exp and the
+# pool of observations (with the meta: none is added after), and the registration; the hit
+# policy stays. Answers {deleted, done (0/1)}.
+# KEYS: registry, meta, lru, exp, pool. ARGV: token, entry key prefix, index name, batch.
 FLUSH_STEP = """#!lua flags=allow-oom
 local ids = redis.call('ZRANGE', KEYS[3], 0, tonumber(ARGV[4]) - 1)
 for _, id in ipairs(ids) do redis.call('DEL', ARGV[2] .. id) end
@@ -76,7 +77,7 @@ if #ids > 0 then
 end
 if redis.call('ZCARD', KEYS[3]) > 0 then return {#ids, 0} end
 pcall(redis.call, 'FT.DROPINDEX', ARGV[3], 'DD')
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 redis.call('HDEL', KEYS[1], ARGV[1])
 return {#ids, 1}
 """
@@ -144,4 +145,53 @@ while redis.call('LLEN', KEYS[1]) > tonumber(ARGV[7]) do
   if old.correct == false then exclude(old.prompt_key, old.entry_id, nil, old.id) end
 end
 return 1
+"""
+
+# Adds one observation (verified hit policy): to the entry's `ev` field when the hash is still
+# the answer judged (its created_at, as stored, equals the given one), keeping its last
+# records; and to the cache's pool while the cache is held (its meta exists), keeping the
+# pool's last records. HSET leaves the hash's expiry as it is. Answers 1 when the entry took
+# it, else 0.
+# KEYS: entry hash, meta, pool. ARGV: entry created_at (repr, as the put script stored it),
+# the record, most bytes per entry, most bytes per pool.
+OBSERVE = """#!lua
+local took = redis.call('HGET', KEYS[1], 'created_at') == ARGV[1]
+local held = redis.call('EXISTS', KEYS[2]) == 1
+if took then
+  local most = tonumber(ARGV[3])
+  local ev = (redis.call('HGET', KEYS[1], 'ev') or '') .. ARGV[2]
+  if #ev > most then ev = string.sub(ev, -most) end
+  redis.call('HSET', KEYS[1], 'ev', ev)
+end
+if held then
+  local most = tonumber(ARGV[4])
+  if redis.call('APPEND', KEYS[3], ARGV[2]) > most then
+    redis.call('SET', KEYS[3], redis.call('GETRANGE', KEYS[3], -most, -1))
+  end
+end
+if took then return 1 end
+return 0
+"""
+
+# One page of a sample of entries' observations: the entries at ranks start .. start+count-1
+# of the lru set, most recently used first (those hits made, so the likeliest to have any),
+# looked at in that order until `wanted` have an `ev` field. Reads only. Answers {entries in
+# the page, entries looked at, id, ev, id, ev, ...}.
+# KEYS: lru. ARGV: entry key prefix, start, count, wanted.
+SAMPLE_EVIDENCE = """#!lua flags=no-writes,allow-oom
+local start, count, wanted = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ids = redis.call('ZREVRANGE', KEYS[1], start, start + count - 1)
+local reply, looked, found = {#ids, 0}, 0, 0
+for _, id in ipairs(ids) do
+  if found >= wanted then break end
+  looked = looked + 1
+  local ev = redis.call('HGET', ARGV[1] .. id, 'ev')
+  if ev then
+    reply[#reply + 1] = id
+    reply[#reply + 1] = ev
+    found = found + 1
+  end
+end
+reply[2] = looked
+return reply
 """

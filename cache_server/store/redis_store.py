@@ -25,6 +25,7 @@ from cache_server.store.base import (
     StoreConflictError,
 )
 from cache_server.store.redis_access import RedisAccess, redacted_url
+from cache_server.store.redis_evidence import RedisEvidence
 from cache_server.store.redis_feedback import RedisFeedback
 from cache_server.store.redis_layout import (
     CacheKeys,
@@ -37,7 +38,7 @@ from cache_server.store.redis_queries import RedisQueries, dimension_conflict
 __all__ = ["RedisAccess", "RedisStore", "redacted_url"]
 
 
-class RedisStore(RedisQueries, RedisFeedback):
+class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
     backend = "redis"
     flush_batch = 1000  # entries one flush step deletes (each step is atomic)
     purge_batch = 1000  # expired ids listed per cache and purge step
@@ -158,7 +159,7 @@ class RedisStore(RedisQueries, RedisFeedback):
 
     async def flush(self, cache_id: str) -> int:
         keys = self.layout.cache(cache_id)
-        script_keys = [self.layout.registry, keys.meta, keys.lru, keys.exp]
+        script_keys = [self.layout.registry, keys.meta, keys.lru, keys.exp, keys.pool]
         args = [keys.token, keys.entry_prefix, keys.index, self.flush_batch]
         deleted, done = 0, 0
         while not done:
