@@ -12,96 +12,61 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from cache_server import metrics
+from cache_server.cache_admin import CacheAdmin
+from cache_server.cache_types import (
+    CachePolicy,
+    Embedder,
+    FloatArray,
+    QueryResult,
+    SearchResult,
+)
 from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
 from cache_server.entries import (
     CacheEntry,
-    EntryNotFoundError,
     check_attributes,
     check_cache_id,
-    check_entry_id,
     check_max_results,
     check_text,
     check_threshold,
     check_ttl,
     entry_id,
     normalize_prompt,
-    prompt_key,
 )
-from cache_server.feedback import Feedback
 from cache_server.lookup import Finder, Hit, Strategy
 from cache_server.single_flight import SingleFlight
-from cache_server.stats import CacheCounters, LookupLatency
+from cache_server.stats import LookupLatency
 from cache_server.store.base import CacheLimitError, CacheStore
 from cache_server.upstream import Upstream
 from cache_server.verification import Band, Verifier
+from cache_server.verified.engine import VerifiedEngine
+from cache_server.verified.judge import ExactJudge
+from cache_server.verified.policy import (
+    HitPolicy,
+    VerifiedSettings,
+)
+
+__all__ = [
+    "CachePolicy",
+    "Embedder",
+    "QueryResult",
+    "SearchResult",
+    "SemanticCache",
+]
 
 log = logging.getLogger(__name__)
-FloatArray = npt.NDArray[np.float32]
 # How long an answer that needs no embedding waits for the embedder's model info when it has
 # not been learned yet (only right after start, with the embedder away).
 MODEL_PROBE_TIMEOUT_S = 0.5
 DEFAULT_THRESHOLD = 0.85
 
 
-class Embedder(Protocol):
-    """What the cache needs of the embedder client."""
-
-    model: EmbedderModel | None
-
-    async def embed(self, texts: Sequence[str]) -> FloatArray: ...
-
-    async def ensure_model(self, timeout_s: float | None = None) -> EmbedderModel: ...
-
-
-@dataclass(frozen=True)
-class CachePolicy:
-    # Cosine similarity, higher is stricter. None: the model's calibrated threshold when it
-    # has one, else DEFAULT_THRESHOLD (see SemanticCache.threshold_in_force).
-    threshold: float | None = None
-    max_cache_size: int = 1000  # entries per cache
-    max_caches: int = 10_000  # caches (cache ids) the deployment holds
-    default_ttl_s: float | None = None
-    max_prompt_chars: int = 8192
-    max_response_chars: int = 200_000
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    query: str
-    response: str
-    hit: Hit | None
-    entry_id: str
-    embedding_dimension: int
-    processing_time_s: float
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    hits: list[Hit]
-    embedding_dimension: int
-    processing_time_s: float
-
-
-@dataclass(frozen=True)
-class StatsSnapshot:
-    cache_id: str
-    cache_size: int
-    max_cache_size: int
-    threshold: float
-    threshold_source: str  # "operator", "calibrated" or "default"
-    counters: CacheCounters = field(repr=False)
-
-
-class SemanticCache:
+class SemanticCache(CacheAdmin):
     def __init__(
         self,
         store: CacheStore,
@@ -110,6 +75,7 @@ class SemanticCache:
         policy: CachePolicy,
         clock: Callable[[], float] = time.time,
         verifier: Verifier | None = None,
+        verified: VerifiedEngine | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -117,6 +83,7 @@ class SemanticCache:
         self.policy = policy
         self.verifier = verifier
         self._finder = Finder(store, self._embed_one, verifier)
+        self.verified = verified or VerifiedEngine(VerifiedSettings(), store, ExactJudge())
         self.latency = LookupLatency(max_caches=policy.max_caches)
         self._clock = clock
         self._single_flight = SingleFlight()
@@ -153,9 +120,15 @@ class SemanticCache:
             return None
         return self.verifier.band(self.embedder.model, self.threshold_in_force()[0])
 
-    async def _hit_rule(self, requested: float | None) -> tuple[float, Band | None]:
+    async def _hit_rule(
+        self, requested: float | None, policy: HitPolicy
+    ) -> tuple[float, Band | None]:
         """The similarity threshold for this request (its own, else the one in force) and the
-        verifier's band (None: cosine similarity alone decides)."""
+        verifier's band (None: cosine similarity alone decides). Under the verified policy,
+        the nearest candidate from its floor (the request's threshold, else
+        CACHE_VERIFIED_MIN_SIMILARITY); the policy, not the verifier, decides."""
+        if policy.verified:
+            return check_threshold(requested, self.verified.settings.min_similarity), None
         threshold = check_threshold(requested, (await self._threshold())[0])
         band = self.band_in_force()
         return threshold, band.for_request(requested) if band is not None else None
@@ -186,15 +159,19 @@ class SemanticCache:
         threshold: float | None = None,
         attributes: Mapping[str, str] | None = None,
         ttl_s: float | None = None,
+        policy: str | None = None,
+        max_error_rate: float | None = None,
     ) -> QueryResult:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("query", query, self.policy.max_prompt_chars)
-        rule = await self._hit_rule(threshold)
+        hit_policy = await self.verified.policy_for(cache_id, policy, max_error_rate)
+        rule = await self._hit_rule(threshold, hit_policy)
         attributes = check_attributes(attributes or {})
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
 
         vector_box: list[FloatArray] = []
+        explore: Hit | None = None
         if use_cache:
             hits = await self._finder.find(
                 cache_id,
@@ -206,8 +183,12 @@ class SemanticCache:
                 vector_box,
                 self._clock(),
             )
+            counts: dict[str, int] = {}
+            if hits and hit_policy.verified:
+                hits, unsure = await self._verify(cache_id, hits, hit_policy, counts)
+                explore = unsure[0] if unsure else None
             if hits:
-                await self._record_lookup(cache_id, True, time.perf_counter() - started)
+                await self._record_lookup(cache_id, True, time.perf_counter() - started, counts)
                 hit = hits[0]
                 self._touch_later(cache_id, [hit.entry.id])
                 return QueryResult(
@@ -219,13 +200,14 @@ class SemanticCache:
                         cache_id, vector_box[0] if vector_box else None
                     ),
                     processing_time_s=time.perf_counter() - started,
+                    policy=hit_policy.name,
                 )
 
         # Everything that shapes the stored entry is in the key: a caller with another TTL
         # does not join (and so does not inherit) a flight that stores with this one's.
         key = (cache_id, normalize_prompt(query), tuple(sorted(attributes.items())), ttl_s)
 
-        async def answer_and_store() -> str:
+        async def answer_and_store() -> tuple[str, str]:
             # Room for the entry, an embedder that answers, and vectors the cache can hold,
             # before paying for an LLM call.
             await self._admit(cache_id)
@@ -237,12 +219,17 @@ class SemanticCache:
                 metrics.UPSTREAM_CALLS.labels("error").inc()
                 raise
             metrics.UPSTREAM_CALLS.labels("ok").inc()
-            await self._put(cache_id, query, response, attributes, ttl_s, vector)
-            return response
+            # An exploration (once per flight, whoever else waits on it): when the near
+            # entry's answer is judged right, it is the entry for this prompt too, and its
+            # evidence grows where later paraphrases will find it; only a prompt whose near
+            # answer was wrong (or could not be judged) gets an entry of its own.
+            if explore is not None and await self._judge(explore, cache_id, query, response):
+                return response, explore.entry.id
+            return response, await self._put(cache_id, query, response, attributes, ttl_s, vector)
 
         # The miss is counted once the entry is stored, so that a new cache counts it too.
         try:
-            response = await self._single_flight.run(key, answer_and_store)
+            response, holder = await self._single_flight.run(key, answer_and_store)
         except Exception:
             if use_cache:  # still counted
                 await self._record_lookup(cache_id, False, time.perf_counter() - started)
@@ -253,12 +240,60 @@ class SemanticCache:
             query=query,
             response=response,
             hit=None,
-            entry_id=entry_id(cache_id, query, attributes),
+            entry_id=holder,
             embedding_dimension=await self._dimension(
                 cache_id, vector_box[0] if vector_box else None
             ),
             processing_time_s=time.perf_counter() - started,
+            policy=hit_policy.name,
+            explored=explore is not None,
         )
+
+    async def _judge(self, explore: Hit, cache_id: str, question: str, fresh: str) -> bool:
+        """Whether the explored entry's answer was right; False when it cannot be told (the
+        judge's embedder or LLM away): the fresh answer is then stored, nothing learned."""
+        try:
+            return await self.verified.judge_and_learn(
+                cache_id, explore.entry, explore.similarity, question, fresh
+            )
+        except Exception as exc:
+            metrics.VERIFIED_OBSERVATIONS.labels("unjudged").inc()
+            log.warning("judging an exploration in cache %r failed: %s", cache_id, exc)
+            return False
+
+    async def _verify(
+        self, cache_id: str, hits: list[Hit], policy: HitPolicy, counts: dict[str, int]
+    ) -> tuple[list[Hit], list[Hit]]:
+        """The verified policy's verdict on semantic hits (exact repeats are served as they
+        are): (served, not sure enough), both nearest first."""
+        served: list[Hit] = []
+        unsure: list[Hit] = []
+        for hit in hits:
+            if hit.strategy is Strategy.EXACT:
+                served.append(hit)
+                continue
+            decision = await self.verified.decide(
+                cache_id, hit.entry, hit.similarity, policy.max_error_rate
+            )
+            (served if decision.serve else unsure).append(hit)
+            label = "served" if decision.serve else "audited" if decision.audit else "explored"
+            metrics.VERIFIED_DECISIONS.labels(label).inc()
+        if any(hit.strategy is Strategy.SEMANTIC for hit in served):
+            counts["verified_hits"] = 1
+        return served, unsure
+
+    def _judge_later(
+        self, cache_id: str, entry: CacheEntry, similarity: float, question: str, fresh: str
+    ) -> None:
+        """Judges a near answer against the fresh one after the caller has its answer."""
+
+        async def judge() -> None:
+            try:
+                await self.verified.judge_and_learn(cache_id, entry, similarity, question, fresh)
+            except Exception as exc:  # a lost observation slows learning, nothing more
+                log.warning("judging an exploration in cache %r failed: %s", cache_id, exc)
+
+        self._later(judge())
 
     async def search(
         self,
@@ -269,11 +304,14 @@ class SemanticCache:
         max_results: int = 1,
         attributes: Mapping[str, str] | None = None,
         strategies: Sequence[Strategy] = (Strategy.SEMANTIC,),
+        policy: str | None = None,
+        max_error_rate: float | None = None,
     ) -> SearchResult:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("prompt", prompt, self.policy.max_prompt_chars)
-        rule = await self._hit_rule(threshold)
+        hit_policy = await self.verified.policy_for(cache_id, policy, max_error_rate)
+        rule = await self._hit_rule(threshold, hit_policy)
         k = check_max_results(max_results)
         attributes = check_attributes(attributes or {})
         ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
@@ -281,7 +319,17 @@ class SemanticCache:
         hits = await self._finder.find(
             cache_id, prompt, rule, k, attributes, ordered, vector_box, self._clock()
         )
-        await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started)
+        counts: dict[str, int] = {}
+        if hits and hit_policy.verified:
+            hits, unsure = await self._verify(cache_id, hits, hit_policy, counts)
+            if unsure and not hits:
+                # The application asks its LLM next and stores the answer (Set): that answer
+                # judges the nearest candidate, as an exploration's would.
+                top = unsure[0]
+                self.verified.remember_search(
+                    cache_id, prompt, attributes, top.entry, top.similarity
+                )
+        await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started, counts)
         self._touch_later(cache_id, [hit.entry.id for hit in hits])
         dimension = await self._dimension(cache_id, vector_box[0] if vector_box else None)
         return SearchResult(hits, dimension, time.perf_counter() - started)
@@ -294,12 +342,15 @@ class SemanticCache:
                 f"{limit} caches (max_caches); flush caches no longer used, or raise the limit"
             )
 
-    async def _record_lookup(self, cache_id: str, hit: bool, seconds: float) -> None:
+    async def _record_lookup(
+        self, cache_id: str, hit: bool, seconds: float, more: Mapping[str, int] | None = None
+    ) -> None:
         """Counts a look-up. Never raises: an answer already obtained (and stored) is not
         turned into an error because a counter could not be written."""
         self.latency.record(cache_id, hit, seconds)
         try:
-            await self.store.add_counters(cache_id, {"hits" if hit else "misses": 1})
+            counts = {"hits" if hit else "misses": 1, **(more or {})}
+            await self.store.add_counters(cache_id, counts)
         except Exception as exc:
             metrics.COUNTER_WRITE_FAILURES.inc()
             log.warning(
@@ -320,7 +371,11 @@ class SemanticCache:
             except Exception:
                 log.exception("refreshing recency failed")
 
-        task = asyncio.create_task(touch())
+        self._later(touch())
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` in the background (drain() waits for it)."""
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -347,7 +402,11 @@ class SemanticCache:
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
         await self._admit(cache_id)
         vector = await self._embed_one(prompt)
-        return await self._put(cache_id, prompt, response, attributes, ttl_s, vector)
+        stored = await self._put(cache_id, prompt, response, attributes, ttl_s, vector)
+        pending = self.verified.take_search(cache_id, prompt, attributes)
+        if pending is not None:  # a verified Search left a candidate out for this prompt
+            self._judge_later(cache_id, pending.entry, pending.similarity, prompt, response)
+        return stored
 
     async def _put(
         self,
@@ -373,86 +432,3 @@ class SemanticCache:
         )
         metrics.EVICTIONS.inc(outcome.evicted)
         return entry.id
-
-    async def feedback(
-        self, cache_id: str, entry_id_: str, prompt: str, *, correct: bool
-    ) -> Feedback:
-        """Keeps the application's verdict on entry `entry_id_` served for `prompt`; a wrong
-        one stops the entry being served for that prompt (cache_server.feedback)."""
-        cache_id = check_cache_id(cache_id)
-        check_text("prompt", prompt, self.policy.max_prompt_chars)
-        now = self._clock()
-        entry = (
-            await self.store.get(cache_id, entry_id_, now) if check_entry_id(entry_id_) else None
-        )
-        if entry is None:
-            raise EntryNotFoundError(f"no entry {entry_id_[:40]!r} in cache {cache_id!r}")
-        report = Feedback(
-            id=uuid.uuid4().hex,
-            cache_id=cache_id,
-            entry_id=entry.id,
-            entry_created_at=entry.created_at,
-            prompt=prompt,
-            prompt_key=prompt_key(prompt),
-            entry_prompt=entry.prompt,
-            entry_response=entry.response,
-            correct=correct,
-            created_at=now,
-        )
-        await self.store.add_feedback(report)
-        await self.store.add_counters(
-            cache_id, {"reported_right" if correct else "reported_wrong": 1}
-        )
-        return report
-
-    async def delete(self, cache_id: str, entry_id_: str) -> None:
-        cache_id = check_cache_id(cache_id)
-        if not check_entry_id(entry_id_) or not await self.store.delete(cache_id, entry_id_):
-            raise EntryNotFoundError(f"no entry {entry_id_[:40]!r} in cache {cache_id!r}")
-
-    async def delete_matching(self, cache_id: str, attributes: Mapping[str, str]) -> int:
-        cache_id = check_cache_id(cache_id)
-        attributes = check_attributes(attributes)
-        if not attributes:
-            return await self.flush(cache_id, reset_stats=False)
-        return await self.store.delete_matching(cache_id, attributes)
-
-    async def flush(self, cache_id: str, *, reset_stats: bool = True) -> int:
-        cache_id = check_cache_id(cache_id)
-        deleted = await self.store.flush(cache_id)
-        if reset_stats:
-            await self.store.reset_counters(cache_id)
-            self.latency.reset(cache_id)
-        return deleted
-
-    # -- housekeeping --------------------------------------------------------------------
-
-    async def stats_of(self, cache_id: str) -> StatsSnapshot:
-        cache_id = check_cache_id(cache_id)
-        size = await self.store.count(cache_id, self._clock())
-        counts = await self.store.counters(cache_id)
-        threshold, source = await self._threshold()
-        return StatsSnapshot(
-            cache_id=cache_id,
-            cache_size=size,
-            max_cache_size=self.policy.max_cache_size,
-            threshold=threshold,
-            threshold_source=source,
-            counters=CacheCounters.of(counts, self.latency.of(cache_id)),
-        )
-
-    async def purge_expired(self) -> int:
-        outcome = await self.store.purge_expired(self._clock())
-        metrics.EXPIRATIONS.inc(sum(outcome.expired.values()))
-        return sum(outcome.expired.values())
-
-    async def run_purger(self, interval_s: float) -> None:
-        """Removes expired entries every `interval_s` seconds, until cancelled."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                purged = await self.purge_expired()
-                if purged:
-                    log.info("purged %d expired entries", purged)
-            except Exception:  # keep purging later; a transient store error is not fatal
-                log.exception("purging expired entries failed")

@@ -51,3 +51,15 @@ VERIFIER_VERDICTS = Counter(
     ["verdict"],
     registry=REGISTRY,
 )
+VERIFIED_DECISIONS = Counter(
+    "semcache_cache_verified_decisions_total",
+    "Semantic candidates under the verified policy, by decision (served, explored, audited)",
+    ["decision"],
+    registry=REGISTRY,
+)
+VERIFIED_OBSERVATIONS = Counter(
+    "semcache_cache_verified_observations_total",
+    "Observations learned by the verified policy, by verdict on the cached answer",
+    ["verdict"],
+    registry=REGISTRY,
+)

@@ -22,6 +22,9 @@ from cache_server.store.embedded import EmbeddedStore
 from cache_server.store.redis_store import RedisStore, redacted_url
 from cache_server.upstream import DemoResponder, OpenAICompatibleUpstream, Upstream
 from cache_server.verification import Verifier, VerifierSettings
+from cache_server.verified.engine import VerifiedEngine
+from cache_server.verified.judge import EmbeddingJudge, ExactJudge, Judge, LlmJudge
+from cache_server.verified.policy import VerifiedSettings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
@@ -76,6 +79,29 @@ def make_store(settings: CacheSettings) -> CacheStore:
     )
 
 
+def verified_settings(settings: CacheSettings) -> VerifiedSettings:
+    return VerifiedSettings(
+        default_policy=settings.hit_policy,
+        max_error_rate=settings.max_error_rate,
+        confidence=settings.verified_confidence,
+        min_similarity=settings.verified_min_similarity,
+        audit_rate=settings.verified_audit_rate,
+        judge=settings.verified_judge,
+        judge_threshold=settings.verified_judge_threshold,
+    )
+
+
+def make_judge(settings: CacheSettings, embedder: EmbedderClient, upstream: Upstream) -> Judge:
+    kind = settings.verified_judge
+    if kind == "auto":
+        kind = "exact" if upstream.kind == "demo" else "embedding"
+    if kind == "exact":
+        return ExactJudge()
+    if kind == "embedding":
+        return EmbeddingJudge(embedder, settings.verified_judge_threshold)
+    return LlmJudge(upstream)
+
+
 class CacheServer:
     def __init__(self, settings: CacheSettings) -> None:
         self.settings = settings
@@ -110,8 +136,13 @@ class CacheServer:
             ),
             self.embedder,
         )
+        verified = VerifiedEngine(
+            verified_settings(settings),
+            self.store,
+            make_judge(settings, self.embedder, self.upstream),
+        )
         self.cache = SemanticCache(
-            self.store, self.embedder, self.upstream, policy, verifier=verifier
+            self.store, self.embedder, self.upstream, policy, verifier=verifier, verified=verified
         )
         self.service = GrpcService(
             host=settings.host,

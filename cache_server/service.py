@@ -20,6 +20,7 @@ from cache_server.embedder_client import (
 )
 from cache_server.entries import EntryNotFoundError, InvalidInputError
 from cache_server.lookup import Hit, Strategy
+from cache_server.service_verified import policy_name, policy_pb, stats_fields
 from cache_server.store.base import (
     CacheLimitError,
     StoreConflictError,
@@ -141,6 +142,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 else None,
                 attributes=dict(request.attributes),
                 ttl_s=request.ttl_seconds if request.HasField("ttl_seconds") else None,
+                policy=policy_name(request.policy),
+                max_error_rate=request.max_error_rate
+                if request.HasField("max_error_rate")
+                else None,
             ),
         )
         log.info(
@@ -157,6 +162,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             embedding_dimension=result.embedding_dimension,
             processing_time=result.processing_time_s,
             entry_id=result.entry_id,
+            explored=result.explored,
+            policy=result.policy,
         )
         if result.hit is not None:
             hit = result.hit
@@ -195,6 +202,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 max_results=request.max_results,
                 attributes=dict(request.attributes),
                 strategies=strategies or (Strategy.SEMANTIC,),
+                policy=policy_name(request.policy),
+                max_error_rate=request.max_error_rate
+                if request.HasField("max_error_rate")
+                else None,
             ),
         )
         return pb.SearchResponse(
@@ -283,7 +294,30 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             lookup_p95_ms=p95,
             lookup_p99_ms=p99,
             lookups_measured=len(counters.lookup_seconds),
+            **stats_fields(snapshot),
         )
+
+    async def SetCachePolicy(
+        self, request: pb.SetCachePolicyRequest, context: Context
+    ) -> pb.CachePolicy:
+        policy = await _answer(
+            "SetCachePolicy",
+            context,
+            lambda: self.cache.set_cache_policy(
+                request.cache_id,
+                policy_name(request.policy),
+                request.max_error_rate if request.HasField("max_error_rate") else None,
+            ),
+        )
+        return policy_pb(request.cache_id, policy)
+
+    async def GetCachePolicy(
+        self, request: pb.GetCachePolicyRequest, context: Context
+    ) -> pb.CachePolicy:
+        policy = await _answer(
+            "GetCachePolicy", context, lambda: self.cache.cache_policy(request.cache_id)
+        )
+        return policy_pb(request.cache_id, policy)
 
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: Context

@@ -105,6 +105,46 @@ class CacheSettings(GrpcServiceSettings):
     verifier_candidates: int = Field(
         3, ge=1, le=32, description="Nearest candidates asked about per look-up, at most"
     )
+    hit_policy: Literal["threshold", "verified"] = Field(
+        "threshold",
+        description="Default hit policy of a cache that sets none: threshold (a similarity "
+        "threshold decides) or verified (per-entry thresholds learned online, kept under "
+        "max_error_rate; docs/verified.md)",
+    )
+    max_error_rate: float = Field(
+        0.02,
+        gt=0.0,
+        le=0.5,
+        description="Verified policy: the share of served hits that may be wrong, by default",
+    )
+    verified_confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1.0,
+        description="Verified policy: confidence of the lower bound on P(right) that must "
+        "clear 1 - max_error_rate",
+    )
+    verified_min_similarity: float = Field(
+        0.70,
+        ge=0.0,
+        le=1.0,
+        description="Verified policy: candidates below this similarity are plain misses",
+    )
+    verified_audit_rate: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="Verified policy: share of sure hits explored anyway, to keep learning",
+    )
+    verified_judge: Literal["auto", "exact", "embedding", "llm"] = Field(
+        "auto",
+        description="How an exploration judges the cached answer against the fresh one: exact "
+        "(normalised text), embedding (answer similarity >= verified_judge_threshold), llm "
+        "(the upstream is asked); auto: exact with the demo responder, else embedding",
+    )
+    verified_judge_threshold: float = Field(
+        0.9, ge=0.0, le=1.0, description="The embedding judge's answer similarity"
+    )
     max_cache_size: int = Field(
         1000,
         ge=1,

@@ -22,6 +22,9 @@ class CacheCounters:
     expirations: int = 0
     reported_wrong: int = 0  # served hits the application reported wrong (feedback)
     reported_right: int = 0
+    verified_hits: int = 0  # semantic hits the verified policy served
+    explorations: int = 0  # near candidates it judged against a fresh answer instead
+    explorations_wrong: int = 0  # ... whose cached answer was judged wrong
     lookup_seconds: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW)
     )
@@ -35,6 +38,9 @@ class CacheCounters:
             expirations=int(counts.get("expirations", 0)),
             reported_wrong=int(counts.get("reported_wrong", 0)),
             reported_right=int(counts.get("reported_right", 0)),
+            verified_hits=int(counts.get("verified_hits", 0)),
+            explorations=int(counts.get("explorations", 0)),
+            explorations_wrong=int(counts.get("explorations_wrong", 0)),
             lookup_seconds=latencies,
         )
 

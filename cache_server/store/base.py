@@ -159,3 +159,40 @@ class CacheStore(Protocol):
     async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
         """Every report kept (of one cache, or of all), oldest first."""
         ...
+
+    # -- the verified hit policy (cache_server.verified) ----------------------------------
+
+    async def evidence(self, cache_id: str, entry_id: str) -> bytes:
+        """The entry's observations (cache_server.verified.evidence records, oldest first);
+        b"" for an entry without any, or no such entry."""
+        ...
+
+    async def observe(
+        self, cache_id: str, entry_id: str, entry_created_at: float, record: bytes
+    ) -> bool:
+        """Adds one observation: to the entry's evidence (at most evidence.MAX_PER_ENTRY, the
+        oldest dropped) when the entry is still the one judged (its created_at equals
+        `entry_created_at`: an answer stored again starts with no evidence), and to the
+        cache's pool (at most evidence.MAX_PER_CACHE) in any case, while the store holds the
+        cache. Atomic (replicas on Redis add concurrently without losing one). True when the
+        entry took it. An entry's evidence goes with the entry (deleted, evicted, expired,
+        replaced); the pool goes with a flush."""
+        ...
+
+    async def pooled_evidence(self, cache_id: str) -> bytes:
+        """The cache's pooled observations, oldest first (b"" when none)."""
+        ...
+
+    async def sample_evidence(self, cache_id: str, limit: int) -> list[bytes]:
+        """The evidence of up to `limit` entries of the cache that have any (for statistics;
+        which ones is the store's choice)."""
+        ...
+
+    async def cache_policy(self, cache_id: str) -> str | None:
+        """The cache's hit policy as set (a JSON object), or None when none is set."""
+        ...
+
+    async def set_cache_policy(self, cache_id: str, policy: str | None) -> None:
+        """Sets (None: removes) the cache's hit policy. It outlives a flush of the entries;
+        it is configuration, not data. Durable when it returns."""
+        ...

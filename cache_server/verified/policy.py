@@ -1,0 +1,96 @@
+"""Which hit policy a request runs under, and the verified policy's settings.
+
+Order: the request's own (`policy`, `max_error_rate`), else the cache's (SetCachePolicy,
+PUT /v1/caches/{cacheId}/policy), else the server's (CACHE_HIT_POLICY, CACHE_MAX_ERROR_RATE).
+A request or cache that names `verified` without a bound gets the next one down the line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from cache_server.entries import InvalidInputError
+
+PolicyName = Literal["threshold", "verified"]
+POLICIES: tuple[PolicyName, ...] = ("threshold", "verified")
+MAX_ERROR_RATE_LIMIT = 0.5
+
+
+@dataclass(frozen=True)
+class VerifiedSettings:
+    default_policy: PolicyName = "threshold"
+    max_error_rate: float = 0.02
+    confidence: float = 0.95  # of the lower bound on P(right) that must clear 1 - δ
+    min_similarity: float = 0.70  # candidates below: a plain miss, nothing learned
+    audit_rate: float = 0.02  # share of sure hits explored anyway, to keep learning
+    judge: Literal["auto", "exact", "embedding", "llm"] = "auto"
+    judge_threshold: float = 0.9  # the embedding judge's answer similarity
+    pending_ttl_s: float = 600.0  # a Search's exploration waits this long for the Set
+    policy_refresh_s: float = 2.0  # a cache's policy read from the store at most this often
+
+
+@dataclass(frozen=True)
+class HitPolicy:
+    name: PolicyName
+    max_error_rate: float
+    source: Literal["request", "cache", "server"]
+
+    @property
+    def verified(self) -> bool:
+        return self.name == "verified"
+
+
+def check_policy_name(name: str) -> PolicyName:
+    if name not in POLICIES:
+        raise InvalidInputError(f"policy must be one of {', '.join(POLICIES)}, not {name!r}")
+    return "verified" if name == "verified" else "threshold"
+
+
+def check_max_error_rate(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not math.isfinite(value) or not 0.0 < value <= MAX_ERROR_RATE_LIMIT:
+        raise InvalidInputError(
+            f"max_error_rate must be in (0, {MAX_ERROR_RATE_LIMIT}] (a share of served "
+            f"hits, e.g. 0.02 for at most 2% wrong), not {value!r}"
+        )
+    return value
+
+
+def resolve(
+    settings: VerifiedSettings,
+    cache: HitPolicy | None,
+    name: str | None,
+    max_error_rate: float | None,
+) -> HitPolicy:
+    """The policy for one request: its own, else the cache's, else the server's."""
+    rate = check_max_error_rate(max_error_rate)
+    if name:
+        fallback = cache.max_error_rate if cache is not None else settings.max_error_rate
+        return HitPolicy(check_policy_name(name), rate or fallback, "request")
+    if cache is not None:
+        return HitPolicy(cache.name, rate or cache.max_error_rate, "cache")
+    return HitPolicy(settings.default_policy, rate or settings.max_error_rate, "server")
+
+
+def encode(policy: HitPolicy) -> str:
+    return json.dumps({"policy": policy.name, "max_error_rate": policy.max_error_rate})
+
+
+def decode(raw: str | None) -> HitPolicy | None:
+    """A cache's stored policy; None when none is set or it cannot be read (logged by the
+    caller's store as any bad row would be: the server's default applies)."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        return HitPolicy(
+            check_policy_name(str(data["policy"])),
+            float(check_max_error_rate(float(data["max_error_rate"])) or 0.02),
+            "cache",
+        )
+    except (ValueError, KeyError, TypeError, InvalidInputError):
+        return None
