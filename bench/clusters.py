@@ -11,9 +11,15 @@ question exactly when the entry's question is in the question's cluster.
 The labels are incomplete: two questions never paired are in different clusters even when a
 person would call them the same, so an "error" here is an upper bound on real errors.
 
-The stream: pairs drawn at random (seeded), all their distinct questions emitted, shuffled,
-capped at the size asked for. Each question appears once: every hit is semantic, none is an
-exact repeat.
+Two streams (seeded):
+- distinct: pairs drawn at random, all their distinct questions emitted, shuffled, capped at
+  the size asked for. Each question appears once: every hit is semantic, none is an exact
+  repeat. Few groups come back more than once, so little can be learned per entry.
+- popular: what an application's users send: some topics are asked about far more than
+  others. Each request picks a group with probability proportional to its size over its
+  popularity rank to the power POPULARITY_EXPONENT (a Zipf law over a random order of the
+  groups), then one of the group's questions at random; exact repeats happen, and popular
+  groups come back as paraphrases, so entries gather evidence.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from pathlib import Path
 
 from embedder.training.pairs import Pair, read_pairs, split_pairs
 
-HELD_OUT_FRACTION = 0.2  # as bench.quality_bench and make finetune: the same test part
+HELD_OUT_FRACTION = 0.2
+POPULARITY_EXPONENT = 0.8  # as bench.quality_bench and make finetune: the same test part
 
 
 def held_out_pairs(path: Path, held_out_fraction: float = HELD_OUT_FRACTION) -> list[Pair]:
@@ -120,15 +127,39 @@ def request_stream(pairs: Sequence[Pair], size: int = 6000, seed: int = 0) -> li
     return stream[:size]
 
 
+def popular_stream(
+    pairs: Sequence[Pair],
+    clusters: Clusters,
+    size: int = 6000,
+    seed: int = 0,
+    exponent: float = POPULARITY_EXPONENT,
+) -> list[str]:
+    """`size` requests: a group drawn by a Zipf law over a seeded random order of the groups
+    (weighted by group size), then one of its questions at random."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    rng = random.Random(seed)
+    members: dict[int, list[str]] = {}
+    for question, cid in sorted(clusters.of.items()):
+        members.setdefault(cid, []).append(question)
+    groups = sorted(members)
+    rng.shuffle(groups)
+    weights = [len(members[g]) / (rank + 1) ** exponent for rank, g in enumerate(groups)]
+    picks = rng.choices(groups, weights=weights, k=size)
+    return [rng.choice(members[g]) for g in picks]
+
+
 def reachable_hits(stream: Sequence[str], clusters: Clusters) -> int:
-    """Requests whose cluster was asked before in the stream: the most right hits any policy
-    can serve (each question comes once, so no other request has its answer cached)."""
+    """Requests that are not exact repeats but whose cluster was asked before in the stream:
+    the most right semantic hits any policy can serve."""
     seen: set[int] = set()
+    asked: set[str] = set()
     reachable = 0
     for question in stream:
         cid = clusters.cluster(question)
-        if cid is None:
+        if cid is None or question in asked:
             continue
+        asked.add(question)
         reachable += cid in seen
         seen.add(cid)
     return reachable

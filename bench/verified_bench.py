@@ -4,14 +4,19 @@ questions: how many hits each serves, and how many of those are wrong.
 Protocol. Questions of the held-out QQP test part (bench.clusters: the pairs no model trained
 on) are grouped by meaning (union-find over the "same meaning" labels). A deterministic fake
 LLM (bench.fake_upstream) gives every question of one group the same answer. A seeded stream
-of distinct questions (no exact repeats) is replayed, one request at a time as one user would,
+(bench.clusters: `popular`, topics asked again as paraphrases and exact repeats, by default;
+or `distinct`, each question once) is replayed, one request at a time as one user would,
 through gRPC Query on the real embedder and cache server (embedded store, the verifier off,
 the `exact` judge), once per configuration, each in a fresh cache:
 
 - static: HIT_POLICY_THRESHOLD at a cosine similarity threshold (higher is stricter);
 - verified: HIT_POLICY_VERIFIED at a max error rate δ (lower is stricter).
 
-A served hit is right when the answer served is the question's group answer. Per
+A served hit is right when the answer served is the question's group answer. Hits for a
+question asked before in the stream (repeats: an exact match under the threshold policy; under
+the verified policy, the entry a right exploration judged, when the repeat was not stored
+again) are counted apart, with their errors; hit and error rates are those of questions asked
+for the first time, where the policies differ. Per
 configuration: hits / requests (hit rate), wrong hits / hits (error rate, with a 95% Wilson
 interval), LLM calls (misses and explorations, counted by the fake LLM), explorations, and the
 p50 latency of hits and of the rest (misses and explorations, which wait on the LLM).
@@ -46,7 +51,13 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from bench.clusters import Clusters, held_out_pairs, reachable_hits, request_stream
+from bench.clusters import (
+    Clusters,
+    held_out_pairs,
+    popular_stream,
+    reachable_hits,
+    request_stream,
+)
 from bench.fake_upstream import FakeUpstream
 from bench.qqp import qqp_path
 from bench.stack import local_stack
@@ -92,7 +103,9 @@ class Config:
 class Run:
     config: Config
     requests: int = 0
-    hits: int = 0
+    hits: int = 0  # hits for questions asked for the first time (repeats are counted apart)
+    repeat_hits: int = 0  # hits for a question asked before in the stream
+    repeat_errors: int = 0
     errors: int = 0  # served hits whose answer is not the question's group answer
     explorations: int = 0
     llm_calls: int = 0
@@ -164,6 +177,7 @@ def replay(
     other_s: list[float] = []
     explore_s: list[float] = []
     quarters = [{"requests": 0, "hits": 0, "errors": 0, "explorations": 0} for _ in range(4)]
+    asked: set[str] = set()
     started = time.perf_counter()
     for i, question in enumerate(stream):
         t0 = time.perf_counter()
@@ -182,7 +196,12 @@ def replay(
         quarter = quarters[min(3, 4 * i // len(stream))]
         quarter["requests"] += 1
         run.requests += 1
-        if reply.cache_hit:
+        repeat = question in asked
+        asked.add(question)
+        if reply.cache_hit and repeat:
+            run.repeat_hits += 1
+            run.repeat_errors += reply.response.strip() != expected
+        elif reply.cache_hit:
             run.hits += 1
             quarter["hits"] += 1
             hit_s.append(elapsed)
@@ -239,16 +258,18 @@ def table(runs: Sequence[Run], reachable: float) -> str:
     lines = [
         f"reachable hit rate (a perfect cache): {reachable:.3f}",
         "",
-        "| configuration | requests | hits | hit rate | wrong hits | error rate [95% CI] | "
-        "LLM calls | explorations | hit p50 (ms) | miss/explore p50 (ms) |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| configuration | requests | repeat hits | new-question hits | hit rate | wrong hits | "
+        "error rate [95% CI] | LLM calls | explorations | hit p50 (ms) | "
+        "miss/explore p50 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in runs:
         if r.skipped:
-            lines.append(f"| {r.config.name} | skipped: {r.skipped} |||||||||")
+            lines.append(f"| {r.config.name} | skipped: {r.skipped} ||||||||||")
             continue
         lines.append(
-            f"| {r.config.name} | {r.requests} | {r.hits} | {r.hit_rate:.3f} | {r.errors} | "
+            f"| {r.config.name} | {r.requests} | {r.repeat_hits} | {r.hits} | "
+            f"{r.hit_rate:.3f} | {r.errors} | "
             f"{_rate(r)} | {r.llm_calls} | {r.explorations} | {_ms(r.hit_p50_ms)} | "
             f"{_ms(r.other_p50_ms)} |"
         )
@@ -382,6 +403,12 @@ def main() -> None:
     parser.add_argument("--stream-size", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--stream",
+        choices=["distinct", "popular"],
+        default="popular",
+        help="distinct questions once each, or popular topics asked again (bench.clusters)",
+    )
+    parser.add_argument(
         "--deltas", type=floats, default=DELTAS, help="max error rates, comma-separated ('' none)"
     )
     parser.add_argument(
@@ -394,11 +421,15 @@ def main() -> None:
     data = args.data or qqp_path()
     pairs = held_out_pairs(data)
     clusters = Clusters.from_pairs(pairs)
-    stream = request_stream(pairs, args.stream_size, args.seed)
+    if args.stream == "popular":
+        stream = popular_stream(pairs, clusters, args.stream_size, args.seed)
+    else:
+        stream = request_stream(pairs, args.stream_size, args.seed)
     reachable = reachable_hits(stream, clusters) / len(stream) if stream else 0.0
     print(
         f"held-out test pairs: {len(pairs)}, questions: {len(clusters.of)}, groups: "
-        f"{len(clusters.canonical)}; stream: {len(stream)} distinct questions (seed "
+        f"{len(clusters.canonical)}; {args.stream} stream: {len(stream)} requests, "
+        f"{len(set(stream))} distinct questions (seed "
         f"{args.seed}), reachable hit rate {reachable:.3f}",
         flush=True,
     )

@@ -33,7 +33,7 @@ POOL_PRIOR_MEAN = (0.0, 2.0)
 POOL_PRIOR_SD = (4.0, 4.0)
 # How far one entry's curve may lie from the pool's (prior standard deviation added to the
 # pool's uncertainty, in logit units for w0 and per WIDTH of similarity for w1).
-ENTRY_SPREAD = (1.5, 1.5)
+ENTRY_SPREAD = (1.5, 0.5)
 NEWTON_STEPS = 25
 GRID = np.linspace(0.0, 1.0, 1001)
 

@@ -1,0 +1,153 @@
+"""The verified hit policy inside SemanticCache (real embedded store, fake embedder and LLM):
+what it serves, what an exploration stores and learns, and where its evidence comes from."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cache_server.cache import CachePolicy, SemanticCache
+from cache_server.entries import InvalidInputError
+from cache_server.store.embedded import EmbeddedStore
+from cache_server.verified import evidence
+from cache_server.verified.engine import VerifiedEngine
+from cache_server.verified.judge import ExactJudge
+from cache_server.verified.policy import VerifiedSettings
+from tests.unit.fakes import GROUPS, Clock, FakeEmbedder, FakeUpstream
+
+ASKED = "How do I learn Python?"
+PARAPHRASE = "What is the best way to learn Python?"
+
+
+class TopicUpstream(FakeUpstream):
+    """Answers every question of one topic (tests.unit.fakes.GROUPS) alike, as a
+    deterministic LLM would; `wrong_topics` answer each question differently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wrong_topics: set[int] = set()
+
+    async def complete(self, prompt: str) -> str:
+        self.calls.append(prompt)
+        await asyncio.sleep(self.delay_s)
+        group = GROUPS.get(prompt.strip().lower().rstrip("?"))
+        if group is None or group in self.wrong_topics:
+            return f"LLM says: {prompt}"
+        return f"answer about topic {group}"
+
+
+@pytest.fixture()
+async def verified(tmp_path: Path) -> AsyncIterator[tuple[SemanticCache, TopicUpstream]]:
+    store = EmbeddedStore(tmp_path)
+    await store.open()
+    upstream = TopicUpstream()
+    engine = VerifiedEngine(
+        VerifiedSettings(default_policy="verified", max_error_rate=0.10, audit_rate=0.0),
+        store,
+        ExactJudge(),
+    )
+    cache = SemanticCache(store, FakeEmbedder(), upstream, CachePolicy(), Clock(), verified=engine)
+    yield cache, upstream
+    await cache.drain()
+    await store.close()
+
+
+async def test_a_paraphrase_explores_first_and_a_right_answer_is_not_stored_twice(
+    verified: tuple[SemanticCache, TopicUpstream],
+) -> None:
+    cache, upstream = verified
+    first = await cache.query("c", ASKED)
+    second = await cache.query("c", PARAPHRASE)
+    assert first.hit is None and not first.explored
+    assert second.hit is None and second.explored and second.policy == "verified"
+    assert second.response == "answer about topic 0"
+    assert second.entry_id == first.entry_id  # the near entry's answer was right: no new one
+    assert len(upstream.calls) == 2
+    stats = await cache.stats_of("c")
+    assert stats.cache_size == 1
+    assert (stats.counters.explorations, stats.counters.explorations_wrong) == (1, 0)
+    assert stats.learned is not None and stats.learned.observations == 1
+
+
+async def test_evidence_makes_the_entry_served_and_a_wrong_topic_never_is(
+    verified: tuple[SemanticCache, TopicUpstream],
+) -> None:
+    cache, upstream = verified
+    await cache.query("c", ASKED)
+    served = None
+    for _ in range(20):
+        result = await cache.query("c", PARAPHRASE)
+        if result.hit is not None:
+            served = result
+            break
+    assert served is not None, "never served after 20 right explorations"
+    assert served.response == "answer about topic 0" and not served.explored
+    assert (await cache.stats_of("c")).counters.verified_hits == 1
+
+    upstream.wrong_topics.add(1)  # each rice question has an answer of its own
+    await cache.query("c", "how do I cook rice")
+    explored = await cache.query("c", "how to cook rice properly")
+    assert explored.explored and explored.response == "LLM says: how to cook rice properly"
+    assert (await cache.stats_of("c")).counters.explorations_wrong == 1
+    # Judged wrong, the fresh answer got an entry of its own: a repeat is served that one.
+    again = await cache.query("c", "how to cook rice properly")
+    assert again.hit is not None and again.response == "LLM says: how to cook rice properly"
+
+
+async def test_concurrent_explorations_of_one_prompt_ask_the_llm_once(
+    verified: tuple[SemanticCache, TopicUpstream],
+) -> None:
+    cache, upstream = verified
+    await cache.query("c", ASKED)
+    upstream.delay_s = 0.05
+    results = await asyncio.gather(*(cache.query("c", PARAPHRASE) for _ in range(5)))
+    assert all(r.explored for r in results)
+    assert len(upstream.calls) == 2
+    await cache.drain()
+    assert evidence.count(await cache.store.pooled_evidence("c")) == 1
+
+
+async def test_the_threshold_policy_per_request_and_the_cache_policy(
+    verified: tuple[SemanticCache, TopicUpstream],
+) -> None:
+    cache, _ = verified
+    await cache.query("c", ASKED)
+    plain = await cache.query("c", PARAPHRASE, policy="threshold", threshold=0.5)
+    assert plain.hit is not None and plain.policy == "threshold"
+    assert (await cache.cache_policy("c")).source == "server"
+    set_ = await cache.set_cache_policy("c", "threshold", None)
+    assert (set_.name, set_.source) == ("threshold", "cache")
+    assert (await cache.query("c", PARAPHRASE, threshold=0.5)).policy == "threshold"
+    back = await cache.set_cache_policy("c", None, None)
+    assert (back.name, back.source) == ("verified", "server")
+    with pytest.raises(InvalidInputError, match="max_error_rate"):
+        await cache.query("c", PARAPHRASE, max_error_rate=0.9)
+
+
+async def test_a_search_left_unsure_learns_from_the_answer_the_application_stores(
+    verified: tuple[SemanticCache, TopicUpstream],
+) -> None:
+    cache, _ = verified
+    await cache.set("c", ASKED, "answer about topic 0")
+    found = await cache.search("c", PARAPHRASE)
+    assert found.hits == []  # not sure yet: the application asks its LLM
+    await cache.set("c", PARAPHRASE, "answer about topic 0")
+    await cache.drain()
+    stats = await cache.stats_of("c")
+    assert stats.counters.explorations == 1 and stats.counters.explorations_wrong == 0
+
+
+async def test_feedback_on_a_served_answer_is_an_observation(
+    verified: tuple[SemanticCache, TopicUpstream],
+) -> None:
+    cache, _ = verified
+    first = await cache.query("c", ASKED)
+    await cache.feedback("c", first.entry_id, PARAPHRASE, correct=False)
+    await cache.drain()
+    similarities, labels = evidence.decode(await cache.store.evidence("c", first.entry_id))
+    assert labels.tolist() == [0.0] and similarities[0] > 0.8
+    await cache.flush("c")
+    assert await cache.store.pooled_evidence("c") == b""
