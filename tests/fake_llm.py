@@ -7,12 +7,15 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from types import TracebackType
 
 
 class FakeLLM:
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, answer: Callable[[str], str] | None = None) -> None:
+        """`answer(prompt)` gives the answer (default: one of its own for every prompt)."""
         self.delay_s = delay_s
+        self.answer = answer or (lambda prompt: f"LLM answer to: {prompt}")
         self.fail_status: int | None = None
         self.prompts: list[str] = []
         self._lock = threading.Lock()
@@ -31,9 +34,7 @@ class FakeLLM:
                     self.wfile.write(b'{"error": "failed on purpose"}')
                     return
                 answer = {
-                    "choices": [
-                        {"message": {"role": "assistant", "content": f"LLM answer to: {prompt}"}}
-                    ]
+                    "choices": [{"message": {"role": "assistant", "content": owner.answer(prompt)}}]
                 }
                 data = json.dumps(answer).encode()
                 self.send_response(200)

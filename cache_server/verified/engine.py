@@ -228,7 +228,7 @@ class VerifiedEngine:
         return Learned(
             entries=len(blobs),
             observations=observations,
-            pooled_observations=pool.curve.observations,
+            pooled_observations=evidence.count(await self.store.pooled_evidence(cache_id)),
             threshold_p10=float(quantiles[0]),
             threshold_p50=float(quantiles[1]),
             threshold_p90=float(quantiles[2]),
