@@ -219,13 +219,17 @@ class SemanticCache(CacheAdmin):
                 metrics.UPSTREAM_CALLS.labels("error").inc()
                 raise
             metrics.UPSTREAM_CALLS.labels("ok").inc()
-            # An exploration (once per flight, whoever else waits on it): when the near
-            # entry's answer is judged right, it is the entry for this prompt too, and its
-            # evidence grows where later paraphrases will find it; only a prompt whose near
-            # answer was wrong (or could not be judged) gets an entry of its own.
-            if explore is not None and await self._judge(explore, cache_id, query, response):
-                return response, explore.entry.id
-            return response, await self._put(cache_id, query, response, attributes, ttl_s, vector)
+            # An exploration is judged once per flight, whoever else waits on it. The fresh
+            # answer is stored under this prompt's own entry (never over the near one), so a
+            # repeat is an exact hit; when the near answer was judged right, the new entry
+            # starts with what the near one has learned (the same answer, the same
+            # neighbourhood).
+            right = explore is not None and await self._judge(explore, cache_id, query, response)
+            stored = await self._put(cache_id, query, response, attributes, ttl_s, vector)
+            if explore is not None and right:
+                learned = await self.store.evidence(cache_id, explore.entry.id)
+                await self.store.inherit_evidence(cache_id, stored.id, stored.created_at, learned)
+            return response, stored.id
 
         # The miss is counted once the entry is stored, so that a new cache counts it too.
         try:
@@ -406,7 +410,7 @@ class SemanticCache(CacheAdmin):
         pending = self.verified.take_search(cache_id, prompt, attributes)
         if pending is not None:  # a verified Search left a candidate out for this prompt
             self._judge_later(cache_id, pending.entry, pending.similarity, prompt, response)
-        return stored
+        return stored.id
 
     async def _put(
         self,
@@ -416,7 +420,7 @@ class SemanticCache(CacheAdmin):
         attributes: Mapping[str, str],
         ttl_s: float | None,
         vector: FloatArray,
-    ) -> str:
+    ) -> CacheEntry:
         now = self._clock()
         entry = CacheEntry(
             cache_id=cache_id,
@@ -431,4 +435,4 @@ class SemanticCache(CacheAdmin):
             entry, vector, self.policy.max_cache_size, now, max_caches=self.policy.max_caches
         )
         metrics.EVICTIONS.inc(outcome.evicted)
-        return entry.id
+        return entry

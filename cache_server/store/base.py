@@ -179,6 +179,15 @@ class CacheStore(Protocol):
         replaced); the pool goes with a flush."""
         ...
 
+    async def inherit_evidence(
+        self, cache_id: str, entry_id: str, entry_created_at: float, blob: bytes
+    ) -> bool:
+        """Sets the entry's evidence to `blob` (its last evidence.MAX_PER_ENTRY records), when
+        the entry is still the one stored at `entry_created_at`; the pool is not touched. For
+        an entry stored with an answer judged the same as a near entry's: it starts with what
+        that entry learned. True when the entry took it."""
+        ...
+
     async def pooled_evidence(self, cache_id: str) -> bytes:
         """The cache's pooled observations, oldest first (b"" when none)."""
         ...

@@ -528,6 +528,13 @@ class EmbeddedStore:
         held = cache_id in self._caches
         return embedded_evidence.observe(self.db, cache_id, entry_id, created_at, record, held)
 
+    async def inherit_evidence(
+        self, cache_id: str, entry_id: str, entry_created_at: float, blob: bytes
+    ) -> bool:
+        return await self._run(
+            embedded_evidence.inherit, self.db, cache_id, entry_id, entry_created_at, blob
+        )
+
     async def pooled_evidence(self, cache_id: str) -> bytes:
         return await self._run(embedded_evidence.pooled, self.db, cache_id)
 

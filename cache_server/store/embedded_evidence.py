@@ -87,6 +87,19 @@ def observe(
     return row is not None
 
 
+def inherit(
+    db: sqlite3.Connection, cache_id: str, entry_id: str, entry_created_at: float, blob: bytes
+) -> bool:
+    """The entry's evidence set to `blob` (trimmed) while it is the answer stored then."""
+    kept = evidence.append(b"", blob, evidence.MAX_PER_ENTRY)
+    with db:
+        changed = db.execute(
+            "UPDATE entries SET evidence = ? WHERE cache_id = ? AND id = ? AND created_at = ?",
+            (kept or None, cache_id, entry_id, entry_created_at),
+        ).rowcount
+    return changed > 0
+
+
 def pooled(db: sqlite3.Connection, cache_id: str) -> bytes:
     row = db.execute("SELECT pool FROM verified WHERE cache_id = ?", (cache_id,)).fetchone()
     return bytes(row[0]) if row is not None and row[0] is not None else b""

@@ -25,6 +25,7 @@ class RedisEvidence(RedisConnection):
         super().__init__(url, **kwargs)
         self._observe_script = self._redis.register_script(redis_scripts.OBSERVE)
         self._sample_script = self._redis.register_script(redis_scripts.SAMPLE_EVIDENCE)
+        self._inherit_script = self._redis.register_script(redis_scripts.INHERIT_EVIDENCE)
 
     async def evidence(self, cache_id: str, entry_id: str) -> bytes:
         key = self.layout.cache(cache_id).entry(entry_id)
@@ -44,6 +45,15 @@ class RedisEvidence(RedisConnection):
             evidence.MAX_PER_CACHE * evidence.RECORD_BYTES,
         ]
         took = await self._call(lambda: self._observe_script(keys=script_keys, args=args))
+        return bool(took)
+
+    async def inherit_evidence(
+        self, cache_id: str, entry_id: str, entry_created_at: float, blob: bytes
+    ) -> bool:
+        key = self.layout.cache(cache_id).entry(entry_id)
+        kept = evidence.append(b"", blob, evidence.MAX_PER_ENTRY)
+        args: list[Any] = [repr(entry_created_at), kept]
+        took = await self._call(lambda: self._inherit_script(keys=[key], args=args))
         return bool(took)
 
     async def pooled_evidence(self, cache_id: str) -> bytes:

@@ -173,6 +173,16 @@ if took then return 1 end
 return 0
 """
 
+# An entry's evidence set to what a near entry learned, while the entry is the answer stored
+# at that created_at (compared as stored). Answers 1 when it took it.
+# KEYS: entry hash. ARGV: created_at, evidence.
+INHERIT_EVIDENCE = """#!lua
+if redis.call('HGET', KEYS[1], 'created_at') ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'ev') else
+  redis.call('HSET', KEYS[1], 'ev', ARGV[2]) end
+return 1
+"""
+
 # One page of a sample of entries' observations: the entries at ranks start .. start+count-1
 # of the lru set, most recently used first (those hits made, so the likeliest to have any),
 # looked at in that order until `wanted` have an `ev` field. Reads only. Answers {entries in

@@ -57,6 +57,7 @@ class Learned:
 @dataclass
 class _Pool:
     curve: model.Curve
+    support: model.Support
     fitted_at: float
     added: int = 0
 
@@ -121,9 +122,13 @@ class VerifiedEngine:
     async def decide(
         self, cache_id: str, hit: CacheEntry, similarity: float, delta: float
     ) -> Decision:
-        curve = await self._entry_curve(cache_id, await self.store.evidence(cache_id, hit.id))
+        blob = await self.store.evidence(cache_id, hit.id)
+        curve = await self._entry_curve(cache_id, blob)
         bound = curve.lower_bound(similarity, self.z)
-        sure = bound >= 1.0 - delta
+        sure = bound >= 1.0 - delta and (
+            self._pools[cache_id].support.lower_bound(similarity, self.z) >= 1.0 - delta
+            or model.Support(*evidence.decode(blob)).lower_bound(similarity, self.z) >= 1.0 - delta
+        )
         audit = sure and self._rng.random() < self.settings.audit_rate
         return Decision(sure and not audit, audit, bound)
 
@@ -134,7 +139,7 @@ class VerifiedEngine:
             blob = await self.store.pooled_evidence(cache_id)
             similarities, labels = evidence.decode(blob)
             curve = await asyncio.to_thread(model.fit, similarities, labels, model.pool_prior())
-            pool = _Pool(curve, now)
+            pool = _Pool(curve, model.Support(similarities, labels), now)
             self._pools[cache_id] = pool
             if len(self._pools) > MAX_PENDING:
                 self._pools.pop(next(iter(self._pools)))

@@ -132,3 +132,37 @@ def _sigmoid(value: float) -> float:
 
 def _logit(probability: float) -> float:
     return math.log(probability / (1.0 - probability))
+
+
+# Observations this much below a similarity still count as support for serving at it (they
+# are, if anything, less often right: counting them is conservative).
+SUPPORT_MARGIN = 0.02
+
+
+class Support:
+    """What the observations themselves say, without the logistic curve: of the observations
+    at or above a similarity (less SUPPORT_MARGIN), how many were right. A curve fitted to a
+    handful of observations can be sure far beyond them; serving also needs the Wilson lower
+    bound of this share to clear 1 - max_error_rate, in the entry's own observations or in the
+    cache's pool."""
+
+    def __init__(self, similarities: FloatArray, labels: FloatArray) -> None:
+        order = np.argsort(similarities)
+        self._similarities = similarities[order]
+        # right_from[i]: right observations among those at index i and above.
+        self._right_from = np.concatenate([np.cumsum(labels[order][::-1])[::-1], [0.0]])
+
+    def lower_bound(self, similarity: float, z: float) -> float:
+        start = int(np.searchsorted(self._similarities, similarity - SUPPORT_MARGIN))
+        n = len(self._similarities) - start
+        return wilson_lower(float(self._right_from[start]), n, z)
+
+
+def wilson_lower(right: float, n: int, z: float) -> float:
+    """The Wilson score interval's lower bound of a proportion (0 with no observation)."""
+    if n == 0:
+        return 0.0
+    p = right / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)

@@ -4,22 +4,45 @@ what it serves, what an exploration stores and learns, and where its evidence co
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cache_server.cache import CachePolicy, SemanticCache
 from cache_server.entries import InvalidInputError
+from cache_server.lookup import Strategy
 from cache_server.store.embedded import EmbeddedStore
 from cache_server.verified import evidence
 from cache_server.verified.engine import VerifiedEngine
 from cache_server.verified.judge import ExactJudge
 from cache_server.verified.policy import VerifiedSettings
-from tests.unit.fakes import GROUPS, Clock, FakeEmbedder, FakeUpstream
+from tests.unit.fakes import DIM, GROUPS, Clock, FakeEmbedder, FakeUpstream
 
 ASKED = "How do I learn Python?"
 PARAPHRASE = "What is the best way to learn Python?"
+
+
+def topic(text: str) -> int | None:
+    key = text.strip().lower().rstrip("?")
+    return GROUPS.get(key, 0 if "python" in key else 1 if "rice" in key else None)
+
+
+class TopicEmbedder(FakeEmbedder):
+    """Every question about Python (or rice) gets nearly the same vector."""
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        vectors = await super().embed(texts)
+        for i, text in enumerate(texts):
+            group = topic(text)
+            if group is not None:
+                seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+                v = np.random.default_rng(seed).standard_normal(DIM) * 0.15
+                v[group] += 3.0
+                vectors[i] = v / np.linalg.norm(v)
+        return vectors
 
 
 class TopicUpstream(FakeUpstream):
@@ -33,7 +56,7 @@ class TopicUpstream(FakeUpstream):
     async def complete(self, prompt: str) -> str:
         self.calls.append(prompt)
         await asyncio.sleep(self.delay_s)
-        group = GROUPS.get(prompt.strip().lower().rstrip("?"))
+        group = topic(prompt)
         if group is None or group in self.wrong_topics:
             return f"LLM says: {prompt}"
         return f"answer about topic {group}"
@@ -49,13 +72,13 @@ async def verified(tmp_path: Path) -> AsyncIterator[tuple[SemanticCache, TopicUp
         store,
         ExactJudge(),
     )
-    cache = SemanticCache(store, FakeEmbedder(), upstream, CachePolicy(), Clock(), verified=engine)
+    cache = SemanticCache(store, TopicEmbedder(), upstream, CachePolicy(), Clock(), verified=engine)
     yield cache, upstream
     await cache.drain()
     await store.close()
 
 
-async def test_a_paraphrase_explores_first_and_a_right_answer_is_not_stored_twice(
+async def test_a_paraphrase_explores_first_and_its_entry_starts_with_what_was_learned(
     verified: tuple[SemanticCache, TopicUpstream],
 ) -> None:
     cache, upstream = verified
@@ -64,12 +87,16 @@ async def test_a_paraphrase_explores_first_and_a_right_answer_is_not_stored_twic
     assert first.hit is None and not first.explored
     assert second.hit is None and second.explored and second.policy == "verified"
     assert second.response == "answer about topic 0"
-    assert second.entry_id == first.entry_id  # the near entry's answer was right: no new one
     assert len(upstream.calls) == 2
     stats = await cache.stats_of("c")
-    assert stats.cache_size == 1
+    assert stats.cache_size == 2  # the paraphrase has its own entry: a repeat is exact
     assert (stats.counters.explorations, stats.counters.explorations_wrong) == (1, 0)
-    assert stats.learned is not None and stats.learned.observations == 1
+    near = await cache.store.evidence("c", first.entry_id)
+    assert evidence.count(near) == 1
+    assert await cache.store.evidence("c", second.entry_id) == near  # inherited
+    repeat = await cache.query("c", PARAPHRASE)
+    assert repeat.hit is not None and repeat.hit.similarity == 1.0
+    assert len(upstream.calls) == 2
 
 
 async def test_evidence_makes_the_entry_served_and_a_wrong_topic_never_is(
@@ -78,12 +105,14 @@ async def test_evidence_makes_the_entry_served_and_a_wrong_topic_never_is(
     cache, upstream = verified
     await cache.query("c", ASKED)
     served = None
-    for _ in range(20):
-        result = await cache.query("c", PARAPHRASE)
+    for i in range(40):  # new paraphrases: each explores until the evidence is enough
+        result = await cache.query("c", f"How do I learn Python, question {i}?")
         if result.hit is not None:
             served = result
             break
-    assert served is not None, "never served after 20 right explorations"
+        assert result.explored
+    assert served is not None, "never served after 40 right explorations"
+    assert served.hit is not None and served.hit.strategy is Strategy.SEMANTIC
     assert served.response == "answer about topic 0" and not served.explored
     assert (await cache.stats_of("c")).counters.verified_hits == 1
 
