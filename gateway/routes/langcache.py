@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway.metrics import LOOKUPS
 from gateway.problems import LANGCACHE
 from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings, call
+from gateway.routes.policy_fields import (
+    ERROR_RATE_DESCRIPTION,
+    POLICY_DESCRIPTION,
+    PolicyName,
+    policy_pb,
+)
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
@@ -106,6 +112,10 @@ class SearchRequest(Camel):
     )
     attributes: Attributes = Field(default_factory=dict)
     max_results: int = Field(1, alias="maxResults", ge=1, le=100)
+    policy: PolicyName | None = Field(None, description=POLICY_DESCRIPTION)
+    max_error_rate: float | None = Field(
+        None, alias="maxErrorRate", gt=0.0, le=0.5, description=ERROR_RATE_DESCRIPTION
+    )
 
 
 class CacheEntry(Camel):
@@ -158,9 +168,12 @@ async def search(
         max_results=body.max_results,
         attributes=body.attributes,
         strategies=[_TO_PB[s] for s in body.search_strategies or []],
+        policy=policy_pb(body.policy),
     )
     if body.similarity_threshold is not None:
         request.similarity_threshold = body.similarity_threshold
+    if body.max_error_rate is not None:
+        request.max_error_rate = body.max_error_rate
     reply = await call(
         cache.Search(request, timeout=settings.request_timeout_s, metadata=outgoing_metadata())
     )

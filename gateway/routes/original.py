@@ -13,6 +13,13 @@ from pydantic import BaseModel, Field
 from gateway.metrics import LOOKUPS
 from gateway.problems import ORIGINAL
 from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings, call
+from gateway.routes.policy_fields import (
+    ERROR_RATE_DESCRIPTION,
+    POLICY_DESCRIPTION,
+    LearnedThresholds,
+    PolicyName,
+    policy_pb,
+)
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
@@ -33,6 +40,8 @@ class QueryRequest(BaseModel):
         le=1.0,
         description="Cosine similarity needed for a hit (higher is stricter); default 0.85",
     )
+    policy: PolicyName | None = Field(None, description=POLICY_DESCRIPTION)
+    max_error_rate: float | None = Field(None, gt=0.0, le=0.5, description=ERROR_RATE_DESCRIPTION)
 
 
 class CachedData(BaseModel):
@@ -49,6 +58,12 @@ class QueryResponse(BaseModel):
     cached_data: CachedData | None = Field(description="Null on a miss")
     embedding_dimension: int
     processing_time: float = Field(description="Seconds spent answering")
+    policy: str = Field("threshold", description="The hit policy the request ran under")
+    explored: bool = Field(
+        False,
+        description="Verified policy: a stored answer was near but not sure enough; the LLM "
+        "answered and the stored one was judged against it",
+    )
 
 
 class VerifierBand(BaseModel):
@@ -100,6 +115,12 @@ class StatsResponse(BaseModel):
     lookup_p99_ms: float
     reported_wrong: int = Field(0, description="Served hits reported wrong (feedback)")
     reported_right: int = Field(0, description="Served hits reported right (feedback)")
+    policy: str = Field("threshold", description="The cache's hit policy")
+    max_error_rate: float = Field(0.0, description="Its error rate bound (verified policy)")
+    verified_hits: int = Field(0, description="Semantic hits the verified policy served")
+    explorations: int = Field(0, description="Near candidates judged against a fresh answer")
+    explorations_wrong: int = Field(0, description="... whose stored answer was judged wrong")
+    learned: LearnedThresholds | None = Field(None, description="What it has learned")
 
 
 @router.post("/query", response_model=QueryResponse)
@@ -112,6 +133,9 @@ async def query(
     request = pb.QueryRequest(cache_id=cache_id, query=body.query, use_cache=body.use_cache)
     if body.similarity_threshold is not None:
         request.similarity_threshold = body.similarity_threshold
+    request.policy = policy_pb(body.policy)
+    if body.max_error_rate is not None:
+        request.max_error_rate = body.max_error_rate
     reply = await call(
         cache.Query(request, timeout=settings.request_timeout_s, metadata=outgoing_metadata())
     )
@@ -132,6 +156,8 @@ async def query(
         else None,
         embedding_dimension=reply.embedding_dimension,
         processing_time=time.perf_counter() - started,
+        policy=reply.policy or "threshold",
+        explored=reply.explored,
     )
 
 
@@ -196,4 +222,10 @@ async def stats(
         lookup_p99_ms=reply.lookup_p99_ms,
         reported_wrong=reply.reported_wrong,
         reported_right=reply.reported_right,
+        policy=reply.policy or "threshold",
+        max_error_rate=reply.max_error_rate,
+        verified_hits=reply.verified_hits,
+        explorations=reply.explorations,
+        explorations_wrong=reply.explorations_wrong,
+        learned=LearnedThresholds.of(reply.learned) if reply.HasField("learned") else None,
     )
