@@ -133,9 +133,11 @@ def popular_stream(
     size: int = 6000,
     seed: int = 0,
     exponent: float = POPULARITY_EXPONENT,
+    topics: int | None = None,
 ) -> list[str]:
     """`size` requests: a group drawn by a Zipf law over a seeded random order of the groups
-    (weighted by group size), then one of its questions at random."""
+    (weighted by group size; only the first `topics` of that order when given), then one of
+    its questions at random."""
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
     rng = random.Random(seed)
@@ -144,6 +146,7 @@ def popular_stream(
         members.setdefault(cid, []).append(question)
     groups = sorted(members)
     rng.shuffle(groups)
+    groups = groups[:topics] if topics is not None else groups
     weights = [len(members[g]) / (rank + 1) ** exponent for rank, g in enumerate(groups)]
     picks = rng.choices(groups, weights=weights, k=size)
     return [rng.choice(members[g]) for g in picks]

@@ -52,6 +52,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from bench.clusters import (
+    POPULARITY_EXPONENT,
     Clusters,
     held_out_pairs,
     popular_stream,
@@ -62,6 +63,7 @@ from bench.fake_upstream import FakeUpstream
 from bench.qqp import qqp_path
 from bench.stack import local_stack
 from bench.timing import p50_p99_ms
+from embedder.training.pairs import read_pairs
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 
@@ -409,6 +411,19 @@ def main() -> None:
         help="distinct questions once each, or popular topics asked again (bench.clusters)",
     )
     parser.add_argument(
+        "--pairs",
+        choices=["held-out", "all"],
+        default="held-out",
+        help="the held-out test part (default: no model trained on it), or every pair (more "
+        "paraphrases per topic; the tuned models trained on most of them)",
+    )
+    parser.add_argument(
+        "--popularity-exponent", type=float, default=POPULARITY_EXPONENT, help="popular stream"
+    )
+    parser.add_argument(
+        "--topics", type=int, default=None, help="popular stream: groups drawn from (all)"
+    )
+    parser.add_argument(
         "--deltas", type=floats, default=DELTAS, help="max error rates, comma-separated ('' none)"
     )
     parser.add_argument(
@@ -419,15 +434,22 @@ def main() -> None:
     args = parser.parse_args()
 
     data = args.data or qqp_path()
-    pairs = held_out_pairs(data)
+    pairs = held_out_pairs(data) if args.pairs == "held-out" else read_pairs(data)
     clusters = Clusters.from_pairs(pairs)
     if args.stream == "popular":
-        stream = popular_stream(pairs, clusters, args.stream_size, args.seed)
+        stream = popular_stream(
+            pairs,
+            clusters,
+            args.stream_size,
+            args.seed,
+            exponent=args.popularity_exponent,
+            topics=args.topics,
+        )
     else:
         stream = request_stream(pairs, args.stream_size, args.seed)
     reachable = reachable_hits(stream, clusters) / len(stream) if stream else 0.0
     print(
-        f"held-out test pairs: {len(pairs)}, questions: {len(clusters.of)}, groups: "
+        f"{args.pairs} pairs: {len(pairs)}, questions: {len(clusters.of)}, groups: "
         f"{len(clusters.canonical)}; {args.stream} stream: {len(stream)} requests, "
         f"{len(set(stream))} distinct questions (seed "
         f"{args.seed}), reachable hit rate {reachable:.3f}",
@@ -480,8 +502,9 @@ def main() -> None:
         runs,
         reachable,
         args.plot,
-        f"Verified policy vs static thresholds, one user asking {len(stream)} distinct\n"
-        f"held-out QQP questions (seed {args.seed}); model {model}",
+        f"Verified policy vs static thresholds: {args.stream} stream of {len(stream)} requests "
+        f"({len(set(stream))} distinct)\nfrom {args.pairs} QQP pairs (seed {args.seed}); "
+        f"model {model}",
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
@@ -493,6 +516,10 @@ def main() -> None:
                 "questions": len(clusters.of),
                 "groups": len(clusters.canonical),
                 "stream_size": len(stream),
+                "stream": args.stream,
+                "pairs": args.pairs,
+                "popularity_exponent": args.popularity_exponent,
+                "topics": args.topics,
                 "seed": args.seed,
                 "reachable_hit_rate": reachable,
                 "seconds": time.perf_counter() - began,

@@ -118,7 +118,7 @@ class CacheSettings(GrpcServiceSettings):
         description="Verified policy: the share of served hits that may be wrong, by default",
     )
     verified_confidence: float = Field(
-        0.8,
+        0.9,
         ge=0.5,
         lt=1.0,
         description="Verified policy: confidence of the lower bound on P(right) that must "

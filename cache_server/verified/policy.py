@@ -23,7 +23,7 @@ MAX_ERROR_RATE_LIMIT = 0.5
 class VerifiedSettings:
     default_policy: PolicyName = "threshold"
     max_error_rate: float = 0.02
-    confidence: float = 0.8  # of the lower bound on P(right) that must clear 1 - δ
+    confidence: float = 0.9  # of the lower bound on P(right) that must clear 1 - δ
     min_similarity: float = 0.70  # candidates below: a plain miss, nothing learned
     audit_rate: float = 0.02  # share of sure hits explored anyway, to keep learning
     judge: Literal["auto", "exact", "embedding", "llm"] = "auto"
