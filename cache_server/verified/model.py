@@ -67,7 +67,8 @@ class Curve:
         x = (GRID - CENTER) / WIDTH
         variance = self.c00 + 2 * x * self.c01 + x * x * self.c11
         bound = self.w0 + self.w1 * x - z * np.sqrt(np.maximum(variance, 0.0))
-        served = bound >= _logit(1.0 - max_error_rate)
+        # In probabilities, not logits: 1 - δ rounds to 1.0 for a δ below 1e-16 (never served).
+        served = 1.0 / (1.0 + np.exp(-np.clip(bound, -700.0, 700.0))) >= 1.0 - max_error_rate
         if not served[-1]:
             return None
         unserved = np.flatnonzero(~served)
@@ -128,10 +129,6 @@ def _sigmoid(value: float) -> float:
         return 1.0 / (1.0 + math.exp(-value))
     e = math.exp(value)
     return e / (1.0 + e)
-
-
-def _logit(probability: float) -> float:
-    return math.log(probability / (1.0 - probability))
 
 
 # Observations this much below a similarity still count as support for serving at it (they

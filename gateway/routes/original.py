@@ -58,11 +58,13 @@ class QueryResponse(BaseModel):
     cached_data: CachedData | None = Field(description="Null on a miss")
     embedding_dimension: int
     processing_time: float = Field(description="Seconds spent answering")
-    policy: str = Field("threshold", description="The hit policy the request ran under")
-    explored: bool = Field(
-        False,
-        description="Verified policy: a stored answer was near but not sure enough; the LLM "
-        "answered and the stored one was judged against it",
+    # Only in answers given under the verified policy (semcache extension): the original
+    # contract's answer has exactly the fields above.
+    policy: str | None = Field(None, description='"verified" (present under that policy only)')
+    explored: bool | None = Field(
+        None,
+        description="Verified policy only: a stored answer was near but not sure enough; the "
+        "LLM answered and the stored one was judged against it",
     )
 
 
@@ -126,7 +128,7 @@ class StatsResponse(BaseModel):
 @router.post("/query", response_model=QueryResponse)
 async def query(
     body: QueryRequest, cache: CacheStub, settings: Settings, cache_id: CacheId = "default"
-) -> QueryResponse:
+) -> QueryResponse | JSONResponse:
     """Answers from the cache when a question meaning the same was answered before; else
     asks the LLM and caches the answer."""
     started = time.perf_counter()
@@ -142,7 +144,7 @@ async def query(
     if body.use_cache:
         LOOKUPS.labels("hit" if reply.cache_hit else "miss").inc()
     cached = reply.cached_data if reply.cache_hit else None
-    return QueryResponse(
+    answer = QueryResponse(
         query=reply.query,
         response=reply.response,
         cache_hit=reply.cache_hit,
@@ -159,6 +161,9 @@ async def query(
         policy=reply.policy or "threshold",
         explored=reply.explored,
     )
+    if reply.policy == "verified":
+        return answer
+    return JSONResponse(answer.model_dump(exclude={"policy", "explored"}))
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})

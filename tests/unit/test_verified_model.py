@@ -113,3 +113,10 @@ async def test_the_exact_judge_ignores_case_spacing_and_end_punctuation_only() -
     assert normalise("  Paris.  ") == "paris"
     assert await judge.right("q", "The capital is  Paris.", "the capital is paris")
     assert not await judge.right("q", "The capital is Paris", "The capital is Lyon")
+
+
+def test_a_vanishing_error_rate_serves_nothing_rather_than_failing() -> None:
+    similarities, labels = evidence.decode(_observations(8000, t=0.85, steepness=80.0))
+    pool = model.fit(similarities, labels, model.pool_prior())
+    assert pool.serving_threshold(1e-300, Z) is None
+    assert pool.serving_threshold(0.5, Z) is not None
