@@ -404,3 +404,22 @@ async def test_redis_observations_leave_the_index_the_replies_and_the_expiry_alo
     assert client.get(keys.pool) == rec(1)
     assert client.get(keys.policy) == b"{}"
     assert keys.pool.startswith(keys.root) and keys.policy.startswith(keys.root)
+
+
+async def test_an_entry_inherits_evidence_only_as_the_answer_it_was_given_for(
+    factory: StoreFactory,
+) -> None:
+    store = await factory()
+    try:
+        e = entry("how do I learn Python?")
+        await put(store, e, vec(1), 10, NOW)
+        learned = joined(*range(1, 80))  # beyond the per-entry bound: the newest kept
+        assert not await store.inherit_evidence("c1", e.id, e.created_at + 1, learned)
+        assert await store.evidence("c1", e.id) == b""
+        assert await store.inherit_evidence("c1", e.id, e.created_at, learned)
+        kept = await store.evidence("c1", e.id)
+        assert kept == learned[-evidence.MAX_PER_ENTRY * evidence.RECORD_BYTES :]
+        assert await store.pooled_evidence("c1") == b""  # the pool counts each once already
+        assert not await store.inherit_evidence("c1", "0" * 32, NOW, learned)
+    finally:
+        await store.close()
