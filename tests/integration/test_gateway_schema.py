@@ -12,8 +12,10 @@ import os
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.fake_llm import FakeLLM
@@ -36,6 +38,7 @@ def test_schemathesis_cli_finds_no_failures(tmp_path: Path, embedder_process: st
         ) as cache,
         GatewayProcess(cache.address) as gateway,
     ):
+        schema = httpx.get(f"{gateway.url}/openapi.json").json()
         result = subprocess.run(
             [
                 str(cli),
@@ -70,3 +73,13 @@ def test_schemathesis_cli_finds_no_failures(tmp_path: Path, embedder_process: st
     # Every generated case passed (a warning, e.g. about test data, is not a failure).
     counts = re.search(r"(\d+) generated, (\d+) passed", output)
     assert counts is not None and counts[1] == counts[2] and int(counts[1]) > 100, output[-4000:]
+    # Every operation the schema declares was tested (the hit policy's routes among them).
+    declared = {
+        f"{method.upper()} {path}"
+        for path, operations in schema["paths"].items()
+        for method in operations
+    }
+    assert {"GET /v1/caches/{cacheId}/policy", "PUT /v1/caches/{cacheId}/policy"} <= declared
+    (report,) = (tmp_path / "report").glob("junit-*.xml")
+    tested = {case.get("name") for case in ET.parse(report).iter("testcase")}
+    assert declared <= tested, sorted(declared - tested)
