@@ -161,10 +161,13 @@ class VerifiedEngine:
     # -- learning --------------------------------------------------------------------------
 
     async def learn(self, cache_id: str, entry: CacheEntry, similarity: float, right: bool) -> None:
-        """One observation of `entry` at `similarity`."""
-        await self.store.observe(
-            cache_id, entry.id, entry.created_at, evidence.record(similarity, right)
-        )
+        """One observation of `entry` at `similarity`. The entry is read again for its exact
+        created_at (a Redis search reply rounds it): the observation lands on it only while it
+        still holds the answer judged; the pool takes it in any case."""
+        current = await self.store.get(cache_id, entry.id, time.time())
+        same = current is not None and current.response == entry.response
+        created_at = current.created_at if same and current is not None else entry.created_at
+        await self.store.observe(cache_id, entry.id, created_at, evidence.record(similarity, right))
         pool = self._pools.get(cache_id)
         if pool is not None:
             pool.added += 1
