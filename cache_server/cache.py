@@ -185,7 +185,7 @@ class SemanticCache(CacheAdmin):
             )
             counts: dict[str, int] = {}
             if hits and hit_policy.verified:
-                hits, unsure = await self._verify(cache_id, hits, hit_policy, counts)
+                hits, unsure = await self._verify(cache_id, query, hits, hit_policy, counts)
                 explore = unsure[0] if unsure else None
             if hits:
                 await self._record_lookup(cache_id, True, time.perf_counter() - started, counts)
@@ -266,14 +266,21 @@ class SemanticCache(CacheAdmin):
             return False
 
     async def _verify(
-        self, cache_id: str, hits: list[Hit], policy: HitPolicy, counts: dict[str, int]
+        self,
+        cache_id: str,
+        prompt: str,
+        hits: list[Hit],
+        policy: HitPolicy,
+        counts: dict[str, int],
     ) -> tuple[list[Hit], list[Hit]]:
         """The verified policy's verdict on semantic hits (exact repeats are served as they
-        are): (served, not sure enough), both nearest first."""
+        are, also when a semantic search found them): (served, not sure enough), both nearest
+        first."""
         served: list[Hit] = []
         unsure: list[Hit] = []
+        asked = normalize_prompt(prompt)
         for hit in hits:
-            if hit.strategy is Strategy.EXACT:
+            if hit.strategy is Strategy.EXACT or normalize_prompt(hit.entry.prompt) == asked:
                 served.append(hit)
                 continue
             decision = await self.verified.decide(
@@ -325,7 +332,7 @@ class SemanticCache(CacheAdmin):
         )
         counts: dict[str, int] = {}
         if hits and hit_policy.verified:
-            hits, unsure = await self._verify(cache_id, hits, hit_policy, counts)
+            hits, unsure = await self._verify(cache_id, prompt, hits, hit_policy, counts)
             if unsure and not hits:
                 # The application asks its LLM next and stores the answer (Set): that answer
                 # judges the nearest candidate, as an exploration's would.

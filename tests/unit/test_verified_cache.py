@@ -163,6 +163,8 @@ async def test_a_search_left_unsure_learns_from_the_answer_the_application_store
     await cache.set("c", ASKED, "answer about topic 0")
     found = await cache.search("c", PARAPHRASE)
     assert found.hits == []  # not sure yet: the application asks its LLM
+    itself = await cache.search("c", f"  {ASKED}")  # the stored prompt: its own repeat
+    assert [hit.entry.prompt for hit in itself.hits] == [ASKED]
     await cache.set("c", PARAPHRASE, "answer about topic 0")
     await cache.drain()
     stats = await cache.stats_of("c")
