@@ -9,16 +9,14 @@ at the same time) and the answer is stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from cache_server import metrics
-from cache_server.cache_admin import CacheAdmin
+from cache_server.cache_admin import DEFAULT_THRESHOLD, CacheAdmin
 from cache_server.cache_types import (
     CachePolicy,
     Embedder,
@@ -26,7 +24,6 @@ from cache_server.cache_types import (
     QueryResult,
     SearchResult,
 )
-from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
 from cache_server.entries import (
     CacheEntry,
     check_attributes,
@@ -52,6 +49,7 @@ from cache_server.verified.policy import (
 )
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "CachePolicy",
     "Embedder",
     "QueryResult",
@@ -60,10 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# How long an answer that needs no embedding waits for the embedder's model info when it has
-# not been learned yet (only right after start, with the embedder away).
-MODEL_PROBE_TIMEOUT_S = 0.5
-DEFAULT_THRESHOLD = 0.85
 
 
 class SemanticCache(CacheAdmin):
@@ -88,31 +82,6 @@ class SemanticCache(CacheAdmin):
         self._clock = clock
         self._single_flight = SingleFlight()
         self._background: set[asyncio.Task[None]] = set()
-
-    def threshold_in_force(self) -> tuple[float, str]:
-        """The default hit threshold and where it comes from: the operator's setting, else the
-        threshold calibrated for the embedder's model, else DEFAULT_THRESHOLD."""
-        if self.policy.threshold is not None:
-            return self.policy.threshold, "operator"
-        model = self.embedder.model
-        if model is not None and model.calibrated_threshold is not None:
-            return model.calibrated_threshold, "calibrated"
-        return DEFAULT_THRESHOLD, "default"
-
-    async def _model(self) -> EmbedderModel | None:
-        """The embedder's model, asked for (briefly) if it is not known yet, as right after
-        start; None when no embedder answers."""
-        if self.embedder.model is None:
-            with contextlib.suppress(EmbedderUnavailableError):
-                await self.embedder.ensure_model(MODEL_PROBE_TIMEOUT_S)
-        return self.embedder.model
-
-    async def _threshold(self) -> tuple[float, str]:
-        """threshold_in_force once the model is known: the first look-ups after start use the
-        calibrated threshold too."""
-        if self.policy.threshold is None:
-            await self._model()
-        return self.threshold_in_force()
 
     def band_in_force(self) -> Band | None:
         """The verifier's band for requests that set no threshold, or None (no verifier)."""
@@ -383,17 +352,6 @@ class SemanticCache(CacheAdmin):
                 log.exception("refreshing recency failed")
 
         self._later(touch())
-
-    def _later(self, work: Coroutine[Any, Any, None]) -> None:
-        """Runs `work` in the background (drain() waits for it)."""
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def drain(self) -> None:
-        """Waits for background work (recency refreshes) to finish."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- writes --------------------------------------------------------------------------
 

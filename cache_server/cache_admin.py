@@ -1,9 +1,11 @@
-"""SemanticCache's housekeeping: feedback, deletes, flushes, statistics, the cache's hit
-policy and expiry (a mixin: cache_server.cache holds the look-ups and writes)."""
+"""SemanticCache's housekeeping: the threshold in force, background work, feedback, deletes,
+flushes, statistics, the cache's hit policy and expiry (a mixin: cache_server.cache holds the
+look-ups and writes)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
@@ -13,6 +15,7 @@ import numpy as np
 
 from cache_server import metrics
 from cache_server.cache_types import CachePolicy, Embedder, StatsSnapshot
+from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
 from cache_server.entries import (
     CacheEntry,
     EntryNotFoundError,
@@ -29,6 +32,10 @@ from cache_server.verified.engine import VerifiedEngine
 from cache_server.verified.policy import HitPolicy, check_max_error_rate, resolve
 
 log = logging.getLogger(__name__)
+# How long an answer that needs no embedding waits for the embedder's model info when it has
+# not been learned yet (only right after start, with the embedder away).
+MODEL_PROBE_TIMEOUT_S = 0.5
+DEFAULT_THRESHOLD = 0.85
 
 
 class CacheAdmin:
@@ -41,11 +48,47 @@ class CacheAdmin:
     latency: LookupLatency
     _clock: Callable[[], float]
 
-    def _later(self, work: Coroutine[Any, Any, None]) -> None:
-        raise NotImplementedError
+    _background: set[asyncio.Task[None]]
+
+    # -- the threshold in force ------------------------------------------------------------
+
+    def threshold_in_force(self) -> tuple[float, str]:
+        """The default hit threshold and where it comes from: the operator's setting, else the
+        threshold calibrated for the embedder's model, else DEFAULT_THRESHOLD."""
+        if self.policy.threshold is not None:
+            return self.policy.threshold, "operator"
+        model = self.embedder.model
+        if model is not None and model.calibrated_threshold is not None:
+            return model.calibrated_threshold, "calibrated"
+        return DEFAULT_THRESHOLD, "default"
+
+    async def _model(self) -> EmbedderModel | None:
+        """The embedder's model, asked for (briefly) if it is not known yet, as right after
+        start; None when no embedder answers."""
+        if self.embedder.model is None:
+            with contextlib.suppress(EmbedderUnavailableError):
+                await self.embedder.ensure_model(MODEL_PROBE_TIMEOUT_S)
+        return self.embedder.model
 
     async def _threshold(self) -> tuple[float, str]:
-        raise NotImplementedError
+        """threshold_in_force once the model is known: the first look-ups after start use the
+        calibrated threshold too."""
+        if self.policy.threshold is None:
+            await self._model()
+        return self.threshold_in_force()
+
+    # -- background work ---------------------------------------------------------------------
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` in the background (drain() waits for it)."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Waits for background work (recency refreshes) to finish."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def feedback(
         self, cache_id: str, entry_id_: str, prompt: str, *, correct: bool

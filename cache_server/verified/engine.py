@@ -63,6 +63,14 @@ class _Pool:
 
 
 @dataclass(frozen=True)
+class _Fitted:
+    """One entry's curve under the pool's prior, and its own observations' support."""
+
+    curve: model.Curve
+    support: model.Support
+
+
+@dataclass(frozen=True)
 class _Pending:
     entry: CacheEntry
     similarity: float
@@ -86,9 +94,7 @@ class VerifiedEngine:
         self._rng = rng or random.Random()
         self._monotonic = monotonic
         self._pools: dict[str, _Pool] = {}
-        self._memo: collections.OrderedDict[tuple[bytes, int], model.Curve] = (
-            collections.OrderedDict()
-        )
+        self._memo: collections.OrderedDict[tuple[bytes, int], _Fitted] = collections.OrderedDict()
         self._policies: dict[str, tuple[HitPolicy | None, float]] = {}
         self._pending: collections.OrderedDict[tuple[str, str, str], _Pending] = (
             collections.OrderedDict()
@@ -122,12 +128,12 @@ class VerifiedEngine:
     async def decide(
         self, cache_id: str, hit: CacheEntry, similarity: float, delta: float
     ) -> Decision:
-        blob = await self.store.evidence(cache_id, hit.id)
-        curve = await self._entry_curve(cache_id, blob)
-        bound = curve.lower_bound(similarity, self.z)
-        sure = bound >= 1.0 - delta and (
-            self._pools[cache_id].support.lower_bound(similarity, self.z) >= 1.0 - delta
-            or model.Support(*evidence.decode(blob)).lower_bound(similarity, self.z) >= 1.0 - delta
+        pool, entry = await self._fitted(cache_id, await self.store.evidence(cache_id, hit.id))
+        bound = entry.curve.lower_bound(similarity, self.z)
+        floor = 1.0 - delta
+        sure = bound >= floor and (
+            pool.support.lower_bound(similarity, self.z) >= floor
+            or entry.support.lower_bound(similarity, self.z) >= floor
         )
         audit = sure and self._rng.random() < self.settings.audit_rate
         return Decision(sure and not audit, audit, bound)
@@ -145,18 +151,21 @@ class VerifiedEngine:
                 self._pools.pop(next(iter(self._pools)))
         return pool
 
-    async def _entry_curve(self, cache_id: str, blob: bytes) -> model.Curve:
+    async def _fitted(self, cache_id: str, blob: bytes) -> tuple[_Pool, _Fitted]:
+        """The cache's pool and the entry with evidence `blob` (b"": a fresh entry)."""
         pool = await self._pool(cache_id)
         key = (blob, id(pool.curve))
-        curve = self._memo.get(key)
-        if curve is None:
-            prior = pool.curve.as_prior()
+        fitted = self._memo.get(key)
+        if fitted is None:
             similarities, labels = evidence.decode(blob)
-            curve = model.fit(similarities, labels, prior)
-            self._memo[key] = curve
+            fitted = _Fitted(
+                model.fit(similarities, labels, pool.curve.as_prior()),
+                model.Support(similarities, labels),
+            )
+            self._memo[key] = fitted
             if len(self._memo) > MEMO_SIZE:
                 self._memo.popitem(last=False)
-        return curve
+        return pool, fitted
 
     # -- learning --------------------------------------------------------------------------
 
@@ -217,21 +226,18 @@ class VerifiedEngine:
     # -- what has been learned ---------------------------------------------------------------
 
     async def learned(self, cache_id: str, delta: float) -> Learned:
-        pool = await self._pool(cache_id)
         blobs = await self.store.sample_evidence(cache_id, SAMPLE_ENTRIES)
         thresholds: list[float] = []
         observations = 0
         for blob in blobs:
             observations += evidence.count(blob)
-            threshold = (await self._entry_curve(cache_id, blob)).serving_threshold(delta, self.z)
+            threshold = (await self._fitted(cache_id, blob))[1].curve.serving_threshold(
+                delta, self.z
+            )
             if threshold is not None:
                 thresholds.append(threshold)
-        pool_threshold = model.Curve(
-            pool.curve.w0,
-            pool.curve.w1,
-            *_widened(pool.curve),
-            pool.curve.observations,
-        ).serving_threshold(delta, self.z)
+        fresh = (await self._fitted(cache_id, b""))[1]  # the pool's curve, widened
+        pool_threshold = fresh.curve.serving_threshold(delta, self.z)
         quantiles = np.quantile(thresholds, [0.1, 0.5, 0.9]) if thresholds else [0.0] * 3
         return Learned(
             entries=len(blobs),
@@ -243,12 +249,6 @@ class VerifiedEngine:
             entries_not_serving=len(blobs) - len(thresholds),
             pool_threshold=pool_threshold or 0.0,
         )
-
-
-def _widened(curve: model.Curve) -> tuple[float, float, float]:
-    """The covariance of a fresh entry's curve: the pool's, plus the entry spread."""
-    s0, s1 = model.ENTRY_SPREAD
-    return curve.c00 + s0 * s0, curve.c01, curve.c11 + s1 * s1
 
 
 def _scope(attributes: Mapping[str, str]) -> str:
