@@ -151,6 +151,8 @@ class CacheServer:
             port_file=settings.port_file,
             logger=log,
             tls=settings.server_tls,
+            max_connection_age_s=settings.max_connection_age_s,
+            connection_age_grace_s=settings.grace_period_s,
         )
         pb_grpc.add_CacheServiceServicer_to_server(
             CacheServicer(self.cache, self.embedder, self.store.backend, settings.log_prompts),

@@ -41,6 +41,8 @@ class Embedder:
             port_file=settings.port_file,
             logger=log,
             tls=settings.server_tls,
+            max_connection_age_s=settings.max_connection_age_s,
+            connection_age_grace_s=settings.grace_period_s,
         )
         self.servicer = EmbeddingServicer(settings)
         pb_grpc.add_EmbeddingServiceServicer_to_server(self.servicer, self.service.server)

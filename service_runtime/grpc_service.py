@@ -91,14 +91,21 @@ class GrpcService:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         logger: logging.Logger = log,
         tls: ServerTls | None = None,
+        max_connection_age_s: float = 0.0,
+        connection_age_grace_s: float = 10.0,
     ) -> None:
-        self.server = grpc.aio.server(
-            interceptors=[UnaryCallInterceptor()],
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if max_connection_age_s > 0:
+            # A client's round_robin resolves the name again only when a connection closes:
+            # without this, replicas added by a scale-up would get no calls from it.
+            options += [
+                ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(connection_age_grace_s * 1000)),
+            ]
+        self.server = grpc.aio.server(interceptors=[UnaryCallInterceptor()], options=options)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)

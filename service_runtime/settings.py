@@ -41,6 +41,13 @@ class GrpcServiceSettings(ServiceSettings):
         None, description="CA of accepted client certificates: mutual TLS on"
     )
     grace_period_s: float = Field(10.0, ge=0, description="SIGTERM: seconds to finish in-flight")
+    max_connection_age_s: float = Field(
+        60.0,
+        ge=0,
+        description="Close each client connection after this long (gRPC adds up to 10%% jitter; "
+        "in-flight calls get grace_period_s), so clients resolve the name again and reach "
+        "replicas added since (0: never)",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve Prometheus /metrics on this port (none: off)"
     )
