@@ -24,7 +24,8 @@ RUN if [ -f /host-ca.crt ]; then export PIP_CERT=/host-ca.crt; fi \
     && python -c "import tomllib; \
 print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
        > /src/requirements.txt \
-    && pip install --upgrade pip && pip install -r /src/requirements.txt
+    && pip install --upgrade pip && pip install -r /src/requirements.txt \
+    && pip uninstall -y -q setuptools wheel pip
 
 # -- the layer every service image starts from -------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime

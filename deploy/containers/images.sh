@@ -47,7 +47,8 @@ if [ "$BASE_IMAGE" = "$BASE_DEFAULT" ] && ! image_exists "$BASE_IMAGE"; then
   log "making $BASE_IMAGE with debootstrap (Debian bookworm, python3)"
   sudo_if_needed debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >/dev/null
-  sudo_if_needed rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  sudo_if_needed rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+    "$root"/usr/share/doc "$root"/usr/share/man "$root"/usr/share/info "$root"/usr/share/locale
   sudo_if_needed tar -C "$root" -c . | $ENGINE import -q --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
 fi
 
