@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from cache_server import metrics
 from cache_server.cache import CachePolicy, SemanticCache
+from cache_server.chat import ChatCompletions
 from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableError
 from cache_server.service import CacheServicer
 from cache_server.settings import CacheSettings
@@ -155,7 +156,15 @@ class CacheServer:
             connection_age_grace_s=settings.grace_period_s,
         )
         pb_grpc.add_CacheServiceServicer_to_server(
-            CacheServicer(self.cache, self.embedder, self.store.backend, settings.log_prompts),
+            CacheServicer(
+                self.cache,
+                self.embedder,
+                self.store.backend,
+                settings.log_prompts,
+                chat=ChatCompletions(self.cache, self.upstream)
+                if isinstance(self.upstream, DemoResponder | OpenAICompatibleUpstream)
+                else None,
+            ),
             self.service.server,
         )
         self._background: list[asyncio.Task[None]] = []

@@ -6,28 +6,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 
 from cache_server import metrics
 from cache_server.cache import SemanticCache
-from cache_server.embedder_client import (
-    EmbedderClient,
-    EmbedderRejectedError,
-    EmbedderUnavailableError,
-)
-from cache_server.entries import EntryNotFoundError, InvalidInputError
+from cache_server.chat import ChatCompletions
+from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableError
 from cache_server.lookup import Hit, Strategy
+from cache_server.service_chat import chat_events
 from cache_server.service_verified import policy_name, policy_pb, stats_fields
-from cache_server.store.base import (
-    CacheLimitError,
-    StoreConflictError,
-    StoreFullError,
-    StoreUnavailableError,
-)
-from cache_server.upstream import UpstreamError
+from cache_server.statuses import status_of
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.error_reasons import REASON_KEY, ErrorReason
@@ -35,20 +26,6 @@ from service_runtime.error_reasons import REASON_KEY, ErrorReason
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[object, object]
-
-# Each error type a request can meet: the status it becomes, and why (sent as trailing
-# metadata, see service_runtime.error_reasons).
-_STATUS: list[tuple[type[BaseException], grpc.StatusCode, ErrorReason]] = [
-    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT, ErrorReason.INVALID_INPUT),
-    (EmbedderRejectedError, grpc.StatusCode.INVALID_ARGUMENT, ErrorReason.INVALID_INPUT),
-    (EntryNotFoundError, grpc.StatusCode.NOT_FOUND, ErrorReason.NOT_FOUND),
-    (EmbedderUnavailableError, grpc.StatusCode.UNAVAILABLE, ErrorReason.EMBEDDER_UNAVAILABLE),
-    (UpstreamError, grpc.StatusCode.UNAVAILABLE, ErrorReason.UPSTREAM_FAILED),
-    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, ErrorReason.STORE_UNAVAILABLE),
-    (StoreConflictError, grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.STORE_CONFLICT),
-    (CacheLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.CACHE_LIMIT),
-    (StoreFullError, grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.STORE_FULL),
-]
 
 
 async def _abort(
@@ -84,10 +61,7 @@ async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]
         )
         raise  # unreachable: abort raises
     except Exception as exc:
-        code, reason = next(
-            ((c, r) for t, c, r in _STATUS if isinstance(exc, t)),
-            (grpc.StatusCode.INTERNAL, ErrorReason.INTERNAL),
-        )
+        code, reason = status_of(exc)
         metrics.RPCS.labels(method, code.name).inc()
         if code is grpc.StatusCode.INTERNAL:
             log.exception("%s failed", method)
@@ -123,7 +97,9 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         embedder: EmbedderClient,
         store_backend: str,
         log_prompts: bool = False,
+        chat: ChatCompletions | None = None,
     ) -> None:
+        self.chat = chat
         self.cache = cache
         self.embedder = embedder
         self.store_backend = store_backend
@@ -361,3 +337,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             store_serving=store_serving,
             embedder_addresses=self.embedder.addresses,
         )
+
+    async def Chat(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatEvent]:
+        if self.chat is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "chat completions are off here")
+            return
+        async for event in chat_events(self.chat, request, context):
+            yield event

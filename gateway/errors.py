@@ -27,6 +27,7 @@ import grpc
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from gateway import openai_wire
 from service_runtime.error_reasons import ErrorReason, reason_of
 from service_runtime.logs import request_id
 
@@ -67,6 +68,15 @@ PROBLEM_TYPES: dict[int, str] = {
     504: "/errors/upstream-timeout",
 }
 OUT_OF_MEMORY_TYPE = "/errors/database-out-of-memory"
+_OPENAI_CODES = {
+    401: "invalid_api_key",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limit_exceeded",
+    503: "service_unavailable",
+    504: "timeout",
+}
 
 # What failed behind the gateway, in words fit for a client.
 _SAFE_DETAIL: dict[ErrorReason | None, str] = {
@@ -116,8 +126,18 @@ class CacheCallError(Exception):
         self.error = error
 
 
+# The OpenAI-compatible route answers every error in OpenAI's shape
+# (`{"error": {"message", "type", "param", "code"}}`), so that the OpenAI SDK raises its own
+# exceptions; its statuses are the original API's.
+OPENAI_PATHS = frozenset({"/v1/chat/completions"})
+
+
+def is_openai(path: str) -> bool:
+    return path in OPENAI_PATHS
+
+
 def is_langcache(path: str) -> bool:
-    return path.startswith(LANGCACHE_PREFIX)
+    return path.startswith(LANGCACHE_PREFIX) and not is_openai(path)
 
 
 def from_grpc(error: grpc.aio.AioRpcError, *, langcache: bool = False) -> ProblemError:
@@ -174,6 +194,13 @@ def langcache_status(status: int) -> int:
 
 def problem_response(request: Request, error: ProblemError) -> JSONResponse:
     status = error.status
+    if is_openai(request.url.path):
+        status = 400 if status == 422 else status  # OpenAI calls a malformed request a 400
+        param = error.fields[0].get("field") if error.fields else None
+        content = openai_wire.error_body(
+            status, error.detail, code=_OPENAI_CODES.get(status), param=param
+        )
+        return JSONResponse(content, status_code=status, headers=error.headers)
     if is_langcache(request.url.path):
         status = langcache_status(status)
     body: dict[str, object] = {

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Any
 
 
 class FakeLLM:
@@ -17,24 +18,42 @@ class FakeLLM:
         self.delay_s = delay_s
         self.answer = answer or (lambda prompt: f"LLM answer to: {prompt}")
         self.fail_status: int | None = None
+        # Sent with fail_status (default: a body that is not OpenAI's error shape).
+        self.fail_body = b'{"error": "failed on purpose"}'
+        # A stream breaks off (the connection closes) after this many chunks.
+        self.break_stream_after: int | None = None
         self.prompts: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
+                content = body["messages"][-1].get("content")
+                prompt = content if isinstance(content, str) else json.dumps(content)
                 with owner._lock:
                     owner.prompts.append(prompt)
+                    owner.bodies.append(body)
                 time.sleep(owner.delay_s)
                 if self.path != "/v1/chat/completions" or owner.fail_status:
                     self.send_response(owner.fail_status or 404)
+                    self.send_header("Content-Type", "application/json")
                     self.end_headers()
-                    self.wfile.write(b'{"error": "failed on purpose"}')
+                    self.wfile.write(owner.fail_body)
                     return
+                text = owner.answer(prompt)
+                if body.get("stream"):
+                    self._stream(body, text)
+                    return
+                message = {"role": "assistant", "content": text}
                 answer = {
-                    "choices": [{"message": {"role": "assistant", "content": owner.answer(prompt)}}]
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "fake"),
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
                 }
                 data = json.dumps(answer).encode()
                 self.send_response(200)
@@ -42,6 +61,32 @@ class FakeLLM:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _stream(self, body: dict[str, Any], text: str) -> None:
+                """Server-sent chunks, one word each, then [DONE] (or a broken connection)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0}
+                head["model"] = body.get("model", "fake")
+                words = text.split(" ")
+                deltas = [{"role": "assistant", "content": ""}]
+                deltas += [
+                    {"content": w + (" " if i < len(words) - 1 else "")}
+                    for i, w in enumerate(words)
+                ]
+                for sent, delta in enumerate([*deltas, {}]):
+                    if owner.break_stream_after is not None and sent >= owner.break_stream_after:
+                        self.close_connection = True
+                        return
+                    finish = "stop" if not delta else None
+                    chunk = {
+                        **head,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
 
             def log_message(self, format: str, *args: object) -> None:
                 return

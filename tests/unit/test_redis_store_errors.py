@@ -95,13 +95,11 @@ async def test_other_redis_errors_stay_errors() -> None:
 def test_store_errors_become_their_grpc_status() -> None:
     import grpc
 
-    from cache_server.service import _STATUS
+    from cache_server.statuses import status_of
 
-    def status(exc: BaseException) -> grpc.StatusCode:
-        return next((c for t, c, *_ in _STATUS if isinstance(exc, t)), grpc.StatusCode.INTERNAL)
-
-    assert status(StoreFullError("full")) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert status(StoreUnavailableError("down")) == grpc.StatusCode.UNAVAILABLE
+    assert status_of(StoreFullError("full"))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_of(StoreUnavailableError("down"))[0] == grpc.StatusCode.UNAVAILABLE
+    assert status_of(RuntimeError("a bug"))[0] == grpc.StatusCode.INTERNAL
 
 
 def test_a_document_deleted_during_a_search_is_skipped_not_a_crash() -> None:

@@ -1,0 +1,99 @@
+"""The Chat RPC: ChatCompletions' events as protobuf, its failures as gRPC statuses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from cache_server import metrics
+from cache_server.chat import ChatCall, ChatCompletions, ChatEvent, Chunk, Completion, Failed
+from cache_server.entries import InvalidInputError
+from cache_server.lookup import Hit, Strategy
+from cache_server.statuses import status_of
+from protos.semcache.cache.v1 import cache_pb2 as pb
+from service_runtime.error_reasons import REASON_KEY
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_STRATEGY = {
+    Strategy.EXACT: pb.SEARCH_STRATEGY_EXACT,
+    Strategy.SEMANTIC: pb.SEARCH_STRATEGY_SEMANTIC,
+}
+
+
+def chat_call(request: pb.ChatRequest) -> ChatCall:
+    try:
+        body = json.loads(request.body_json)
+    except ValueError as exc:
+        raise InvalidInputError(f"body_json is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidInputError("body_json must be a JSON object (a chat-completions request)")
+    return ChatCall(
+        cache_id=request.cache_id,
+        prompt=request.prompt,
+        attributes=dict(request.attributes),
+        body=body,
+        stream=request.stream,
+        cacheable=request.cacheable,
+        use_cache=request.use_cache if request.HasField("use_cache") else True,
+        threshold=request.similarity_threshold
+        if request.HasField("similarity_threshold")
+        else None,
+        ttl_s=request.ttl_seconds if request.HasField("ttl_seconds") else None,
+    )
+
+
+def event_pb(event: ChatEvent) -> pb.ChatEvent:
+    if isinstance(event, Hit):
+        e = event.entry
+        entry = pb.Entry(
+            id=e.id,
+            prompt=e.prompt,
+            response=e.response,
+            attributes=dict(e.attributes),
+            created_at=e.created_at,
+            expires_at=e.expires_at or 0.0,
+        )
+        strategy = _STRATEGY[event.strategy]
+        return pb.ChatEvent(
+            hit=pb.ChatHit(entry=entry, similarity=event.similarity, strategy=strategy)
+        )
+    if isinstance(event, Chunk):
+        return pb.ChatEvent(chunk_json=event.json)
+    if isinstance(event, Completion):
+        return pb.ChatEvent(completion_json=event.json)
+    if isinstance(event, Failed):
+        failure = pb.ChatUpstreamError(status=event.status, body=event.body, message=event.message)
+        return pb.ChatEvent(upstream_error=failure)
+    return pb.ChatEvent(stored=pb.ChatStored(entry_id=event.entry_id))
+
+
+async def chat_events(
+    chat: ChatCompletions, request: pb.ChatRequest, context: Context
+) -> AsyncIterator[pb.ChatEvent]:
+    started = time.perf_counter()
+    try:
+        async for event in chat.run(chat_call(request)):
+            yield event_pb(event)
+    except Exception as exc:
+        code, reason = status_of(exc)
+        metrics.RPCS.labels("Chat", code.name).inc()
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("Chat failed")
+            message = f"internal error: {type(exc).__name__}"
+        else:
+            log.info("Chat %s in %.1f ms: %s", code.name, _ms(started), exc)
+            message = str(exc)
+        await context.abort(code, message, trailing_metadata=((REASON_KEY, reason.value),))
+    metrics.RPCS.labels("Chat", "OK").inc()
+    log.info("Chat OK in %.1f ms", _ms(started))
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1e3
