@@ -1,0 +1,276 @@
+"""The cache service's methods: which are idempotent (retried on UNAVAILABLE), their
+requests built from keyword arguments, their replies turned into semcache_client.models.
+Shared by the sync and the asyncio client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from semcache_client._calls import Rpc
+from semcache_client._stubs import CACHE_SERVICE, cache_pb
+from semcache_client.models import (
+    CachedData,
+    CachePolicy,
+    CacheStats,
+    Entry,
+    FeedbackResult,
+    HitPolicy,
+    LearnedThresholds,
+    QueryResult,
+    SearchHit,
+    SearchResult,
+    SearchStrategy,
+    ServerInfo,
+    VerifierBand,
+)
+
+S = CACHE_SERVICE
+# Query may ask the upstream LLM and store its answer: never repeated by the client.
+QUERY = Rpc(
+    S, "Query", cache_pb.QueryRequest, cache_pb.QueryResponse, idempotent=False, timeout="query"
+)
+SEARCH = Rpc(S, "Search", cache_pb.SearchRequest, cache_pb.SearchResponse, idempotent=True)
+# The entry id is a function of cache, prompt and attributes: a repeat replaces it with itself.
+SET = Rpc(S, "Set", cache_pb.SetRequest, cache_pb.SetResponse, idempotent=True)
+# A repeat of a Delete whose first try was applied answers NOT_FOUND.
+DELETE = Rpc(S, "Delete", cache_pb.DeleteRequest, cache_pb.DeleteResponse, idempotent=True)
+DELETE_ENTRIES = Rpc(
+    S,
+    "DeleteEntries",
+    cache_pb.DeleteEntriesRequest,
+    cache_pb.DeleteEntriesResponse,
+    idempotent=True,
+    timeout="bulk",
+)
+FLUSH = Rpc(
+    S, "Flush", cache_pb.FlushRequest, cache_pb.FlushResponse, idempotent=True, timeout="bulk"
+)
+GET_STATS = Rpc(S, "GetStats", cache_pb.GetStatsRequest, cache_pb.GetStatsResponse, idempotent=True)
+GET_SERVER_INFO = Rpc(
+    S,
+    "GetServerInfo",
+    cache_pb.GetServerInfoRequest,
+    cache_pb.GetServerInfoResponse,
+    idempotent=True,
+)
+# Each report is a record of its own (counted, exported): never repeated by the client.
+SUBMIT_FEEDBACK = Rpc(
+    S,
+    "SubmitFeedback",
+    cache_pb.SubmitFeedbackRequest,
+    cache_pb.SubmitFeedbackResponse,
+    idempotent=False,
+)
+SET_CACHE_POLICY = Rpc(
+    S, "SetCachePolicy", cache_pb.SetCachePolicyRequest, cache_pb.CachePolicy, idempotent=True
+)
+GET_CACHE_POLICY = Rpc(
+    S, "GetCachePolicy", cache_pb.GetCachePolicyRequest, cache_pb.CachePolicy, idempotent=True
+)
+
+_POLICY_TO_PB = {
+    None: cache_pb.HIT_POLICY_UNSPECIFIED,
+    HitPolicy.THRESHOLD: cache_pb.HIT_POLICY_THRESHOLD,
+    HitPolicy.VERIFIED: cache_pb.HIT_POLICY_VERIFIED,
+}
+_STRATEGY_TO_PB = {
+    SearchStrategy.EXACT: cache_pb.SEARCH_STRATEGY_EXACT,
+    SearchStrategy.SEMANTIC: cache_pb.SEARCH_STRATEGY_SEMANTIC,
+}
+_STRATEGY_FROM_PB = {value: key for key, value in _STRATEGY_TO_PB.items()}
+
+
+def _policy(policy: HitPolicy | str | None) -> cache_pb.HitPolicy.ValueType:
+    return _POLICY_TO_PB[HitPolicy(policy) if policy is not None else None]
+
+
+def query_request(
+    query: str,
+    *,
+    cache_id: str,
+    use_cache: bool,
+    similarity_threshold: float | None,
+    attributes: Mapping[str, str] | None,
+    ttl_seconds: float | None,
+    policy: HitPolicy | str | None,
+    max_error_rate: float | None,
+) -> cache_pb.QueryRequest:
+    return cache_pb.QueryRequest(
+        cache_id=cache_id,
+        query=query,
+        use_cache=use_cache,
+        similarity_threshold=similarity_threshold,
+        attributes=dict(attributes or {}),
+        ttl_seconds=ttl_seconds,
+        policy=_policy(policy),
+        max_error_rate=max_error_rate,
+    )
+
+
+def search_request(
+    prompt: str,
+    *,
+    cache_id: str,
+    similarity_threshold: float | None,
+    max_results: int,
+    attributes: Mapping[str, str] | None,
+    strategies: Sequence[SearchStrategy | str],
+    policy: HitPolicy | str | None,
+    max_error_rate: float | None,
+) -> cache_pb.SearchRequest:
+    return cache_pb.SearchRequest(
+        cache_id=cache_id,
+        prompt=prompt,
+        similarity_threshold=similarity_threshold,
+        max_results=max_results,
+        attributes=dict(attributes or {}),
+        strategies=[_STRATEGY_TO_PB[SearchStrategy(s)] for s in strategies],
+        policy=_policy(policy),
+        max_error_rate=max_error_rate,
+    )
+
+
+def set_request(
+    prompt: str,
+    response: str,
+    *,
+    cache_id: str,
+    attributes: Mapping[str, str] | None,
+    ttl_seconds: float | None,
+) -> cache_pb.SetRequest:
+    return cache_pb.SetRequest(
+        cache_id=cache_id,
+        prompt=prompt,
+        response=response,
+        attributes=dict(attributes or {}),
+        ttl_seconds=ttl_seconds,
+    )
+
+
+def policy_request(
+    policy: HitPolicy | str | None, *, cache_id: str, max_error_rate: float | None
+) -> cache_pb.SetCachePolicyRequest:
+    return cache_pb.SetCachePolicyRequest(
+        cache_id=cache_id, policy=_policy(policy), max_error_rate=max_error_rate
+    )
+
+
+def _strategy(value: cache_pb.SearchStrategy.ValueType) -> SearchStrategy | None:
+    return _STRATEGY_FROM_PB.get(value)
+
+
+def entry(pb: cache_pb.Entry) -> Entry:
+    return Entry(
+        id=pb.id,
+        prompt=pb.prompt,
+        response=pb.response,
+        attributes=dict(pb.attributes),
+        created_at=pb.created_at,
+        expires_at=pb.expires_at or None,
+    )
+
+
+def query_result(pb: cache_pb.QueryResponse) -> QueryResult:
+    cached = None
+    if pb.HasField("cached_data"):
+        c = pb.cached_data
+        cached = CachedData(
+            cached_response=c.cached_response,
+            similarity_score=c.similarity_score,
+            cached_query=c.cached_query,
+            cache_timestamp=c.cache_timestamp,
+            entry_id=c.entry_id,
+            strategy=_strategy(c.strategy),
+        )
+    return QueryResult(
+        query=pb.query,
+        response=pb.response,
+        cache_hit=pb.cache_hit,
+        cached_data=cached,
+        embedding_dimension=pb.embedding_dimension,
+        processing_time=pb.processing_time,
+        entry_id=pb.entry_id,
+        explored=pb.explored,
+        policy=pb.policy,
+    )
+
+
+def search_result(pb: cache_pb.SearchResponse) -> SearchResult:
+    return SearchResult(
+        hits=[SearchHit(entry(h.entry), h.similarity, _strategy(h.strategy)) for h in pb.hits],
+        embedding_dimension=pb.embedding_dimension,
+        processing_time=pb.processing_time,
+    )
+
+
+def cache_stats(pb: cache_pb.GetStatsResponse) -> CacheStats:
+    learned = None
+    if pb.HasField("learned"):
+        x = pb.learned
+        learned = LearnedThresholds(
+            entries=x.entries,
+            observations=x.observations,
+            pooled_observations=x.pooled_observations,
+            threshold_p10=x.threshold_p10,
+            threshold_p50=x.threshold_p50,
+            threshold_p90=x.threshold_p90,
+            entries_not_serving=x.entries_not_serving,
+            pool_threshold=x.pool_threshold,
+        )
+    return CacheStats(
+        cache_id=pb.cache_id,
+        cache_size=pb.cache_size,
+        max_cache_size=pb.max_cache_size,
+        current_threshold=pb.current_threshold,
+        hits=pb.hits,
+        misses=pb.misses,
+        hit_rate=pb.hit_rate,
+        evictions=pb.evictions,
+        expirations=pb.expirations,
+        lookup_p50_ms=pb.lookup_p50_ms,
+        lookup_p95_ms=pb.lookup_p95_ms,
+        lookup_p99_ms=pb.lookup_p99_ms,
+        lookups_measured=pb.lookups_measured,
+        threshold_source=pb.threshold_source,
+        reported_wrong=pb.reported_wrong,
+        reported_right=pb.reported_right,
+        policy=pb.policy,
+        max_error_rate=pb.max_error_rate,
+        verified_hits=pb.verified_hits,
+        explorations=pb.explorations,
+        explorations_wrong=pb.explorations_wrong,
+        learned=learned,
+    )
+
+
+def server_info(pb: cache_pb.GetServerInfoResponse) -> ServerInfo:
+    verifier = None
+    if pb.HasField("verifier"):
+        v = pb.verifier
+        verifier = VerifierBand(v.model_id, v.low, v.high, v.threshold, v.source, v.candidates)
+    return ServerInfo(
+        embedder_model_id=pb.embedder_model_id,
+        embedding_dimension=pb.embedding_dimension,
+        embedder_fallback_model=pb.embedder_fallback_model,
+        upstream=pb.upstream,
+        demo_responder=pb.demo_responder,
+        upstream_model=pb.upstream_model,
+        store_backend=pb.store_backend,
+        default_threshold=pb.default_threshold,
+        max_cache_size=pb.max_cache_size,
+        embedder_serving=pb.embedder_serving,
+        embedder_addresses=list(pb.embedder_addresses),
+        store_serving=pb.store_serving,
+        threshold_source=pb.threshold_source,
+        verifier=verifier,
+    )
+
+
+def cache_policy(pb: cache_pb.CachePolicy) -> CachePolicy:
+    return CachePolicy(pb.cache_id, pb.policy, pb.max_error_rate, pb.source)
+
+
+def feedback_result(pb: cache_pb.SubmitFeedbackResponse) -> FeedbackResult:
+    return FeedbackResult(
+        pb.feedback_id, pb.entry_id, pb.entry_prompt, pb.correct, pb.served_for_prompt
+    )

@@ -1,0 +1,147 @@
+"""Sending unary calls over a client's channels, with the plan of semcache_client._calls: one
+invoker for blocking code, one for asyncio. Each address is one channel (gRPC's round_robin
+policy inside it spreads calls over every address a DNS name resolves to)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, cast
+
+import grpc
+
+from semcache_client._calls import AddressRotation, CallPlan, RequestT, ResponseT, Rpc, serialize
+from semcache_client.config import ClientConfig
+from semcache_client.errors import FailedCall
+
+
+def _sync_channel(config: ClientConfig, target: str) -> grpc.Channel:
+    options = config.all_channel_options()
+    if config.tls is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, config.tls.credentials(), options=options)
+
+
+def _aio_channel(config: ClientConfig, target: str) -> grpc.aio.Channel:
+    options = config.all_channel_options()
+    if config.tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, config.tls.credentials(), options=options)
+
+
+class SyncInvoker:
+    """Blocking calls; safe to share between threads."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self._rotation = AddressRotation(config.addresses)
+        self._channels = [_sync_channel(config, target) for target in config.addresses]
+        self._callables: dict[tuple[int, str], grpc.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _callable(self, index: int, rpc: Rpc[Any, Any]) -> grpc.UnaryUnaryMultiCallable[Any, Any]:
+        key = (index, rpc.path)
+        with self._lock:
+            found = self._callables.get(key)
+            if found is None:
+                found = self._channels[index].unary_unary(
+                    rpc.path, request_serializer=serialize, response_deserializer=rpc.deserialize
+                )
+                self._callables[key] = found
+        return found
+
+    def call(
+        self,
+        rpc: Rpc[RequestT, ResponseT],
+        request: RequestT,
+        timeout_s: float | None,
+        request_id: str | None,
+    ) -> ResponseT:
+        if self._closed:
+            raise RuntimeError("this client is closed")
+        plan = CallPlan(self.config, rpc, self._rotation, timeout_s, request_id)
+        while True:
+            index, remaining_s = plan.next_try()
+            try:
+                response = self._callable(index, rpc)(
+                    request, timeout=remaining_s, metadata=plan.metadata
+                )
+                plan.succeeded()
+                return cast(ResponseT, response)
+            except grpc.RpcError as error:
+                wait_s = plan.failed(cast(FailedCall, error))
+            time.sleep(wait_s)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for channel in self._channels:
+            channel.close()
+
+
+class AsyncInvoker:
+    """asyncio calls. The channels are made on the first call, in the running event loop, and
+    belong to it: use the client within that one loop."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self._rotation = AddressRotation(config.addresses)
+        self._channels: list[grpc.aio.Channel] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._callables: dict[tuple[int, str], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._closed = False
+
+    def _open(self) -> list[grpc.aio.Channel]:
+        if self._closed:
+            raise RuntimeError("this client is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._channels = [_aio_channel(self.config, target) for target in self.config.addresses]
+        elif self._loop is not loop:
+            raise RuntimeError(
+                "this async client belongs to the event loop it first ran in; make one client "
+                "per event loop"
+            )
+        return self._channels
+
+    def _callable(
+        self, index: int, rpc: Rpc[Any, Any]
+    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        key = (index, rpc.path)
+        found = self._callables.get(key)
+        if found is None:
+            found = self._channels[index].unary_unary(
+                rpc.path, request_serializer=serialize, response_deserializer=rpc.deserialize
+            )
+            self._callables[key] = found
+        return found
+
+    async def call(
+        self,
+        rpc: Rpc[RequestT, ResponseT],
+        request: RequestT,
+        timeout_s: float | None,
+        request_id: str | None,
+    ) -> ResponseT:
+        self._open()
+        plan = CallPlan(self.config, rpc, self._rotation, timeout_s, request_id)
+        while True:
+            index, remaining_s = plan.next_try()
+            try:
+                response = await self._callable(index, rpc)(
+                    request, timeout=remaining_s, metadata=plan.metadata
+                )
+                plan.succeeded()
+                return cast(ResponseT, response)
+            except grpc.aio.AioRpcError as error:
+                wait_s = plan.failed(error)
+            await asyncio.sleep(wait_s)
+
+    async def close(self) -> None:
+        self._closed = True
+        channels, self._channels, self._callables = self._channels, [], {}
+        await asyncio.gather(*(channel.close() for channel in channels))

@@ -1,0 +1,267 @@
+"""The asyncio client of the cache service (semcache.cache.v1.CacheService)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+from semcache_client import _cache_rpcs as rpcs
+from semcache_client._invokers import AsyncInvoker
+from semcache_client._stubs import cache_pb
+from semcache_client.config import (
+    ChannelOption,
+    ClientConfig,
+    RequestIdFactory,
+    RetryPolicy,
+    Timeouts,
+    TlsConfig,
+)
+from semcache_client.models import (
+    CachePolicy,
+    CacheStats,
+    FeedbackResult,
+    HitPolicy,
+    QueryResult,
+    SearchResult,
+    SearchStrategy,
+    ServerInfo,
+)
+
+
+class AsyncCacheClient:
+    """Calls a cache server, or several (balanced round robin), from asyncio code.
+
+    Every method takes `timeout_s` (seconds, the whole call with its retries; default from
+    `timeouts`) and `request_id` (sent as `x-request-id`; default: `request_id_factory()`, else
+    a new one) and raises a `semcache_client.errors.SemcacheError` subclass on failure.
+    `cache_id` names the cache (namespace) a call works in; the client's own `cache_id` when
+    not given, and the server's "default" cache when neither is. Its connections are opened by
+    the first call, in the running event loop, and belong to that loop: use one client per
+    loop. Close it (or use `async with`) to release them.
+    """
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str] = "localhost:50051",
+        *,
+        cache_id: str = "",
+        tls: TlsConfig | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        request_id_factory: RequestIdFactory | None = None,
+        channel_options: Sequence[ChannelOption] = (),
+        config: ClientConfig | None = None,
+    ) -> None:
+        self.config = config or ClientConfig.build(
+            addresses,
+            tls=tls,
+            timeouts=timeouts,
+            retry=retry,
+            metadata=metadata,
+            request_id_factory=request_id_factory,
+            channel_options=channel_options,
+        )
+        self.cache_id = cache_id
+        self._invoker = AsyncInvoker(self.config)
+
+    def _cache(self, cache_id: str | None) -> str:
+        return self.cache_id if cache_id is None else cache_id
+
+    async def query(
+        self,
+        query: str,
+        *,
+        cache_id: str | None = None,
+        use_cache: bool = True,
+        similarity_threshold: float | None = None,
+        attributes: Mapping[str, str] | None = None,
+        ttl_seconds: float | None = None,
+        policy: HitPolicy | None = None,
+        max_error_rate: float | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> QueryResult:
+        """Look up; on a miss the server asks its upstream LLM, stores and returns the answer.
+        Never retried (a repeat could ask the LLM again)."""
+        request = rpcs.query_request(
+            query,
+            cache_id=self._cache(cache_id),
+            use_cache=use_cache,
+            similarity_threshold=similarity_threshold,
+            attributes=attributes,
+            ttl_seconds=ttl_seconds,
+            policy=policy,
+            max_error_rate=max_error_rate,
+        )
+        reply = await self._invoker.call(rpcs.QUERY, request, timeout_s, request_id)
+        return rpcs.query_result(reply)
+
+    async def search(
+        self,
+        prompt: str,
+        *,
+        cache_id: str | None = None,
+        similarity_threshold: float | None = None,
+        max_results: int = 1,
+        attributes: Mapping[str, str] | None = None,
+        strategies: Sequence[SearchStrategy] = (),
+        policy: HitPolicy | None = None,
+        max_error_rate: float | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> SearchResult:
+        """Look-up only: up to `max_results` entries at or above the threshold, best first.
+        `strategies` are tried in order (default: semantic only)."""
+        request = rpcs.search_request(
+            prompt,
+            cache_id=self._cache(cache_id),
+            similarity_threshold=similarity_threshold,
+            max_results=max_results,
+            attributes=attributes,
+            strategies=strategies,
+            policy=policy,
+            max_error_rate=max_error_rate,
+        )
+        reply = await self._invoker.call(rpcs.SEARCH, request, timeout_s, request_id)
+        return rpcs.search_result(reply)
+
+    async def set(
+        self,
+        prompt: str,
+        response: str,
+        *,
+        cache_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        ttl_seconds: float | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Stores an answer; returns its entry id (the same prompt and attributes in the same
+        cache replace the earlier entry)."""
+        request = rpcs.set_request(
+            prompt,
+            response,
+            cache_id=self._cache(cache_id),
+            attributes=attributes,
+            ttl_seconds=ttl_seconds,
+        )
+        reply = await self._invoker.call(rpcs.SET, request, timeout_s, request_id)
+        return reply.entry_id
+
+    async def delete(
+        self,
+        entry_id: str,
+        *,
+        cache_id: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """Deletes one entry; NotFound when there is none with that id."""
+        request = cache_pb.DeleteRequest(cache_id=self._cache(cache_id), entry_id=entry_id)
+        await self._invoker.call(rpcs.DELETE, request, timeout_s, request_id)
+
+    async def delete_entries(
+        self,
+        attributes: Mapping[str, str] | None = None,
+        *,
+        cache_id: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> int:
+        """Deletes the entries carrying all `attributes` (every entry when none); returns how
+        many went."""
+        request = cache_pb.DeleteEntriesRequest(
+            cache_id=self._cache(cache_id), attributes=dict(attributes or {})
+        )
+        reply = await self._invoker.call(rpcs.DELETE_ENTRIES, request, timeout_s, request_id)
+        return reply.deleted_count
+
+    async def flush(
+        self,
+        *,
+        cache_id: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> int:
+        """Deletes every entry of the cache and resets its counters; returns how many went."""
+        request = cache_pb.FlushRequest(cache_id=self._cache(cache_id))
+        reply = await self._invoker.call(rpcs.FLUSH, request, timeout_s, request_id)
+        return reply.deleted_count
+
+    async def get_stats(
+        self,
+        *,
+        cache_id: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> CacheStats:
+        request = cache_pb.GetStatsRequest(cache_id=self._cache(cache_id))
+        reply = await self._invoker.call(rpcs.GET_STATS, request, timeout_s, request_id)
+        return rpcs.cache_stats(reply)
+
+    async def get_server_info(
+        self, *, timeout_s: float | None = None, request_id: str | None = None
+    ) -> ServerInfo:
+        request = cache_pb.GetServerInfoRequest()
+        reply = await self._invoker.call(rpcs.GET_SERVER_INFO, request, timeout_s, request_id)
+        return rpcs.server_info(reply)
+
+    async def submit_feedback(
+        self,
+        entry_id: str,
+        prompt: str,
+        correct: bool,
+        *,
+        cache_id: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> FeedbackResult:
+        """Was entry `entry_id` right for `prompt`? A "wrong" entry is not served for that
+        prompt again. Never retried (each report is counted)."""
+        request = cache_pb.SubmitFeedbackRequest(
+            cache_id=self._cache(cache_id), entry_id=entry_id, prompt=prompt, correct=correct
+        )
+        reply = await self._invoker.call(rpcs.SUBMIT_FEEDBACK, request, timeout_s, request_id)
+        return rpcs.feedback_result(reply)
+
+    async def set_cache_policy(
+        self,
+        policy: HitPolicy | None,
+        *,
+        max_error_rate: float | None = None,
+        cache_id: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> CachePolicy:
+        """Sets the cache's hit policy (None: back to the server's default)."""
+        request = rpcs.policy_request(
+            policy, cache_id=self._cache(cache_id), max_error_rate=max_error_rate
+        )
+        reply = await self._invoker.call(rpcs.SET_CACHE_POLICY, request, timeout_s, request_id)
+        return rpcs.cache_policy(reply)
+
+    async def get_cache_policy(
+        self,
+        *,
+        cache_id: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> CachePolicy:
+        request = cache_pb.GetCachePolicyRequest(cache_id=self._cache(cache_id))
+        reply = await self._invoker.call(rpcs.GET_CACHE_POLICY, request, timeout_s, request_id)
+        return rpcs.cache_policy(reply)
+
+    async def close(self) -> None:
+        await self._invoker.close()
+
+    async def __aenter__(self) -> AsyncCacheClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

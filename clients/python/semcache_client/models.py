@@ -1,0 +1,169 @@
+"""What the cache service answers, as plain typed Python values.
+
+Fields mirror the proto messages of `semcache.cache.v1` field for field (same names, same
+units), with three changes: enums are Python enums, a sub-message that is absent is None
+(`QueryResult.cached_data` on a miss, `ServerInfo.verifier` without a verifier), and
+`Entry.expires_at` is None for an entry that never expires (0 on the wire).
+
+Units: similarity is the cosine similarity of L2-normalised embeddings, in [0, 1] for the
+texts that matter; a hit is similarity >= threshold, so a HIGHER threshold is STRICTER. Times
+are Unix seconds; durations are seconds unless named `*_ms`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class HitPolicy(StrEnum):
+    """How a cache decides that a semantic candidate is a hit (docs/verified.md)."""
+
+    THRESHOLD = "threshold"  # at or above the similarity threshold
+    VERIFIED = "verified"  # per-entry thresholds learned online, under max_error_rate
+
+
+class SearchStrategy(StrEnum):
+    EXACT = "exact"  # the prompt exactly as stored (surrounding whitespace ignored)
+    SEMANTIC = "semantic"  # nearest stored prompts by embedding similarity
+
+
+@dataclass(frozen=True)
+class CachedData:
+    """The stored entry a hit was answered from."""
+
+    cached_response: str
+    similarity_score: float
+    cached_query: str
+    cache_timestamp: float  # when the entry was stored, Unix seconds
+    entry_id: str
+    strategy: SearchStrategy | None
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query: str
+    response: str
+    cache_hit: bool
+    cached_data: CachedData | None  # on a hit only
+    embedding_dimension: int
+    processing_time: float  # seconds spent in the cache server
+    entry_id: str  # the entry holding `response` (the hit, or the one stored on a miss)
+    explored: bool  # verified policy: the upstream answered and the stored answer was judged
+    policy: str  # "threshold" or "verified"
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str  # 32 lowercase hex characters
+    prompt: str
+    response: str
+    attributes: dict[str, str]
+    created_at: float  # Unix seconds
+    expires_at: float | None  # Unix seconds; None: never expires
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    entry: Entry
+    similarity: float
+    strategy: SearchStrategy | None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[SearchHit]  # best first
+    embedding_dimension: int
+    processing_time: float  # seconds
+
+    @property
+    def best(self) -> SearchHit | None:
+        return self.hits[0] if self.hits else None
+
+
+@dataclass(frozen=True)
+class LearnedThresholds:
+    """Verified policy: what was learned per entry (a sample of up to 1,000 entries)."""
+
+    entries: int
+    observations: int
+    pooled_observations: int
+    threshold_p10: float
+    threshold_p50: float
+    threshold_p90: float
+    entries_not_serving: int
+    pool_threshold: float
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    cache_id: str
+    cache_size: int
+    max_cache_size: int
+    current_threshold: float
+    hits: int
+    misses: int
+    hit_rate: float  # hits / (hits + misses); 0 without look-ups
+    evictions: int
+    expirations: int
+    lookup_p50_ms: float
+    lookup_p95_ms: float
+    lookup_p99_ms: float
+    lookups_measured: int
+    threshold_source: str  # "operator", "calibrated" or "default"
+    reported_wrong: int
+    reported_right: int
+    policy: str  # "threshold" or "verified"
+    max_error_rate: float
+    verified_hits: int
+    explorations: int
+    explorations_wrong: int
+    learned: LearnedThresholds | None
+
+
+@dataclass(frozen=True)
+class VerifierBand:
+    """Where the cache server asks its verifier: below `low` a miss, at or above `high` a hit,
+    in between a hit only when the verifier's probability >= `threshold`."""
+
+    model_id: str
+    low: float
+    high: float
+    threshold: float
+    source: str
+    candidates: int
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    embedder_model_id: str
+    embedding_dimension: int
+    embedder_fallback_model: bool
+    upstream: str  # "openai-compatible" or "demo"
+    demo_responder: bool
+    upstream_model: str
+    store_backend: str  # "embedded" or "redis"
+    default_threshold: float
+    max_cache_size: int
+    embedder_serving: bool
+    embedder_addresses: list[str] = field(default_factory=list)
+    store_serving: bool = True
+    threshold_source: str = ""
+    verifier: VerifierBand | None = None
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    cache_id: str
+    policy: str  # "threshold" or "verified"
+    max_error_rate: float
+    source: str  # "cache" (set for this cache) or "server" (the server's default)
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    feedback_id: str
+    entry_id: str
+    entry_prompt: str  # the stored prompt the asked one was matched to
+    correct: bool
+    served_for_prompt: bool  # false after a "wrong" report: not served again for that prompt
