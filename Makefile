@@ -102,7 +102,7 @@ bench-containers: images compose-tools ## Image sizes and start-up times of the 
 lint: proto ## ruff (check + format) and mypy (part of make test)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy embedder cache_server gateway service_runtime tests bench client.py
+	$(PY) -m mypy embedder cache_server gateway service_runtime tests bench client.py clients/python/semcache_client clients/python/examples clients/python/setup.py
 
 bench: proto ## Benchmarks (compare against sentence-transformers in the same run)
 	$(PY) -m bench.embedder_bench
