@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import openai_wire as wire
 from gateway.errors import CacheCallError, ProblemError
-from gateway.routes.deps import CacheStub, Settings
+from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata, request_id
 
@@ -41,7 +41,9 @@ class SemcacheOptions(BaseModel):
     """`extra_body={"semcache": {...}}`; the `X-Semcache-*` headers of the same names win."""
 
     model_config = ConfigDict(extra="forbid")
-    cache_id: str | None = Field(None, description="The cache to use (default: default)")
+    cache_id: str | None = Field(
+        None, pattern=CACHE_ID_PATTERN, description="The cache to use (default: default)"
+    )
     threshold: float | None = Field(None, ge=0, le=1, description="Similarity for a hit")
     bypass: bool | None = Field(None, description="Skip the look-up; the answer is stored")
     ttl_seconds: float | None = Field(None, ge=0, description="Time to live of a stored answer")
@@ -73,15 +75,25 @@ def _headers(**values: str | None) -> dict[str, str]:
     "events ending with [DONE]",
     responses={
         200: {"content": {"text/event-stream": {}}},
-        400: {"description": "Invalid request (OpenAI error shape)"},
-        502: {"description": "The upstream LLM could not be reached"},
+        400: {"description": "Invalid request (every error in OpenAI's shape)"},
+        401: {"description": "Missing or wrong API key"},
+        413: {"description": "Request body too large"},
+        415: {"description": "Not JSON"},
+        429: {"description": "Rate limit, or the cache is full of caches"},
+        502: {"description": "The upstream LLM could not be reached or broke off"},
         503: {"description": "The cache server or the embedder is unavailable"},
+        504: {"description": "The upstream LLM or the cache server timed out"},
     },
 )
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, cache: CacheStub, settings: Settings
 ) -> Response:
     raw: dict[str, Any] = await request.json()
+    try:
+        # JSON may carry lone surrogates (\udc00), which no UTF-8 text can hold.
+        json.dumps(raw, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ProblemError(400, "the request holds text that is not valid Unicode") from None
     try:
         steer = wire.steering(request.headers, raw)
         plan = wire.plan(raw, steer)
