@@ -13,6 +13,10 @@ DEFAULT_CACHE_ID = "default"
 _CACHE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _ENTRY_ID = re.compile(r"^[0-9a-f]{32}$")
+# Caches the gateway keeps for itself (the rewrites of conversational search). Accepted beside
+# the rule above, which no id starting with "_" passes, and neither does the REST API's
+# pattern: no REST client can read, fill or flush them; gRPC callers can, deliberately.
+RESERVED_CACHE_IDS = frozenset({"__reformulations__"})
 MAX_ATTRIBUTES = 32
 MAX_ATTRIBUTE_VALUE_CHARS = 1024
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600.0
@@ -65,7 +69,7 @@ def entry_id(cache_id: str, prompt: str, attributes: Mapping[str, str]) -> str:
 def check_cache_id(cache_id: str) -> str:
     if not cache_id:
         return DEFAULT_CACHE_ID
-    if not _CACHE_ID.match(cache_id):
+    if not _CACHE_ID.match(cache_id) and cache_id not in RESERVED_CACHE_IDS:
         raise InvalidInputError(
             f"cache_id {cache_id[:40]!r} is invalid: 1-128 characters of letters, digits and "
             "_ . : -, starting with a letter or digit"
