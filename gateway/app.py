@@ -24,7 +24,7 @@ from gateway.errors import (
 from gateway.metrics import REGISTRY
 from gateway.middleware import GuardMiddleware
 from gateway.rate_limit import RateLimiter
-from gateway.routes import chat, feedback, langcache, original, policy
+from gateway.routes import chat, conversations, feedback, langcache, original, policy
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.tls import ClientTls
@@ -149,6 +149,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.include_router(original.router)
     app.include_router(langcache.router)
+    app.include_router(conversations.router)
     app.include_router(feedback.router)
     app.include_router(policy.router)
     app.include_router(chat.router)
