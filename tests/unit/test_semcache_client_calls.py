@@ -4,6 +4,8 @@ are retried, where each try goes, how long it waits, what the caller finally see
 from __future__ import annotations
 
 import inspect
+import json
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,20 @@ import pytest
 
 from semcache_client import (
     AsyncCacheClient,
+    AsyncChatStream,
     AsyncEmbedderClient,
     CacheClient,
+    ChatChunk,
+    ChatCompletion,
+    ChatHit,
+    ChatStored,
+    ChatStream,
+    ChatUpstreamError,
     DeadlineExceeded,
     EmbedderClient,
     ErrorReason,
     InvalidArgument,
+    SearchStrategy,
     SemcacheError,
     Unavailable,
 )
@@ -115,12 +125,24 @@ def test_no_retry_starts_when_its_backoff_would_pass_the_deadline() -> None:
 
 
 def test_idempotency_of_each_method() -> None:
-    never = {cache_rpcs.QUERY.name, cache_rpcs.SUBMIT_FEEDBACK.name}
+    never = {cache_rpcs.QUERY.name, cache_rpcs.SUBMIT_FEEDBACK.name, cache_rpcs.CHAT.name}
     rpcs = [v for v in vars(cache_rpcs).values() if isinstance(v, Rpc)]
     rpcs += [v for v in vars(embedding_rpcs).values() if isinstance(v, Rpc)]
-    assert len(rpcs) == 14
+    assert len(rpcs) == 15
     for rpc in rpcs:
         assert rpc.idempotent == (rpc.name not in never), rpc.name
+        assert rpc.server_streaming == (rpc is cache_rpcs.CHAT), rpc.name
+    with pytest.raises(ValueError, match="never retried"):
+        Rpc("s", "M", Failure, Failure, idempotent=True, server_streaming=True)  # type: ignore[type-var]
+
+
+def test_a_failed_stream_is_never_retried() -> None:
+    p = plan(cache_rpcs.CHAT)
+    p.next_try()
+    error = p.error(UNAVAILABLE)
+    assert isinstance(error, Unavailable) and error.attempts == 1 and error.method == "Chat"
+    with pytest.raises(Unavailable):
+        p.failed(UNAVAILABLE)
 
 
 def test_default_deadlines_by_kind_of_call() -> None:
@@ -129,6 +151,7 @@ def test_default_deadlines_by_kind_of_call() -> None:
     rotation = AddressRotation(["a:1"])
     cases: list[tuple[Rpc[Any, Any], float]] = [
         (cache_rpcs.QUERY, 40.0),
+        (cache_rpcs.CHAT, 40.0),
         (cache_rpcs.FLUSH, 20.0),
         (cache_rpcs.DELETE_ENTRIES, 20.0),
         (cache_rpcs.SEARCH, 3.0),
@@ -261,9 +284,20 @@ def test_the_sync_and_async_clients_offer_the_same_methods(
         }
 
     sync_methods, async_methods = public(sync), public(asynchronous)
+    # Streams: a plain method returning an iterator, or (asyncio) an async iterator.
+    streams = {"chat": ("ChatStream", "AsyncChatStream")} if sync is CacheClient else {}
+    for name, (sync_type, async_type) in streams.items():
+        assert sync_methods[name].return_annotation == sync_type
+        assert async_methods[name].return_annotation == async_type
+        assert not inspect.iscoroutinefunction(getattr(asynchronous, name))
+        for methods in (sync_methods, async_methods):
+            methods[name] = methods[name].replace(return_annotation="a stream")
     assert sync_methods == async_methods
     for name in async_methods:
-        assert inspect.iscoroutinefunction(getattr(asynchronous, name)), name
+        if name not in streams:
+            assert inspect.iscoroutinefunction(getattr(asynchronous, name)), name
+    assert issubclass(ChatStream, Iterator) and issubclass(AsyncChatStream, AsyncIterator)
+    assert not issubclass(ChatStream, AsyncIterator) and not issubclass(AsyncChatStream, Iterator)
 
 
 def test_the_client_uses_the_repositorys_stubs_so_one_process_holds_one_copy() -> None:
@@ -273,7 +307,53 @@ def test_the_client_uses_the_repositorys_stubs_so_one_process_holds_one_copy() -
 
     assert _stubs.cache_pb is cache_pb2 and _stubs.embedding_pb is embedding_pb2
     assert _stubs.CACHE_SERVICE == "semcache.cache.v1.CacheService"
-    # Every method of the service has a client method (Chat, a stream, aside).
+    # Every method of the service has a client method, streams as streams.
     service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
-    unary = {m.name for m in service.methods if not m.server_streaming}
-    assert unary == {v.name for v in vars(cache_rpcs).values() if isinstance(v, Rpc)}
+    methods = {m.name: m.server_streaming for m in service.methods}
+    assert methods == {
+        v.name: v.server_streaming for v in vars(cache_rpcs).values() if isinstance(v, Rpc)
+    }
+    assert not any(m.client_streaming for m in service.methods)
+
+
+def test_chat_requests_and_events_are_typed_both_ways() -> None:
+    from protos.semcache.cache.v1 import cache_pb2 as pb
+
+    def request(body: Any, stream: bool | None) -> Any:
+        return cache_rpcs.chat_request(
+            "p",
+            body,
+            cache_id="c",
+            attributes=None,
+            stream=stream,
+            cacheable=True,
+            use_cache=True,
+            similarity_threshold=None,
+            ttl_seconds=None,
+        )
+
+    asks = request({"stream": True, "text": "café"}, None)
+    assert asks.stream and json.loads(asks.body_json) == {"stream": True, "text": "café"}
+    assert not request({"stream": False}, None).stream and request({}, True).stream
+    assert not request(["not", "an", "object"], None).stream  # the server refuses it
+    assert asks.HasField("use_cache") and not asks.HasField("ttl_seconds")
+    with pytest.raises(ValueError):
+        request({"temperature": float("nan")}, None)  # not JSON
+
+    entry = pb.Entry(id="e" * 32, prompt="q", response="a", created_at=1.0)
+    hit = pb.ChatHit(entry=entry, similarity=0.9, strategy=pb.SEARCH_STRATEGY_SEMANTIC)
+    failure = pb.ChatUpstreamError(status=429, body="{}", message="HTTP 429")
+    cases: list[tuple[Any, object]] = [
+        (pb.ChatEvent(hit=hit), ChatHit(cache_rpcs.entry(entry), 0.9, SearchStrategy.SEMANTIC)),
+        (pb.ChatEvent(chunk_json='{"a": 1}'), ChatChunk('{"a": 1}')),
+        (pb.ChatEvent(completion_json="{}"), ChatCompletion("{}")),
+        (pb.ChatEvent(upstream_error=failure), ChatUpstreamError(429, "{}", "HTTP 429")),
+        (pb.ChatEvent(stored=pb.ChatStored(entry_id="e" * 32)), ChatStored("e" * 32)),
+        (pb.ChatEvent(stored=pb.ChatStored()), ChatStored(None)),
+        (pb.ChatEvent(), None),  # a kind this client does not know: skipped
+    ]
+    for message, expected in cases:
+        assert cache_rpcs.chat_event(message) == expected
+    assert ChatChunk('{"a": 1}').data == {"a": 1}
+    event = cache_rpcs.chat_event(pb.ChatEvent(hit=hit))
+    assert isinstance(event, ChatHit) and event.entry.expires_at is None

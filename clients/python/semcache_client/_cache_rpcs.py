@@ -4,7 +4,9 @@ Shared by the sync and the asyncio client."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from semcache_client._calls import Rpc
 from semcache_client._stubs import CACHE_SERVICE, cache_pb
@@ -12,6 +14,12 @@ from semcache_client.models import (
     CachedData,
     CachePolicy,
     CacheStats,
+    ChatChunk,
+    ChatCompletion,
+    ChatEvent,
+    ChatHit,
+    ChatStored,
+    ChatUpstreamError,
     Entry,
     FeedbackResult,
     HitPolicy,
@@ -66,6 +74,17 @@ SET_CACHE_POLICY = Rpc(
 )
 GET_CACHE_POLICY = Rpc(
     S, "GetCachePolicy", cache_pb.GetCachePolicyRequest, cache_pb.CachePolicy, idempotent=True
+)
+# A stream of events; a miss asks the upstream LLM (and stores its answer), and events may
+# have reached the caller before a failure: never repeated by the client.
+CHAT = Rpc(
+    S,
+    "Chat",
+    cache_pb.ChatRequest,
+    cache_pb.ChatEvent,
+    idempotent=False,
+    timeout="query",
+    server_streaming=True,
 )
 
 _POLICY_TO_PB = {
@@ -143,6 +162,35 @@ def set_request(
         prompt=prompt,
         response=response,
         attributes=dict(attributes or {}),
+        ttl_seconds=ttl_seconds,
+    )
+
+
+def chat_request(
+    prompt: str,
+    body: Mapping[str, Any],
+    *,
+    cache_id: str,
+    attributes: Mapping[str, str] | None,
+    stream: bool | None,
+    cacheable: bool,
+    use_cache: bool,
+    similarity_threshold: float | None,
+    ttl_seconds: float | None,
+) -> cache_pb.ChatRequest:
+    """`body` is sent as JSON as it is (the server refuses anything but an object); `stream`
+    None follows the body's own `"stream"`."""
+    if stream is None:
+        stream = isinstance(body, Mapping) and body.get("stream") is True
+    return cache_pb.ChatRequest(
+        cache_id=cache_id,
+        prompt=prompt,
+        attributes=dict(attributes or {}),
+        similarity_threshold=similarity_threshold,
+        use_cache=use_cache,
+        cacheable=cacheable,
+        body_json=json.dumps(body, ensure_ascii=False, allow_nan=False),
+        stream=stream,
         ttl_seconds=ttl_seconds,
     )
 
@@ -274,3 +322,21 @@ def feedback_result(pb: cache_pb.SubmitFeedbackResponse) -> FeedbackResult:
     return FeedbackResult(
         pb.feedback_id, pb.entry_id, pb.entry_prompt, pb.correct, pb.served_for_prompt
     )
+
+
+def chat_event(pb: cache_pb.ChatEvent) -> ChatEvent | None:
+    """The typed event; None for an event this client does not know (a newer server's)."""
+    kind = pb.WhichOneof("event")
+    if kind == "hit":
+        hit = pb.hit
+        return ChatHit(entry(hit.entry), hit.similarity, _strategy(hit.strategy))
+    if kind == "chunk_json":
+        return ChatChunk(pb.chunk_json)
+    if kind == "completion_json":
+        return ChatCompletion(pb.completion_json)
+    if kind == "upstream_error":
+        failure = pb.upstream_error
+        return ChatUpstreamError(failure.status, failure.body, failure.message)
+    if kind == "stored":
+        return ChatStored(pb.stored.entry_id or None)
+    return None

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.message import Message
 
 from semcache_client.config import ClientConfig
-from semcache_client.errors import DeadlineExceeded, FailedCall, from_failed_call
+from semcache_client.errors import DeadlineExceeded, FailedCall, SemcacheError, from_failed_call
 
 log = logging.getLogger("semcache_client")
 
@@ -30,7 +30,9 @@ TimeoutKind = Literal["default", "query", "bulk"]
 
 @dataclass(frozen=True)
 class Rpc(Generic[RequestT, ResponseT]):
-    """A unary method: its path, its reply type, and whether repeating it is harmless."""
+    """A method: its path, its reply type, and whether repeating it is harmless. A
+    server-streaming method (`server_streaming`, its replies a stream of `response_type`) is
+    never idempotent: its events may have reached the caller before it failed."""
 
     service: str
     name: str
@@ -38,6 +40,11 @@ class Rpc(Generic[RequestT, ResponseT]):
     response_type: type[ResponseT]
     idempotent: bool
     timeout: TimeoutKind = "default"
+    server_streaming: bool = False
+
+    def __post_init__(self) -> None:
+        if self.server_streaming and self.idempotent:
+            raise ValueError(f"{self.name}: a stream is never retried (not idempotent)")
 
     @property
     def path(self) -> str:
@@ -145,16 +152,20 @@ class CallPlan:
     def succeeded(self) -> None:
         self._rotation.record(self.index, unavailable=False)
 
-    def failed(self, error: FailedCall) -> float:
+    def error(self, error: FailedCall) -> SemcacheError:
+        """The caller's error for a failed try (the address's turn noted); no retry."""
         self._rotation.record(self.index, unavailable=error.code() == grpc.StatusCode.UNAVAILABLE)
-        address = self._config.addresses[self.index]
-        caller_error = from_failed_call(
+        return from_failed_call(
             error,
             request_id=self.request_id,
             method=self._rpc_name,
-            address=address,
+            address=self._config.addresses[self.index],
             attempts=self.tries,
         )
+
+    def failed(self, error: FailedCall) -> float:
+        caller_error = self.error(error)
+        address = caller_error.address
         if (
             not self._idempotent
             or error.code() != grpc.StatusCode.UNAVAILABLE

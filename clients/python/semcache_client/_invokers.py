@@ -1,19 +1,31 @@
-"""Sending unary calls over a client's channels, with the plan of semcache_client._calls: one
+"""Sending calls over a client's channels, with the plan of semcache_client._calls: one
 invoker for blocking code, one for asyncio. Each address is one channel (gRPC's round_robin
-policy inside it spreads calls over every address a DNS name resolves to)."""
+policy inside it spreads calls over every address a DNS name resolves to). A server-streaming
+call is started here and read by semcache_client.streams."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from typing import Any, cast
+from collections.abc import Iterator
+from typing import Any, Protocol, cast
 
 import grpc
 
 from semcache_client._calls import AddressRotation, CallPlan, RequestT, ResponseT, Rpc, serialize
 from semcache_client.config import ClientConfig
 from semcache_client.errors import FailedCall
+
+
+class SyncStreamCall(Protocol):
+    """What grpc's blocking server-streaming call offers: its replies, and cancel()."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __next__(self) -> Any: ...
+
+    def cancel(self) -> bool: ...
 
 
 def _sync_channel(config: ClientConfig, target: str) -> grpc.Channel:
@@ -38,6 +50,7 @@ class SyncInvoker:
         self._rotation = AddressRotation(config.addresses)
         self._channels = [_sync_channel(config, target) for target in config.addresses]
         self._callables: dict[tuple[int, str], grpc.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._stream_callables: dict[tuple[int, str], grpc.UnaryStreamMultiCallable[Any, Any]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -74,6 +87,37 @@ class SyncInvoker:
                 wait_s = plan.failed(cast(FailedCall, error))
             time.sleep(wait_s)
 
+    def _stream_callable(
+        self, index: int, rpc: Rpc[Any, Any]
+    ) -> grpc.UnaryStreamMultiCallable[Any, Any]:
+        key = (index, rpc.path)
+        with self._lock:
+            found = self._stream_callables.get(key)
+            if found is None:
+                found = self._channels[index].unary_stream(
+                    rpc.path, request_serializer=serialize, response_deserializer=rpc.deserialize
+                )
+                self._stream_callables[key] = found
+        return found
+
+    def stream(
+        self,
+        rpc: Rpc[RequestT, ResponseT],
+        request: RequestT,
+        timeout_s: float | None,
+        request_id: str | None,
+    ) -> tuple[SyncStreamCall, CallPlan]:
+        """Starts a server-streaming call on the next address (one try: never retried); the
+        deadline covers the whole stream."""
+        if self._closed:
+            raise RuntimeError("this client is closed")
+        plan = CallPlan(self.config, rpc, self._rotation, timeout_s, request_id)
+        index, remaining_s = plan.next_try()
+        call = self._stream_callable(index, rpc)(
+            request, timeout=remaining_s, metadata=plan.metadata
+        )
+        return cast(SyncStreamCall, call), plan
+
     def close(self) -> None:
         if self._closed:
             return
@@ -92,6 +136,9 @@ class AsyncInvoker:
         self._channels: list[grpc.aio.Channel] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._callables: dict[tuple[int, str], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._stream_callables: dict[
+            tuple[int, str], grpc.aio.UnaryStreamMultiCallable[Any, Any]
+        ] = {}
         self._closed = False
 
     def _open(self) -> list[grpc.aio.Channel]:
@@ -141,7 +188,37 @@ class AsyncInvoker:
                 wait_s = plan.failed(error)
             await asyncio.sleep(wait_s)
 
+    def _stream_callable(
+        self, index: int, rpc: Rpc[Any, Any]
+    ) -> grpc.aio.UnaryStreamMultiCallable[Any, Any]:
+        key = (index, rpc.path)
+        found = self._stream_callables.get(key)
+        if found is None:
+            found = self._channels[index].unary_stream(
+                rpc.path, request_serializer=serialize, response_deserializer=rpc.deserialize
+            )
+            self._stream_callables[key] = found
+        return found
+
+    def stream(
+        self,
+        rpc: Rpc[RequestT, ResponseT],
+        request: RequestT,
+        timeout_s: float | None,
+        request_id: str | None,
+    ) -> tuple[grpc.aio.UnaryStreamCall[Any, Any], CallPlan]:
+        """Starts a server-streaming call on the next address, in the running event loop (one
+        try: never retried); the deadline covers the whole stream."""
+        self._open()
+        plan = CallPlan(self.config, rpc, self._rotation, timeout_s, request_id)
+        index, remaining_s = plan.next_try()
+        call = self._stream_callable(index, rpc)(
+            request, timeout=remaining_s, metadata=plan.metadata
+        )
+        return call, plan
+
     async def close(self) -> None:
         self._closed = True
-        channels, self._channels, self._callables = self._channels, [], {}
+        channels, self._channels = self._channels, []
+        self._callables, self._stream_callables = {}, {}
         await asyncio.gather(*(channel.close() for channel in channels))

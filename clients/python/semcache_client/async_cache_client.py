@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 from semcache_client import _cache_rpcs as rpcs
 from semcache_client._invokers import AsyncInvoker
@@ -26,6 +27,7 @@ from semcache_client.models import (
     SearchStrategy,
     ServerInfo,
 )
+from semcache_client.streams import AsyncChatStream
 
 
 class AsyncCacheClient:
@@ -251,6 +253,43 @@ class AsyncCacheClient:
         request = cache_pb.GetCachePolicyRequest(cache_id=self._cache(cache_id))
         reply = await self._invoker.call(rpcs.GET_CACHE_POLICY, request, timeout_s, request_id)
         return rpcs.cache_policy(reply)
+
+    def chat(
+        self,
+        prompt: str,
+        body: Mapping[str, Any],
+        *,
+        cache_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        stream: bool | None = None,
+        cacheable: bool = True,
+        use_cache: bool = True,
+        similarity_threshold: float | None = None,
+        ttl_seconds: float | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> AsyncChatStream:
+        """An OpenAI chat completion through the cache: `body` (a chat-completions request,
+        sent to the upstream LLM as JSON as it is) looked up by `prompt` within `attributes`
+        (the scope: put there whatever else shapes the answer, such as the model). The events:
+        one `ChatHit`; or `ChatChunk`s (`stream`, default: the body's `"stream"`) or one
+        `ChatCompletion`, then `ChatStored`; or a `ChatUpstreamError`. `cacheable=False`
+        passes the body to the upstream: no look-up, nothing stored; `use_cache=False` skips
+        the look-up only. The call starts now; its deadline (default `timeouts.query_s`)
+        covers the whole stream. Never retried (a repeat could ask the LLM again). Call it in the
+        client's event loop, and `async for` the events."""
+        request = rpcs.chat_request(
+            prompt,
+            body,
+            cache_id=self._cache(cache_id),
+            attributes=attributes,
+            stream=stream,
+            cacheable=cacheable,
+            use_cache=use_cache,
+            similarity_threshold=similarity_threshold,
+            ttl_seconds=ttl_seconds,
+        )
+        return AsyncChatStream(*self._invoker.stream(rpcs.CHAT, request, timeout_s, request_id))
 
     async def close(self) -> None:
         await self._invoker.close()

@@ -12,8 +12,10 @@ are Unix seconds; durations are seconds unless named `*_ms`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class HitPolicy(StrEnum):
@@ -167,3 +169,64 @@ class FeedbackResult:
     entry_prompt: str  # the stored prompt the asked one was matched to
     correct: bool
     served_for_prompt: bool  # false after a "wrong" report: not served again for that prompt
+
+
+# The events of a Chat call (CacheClient.chat), in the order the server sends them: a
+# cacheable request answered from the cache gets one ChatHit; otherwise ChatChunk events in
+# order (a stream) or one ChatCompletion, then ChatStored; or a ChatUpstreamError, and nothing
+# more (chunks relayed before it stand; nothing is stored).
+
+
+@dataclass(frozen=True)
+class ChatHit:
+    """Answered from the cache: the stored entry (its `response` is the answer's text)."""
+
+    entry: Entry
+    similarity: float
+    strategy: SearchStrategy | None
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """One chunk of the upstream's stream: the JSON of an SSE `data:` line, as it came."""
+
+    json: str
+
+    @property
+    def data(self) -> Any:
+        """The chunk parsed (a `chat.completion.chunk` object)."""
+        return json.loads(self.json)
+
+
+@dataclass(frozen=True)
+class ChatCompletion:
+    """The upstream's whole answer (no stream): its JSON as it sent it."""
+
+    json: str
+
+    @property
+    def data(self) -> Any:
+        """The answer parsed (a `chat.completion` object)."""
+        return json.loads(self.json)
+
+
+@dataclass(frozen=True)
+class ChatUpstreamError:
+    """The upstream LLM failed (an event, not an exception: the call itself went well).
+    `status` and `body` are its HTTP status and body as it answered; status 0 when it could
+    not be reached, timed out or broke off a stream. Nothing was stored."""
+
+    status: int
+    body: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ChatStored:
+    """The answer is complete; `entry_id` is the entry now holding it, None when nothing was
+    stored (not cacheable, tool calls, an answer cut short, or the store refused it)."""
+
+    entry_id: str | None
+
+
+ChatEvent = ChatHit | ChatChunk | ChatCompletion | ChatUpstreamError | ChatStored
