@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -50,11 +50,15 @@ class UnaryCallInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        if handler is None or handler.request_deserializer is None:
             return handler
-        deserialize, behaviour = handler.request_deserializer, handler.unary_unary
         given = dict(handler_call_details.invocation_metadata or ()).get(REQUEST_ID_HEADER)
         rid = clean_request_id(given if isinstance(given, str) else None)
+        if handler.unary_stream is not None:
+            return _streaming_with_request_id(handler, rid)
+        if handler.unary_unary is None:
+            return handler
+        deserialize, behaviour = handler.request_deserializer, handler.unary_unary
 
         def parse(data: bytes) -> object:
             try:
@@ -78,6 +82,28 @@ class UnaryCallInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=parse, response_serializer=handler.response_serializer
         )
+
+
+def _streaming_with_request_id(
+    handler: grpc.RpcMethodHandler[Any, Any], rid: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A server-streaming method served with its caller's request id, as unary ones are."""
+    # An aio server's streaming behaviour: an async generator of replies.
+    behaviour = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
+
+    async def streamed(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        token = request_id.set(rid)
+        try:
+            async for reply in behaviour(request, context):
+                yield reply
+        finally:
+            request_id.reset(token)
+
+    return grpc.unary_stream_rpc_method_handler(
+        streamed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class GrpcService:

@@ -60,6 +60,32 @@ class ChatCompletionRequest(BaseModel):
     semcache: SemcacheOptions | None = None
 
 
+class OpenAIError(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, ...")
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error of this route, in OpenAI's shape (the SDK raises its own exceptions)."""
+
+    error: OpenAIError
+
+
+ERRORS: dict[int | str, str] = {
+    400: "Invalid request, or steering out of range",
+    401: "Missing or wrong API key",
+    413: "Request body too large",
+    415: "Not JSON",
+    429: "Rate limit, or one cache more than max_caches (or the upstream's own 429)",
+    500: "A bug in the gateway",
+    502: "The upstream LLM could not be reached or broke off",
+    503: "The cache server or the embedder is unavailable",
+    504: "The upstream LLM or the cache server timed out",
+}
+
+
 def _headers(**values: str | None) -> dict[str, str]:
     return {
         f"X-Semcache-{name.replace('_', '-').title()}": value
@@ -75,14 +101,10 @@ def _headers(**values: str | None) -> dict[str, str]:
     "events ending with [DONE]",
     responses={
         200: {"content": {"text/event-stream": {}}},
-        400: {"description": "Invalid request (every error in OpenAI's shape)"},
-        401: {"description": "Missing or wrong API key"},
-        413: {"description": "Request body too large"},
-        415: {"description": "Not JSON"},
-        429: {"description": "Rate limit, or the cache is full of caches"},
-        502: {"description": "The upstream LLM could not be reached or broke off"},
-        503: {"description": "The cache server or the embedder is unavailable"},
-        504: {"description": "The upstream LLM or the cache server timed out"},
+        **{
+            status: {"model": OpenAIErrorResponse, "description": what}
+            for status, what in ERRORS.items()
+        },
     },
 )
 async def chat_completions(

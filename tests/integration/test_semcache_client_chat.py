@@ -535,11 +535,6 @@ def test_a_closed_client_refuses_to_chat(cache_server: ServiceProcess) -> None:
         cache.chat(QUESTION, body(QUESTION))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the cache server puts the caller's request id in its log for unary methods only "
-    "(service_runtime.grpc_service.UnaryCallInterceptor); Chat's lines say [-]",
-)
 def test_the_request_id_reaches_the_cache_servers_log(cache_server: ServiceProcess) -> None:
     trace = f"chat-log-{uuid.uuid4().hex[:8]}"
     with CacheClient(cache_server.address, request_id_factory=lambda: trace) as cache:
