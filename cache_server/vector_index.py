@@ -10,6 +10,7 @@ thread-safe: the store that owns it calls it from one thread.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import hnswlib
@@ -17,6 +18,11 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+# A filtered search over the graph fetches this many times the neighbours the filter's share
+# of ids would keep k of (measured at 100k QQP vectors in 4 scopes: recall@1 0.998 at x4,
+# 0.998 at x8), up to MAX_OVERFETCH; a rarer scope is searched with the filter in the walk.
+OVERFETCH = 4
+MAX_OVERFETCH = 512
 
 
 class VectorIndex:
@@ -120,16 +126,60 @@ class VectorIndex:
         k: int,
         min_similarity: float,
         accept: Callable[[str], bool] | None = None,
+        *,
+        selectivity: float | None = None,
     ) -> list[tuple[str, float]]:
         """Up to k (id, cosine similarity) pairs with similarity >= min_similarity, best first,
-        restricted to ids that `accept` approves."""
+        restricted to ids that `accept` approves. `selectivity`, the share of ids `accept`
+        approves when the caller knows it, lets the graph answer a filtered search without
+        calling `accept` on every node it visits (see _search_hnsw_overfetch)."""
         if not self._ids:
             return []
         if self._hnsw is not None:
-            found = self._search_hnsw(query, k, min_similarity, accept)
+            found = None
+            if accept is not None and selectivity is not None and selectivity > 0:
+                found = self._search_hnsw_overfetch(query, k, min_similarity, accept, selectivity)
+            if found is None:
+                found = self._search_hnsw(query, k, min_similarity, accept)
             if found is not None:
                 return found
         return self._search_exact(query, k, min_similarity, accept)
+
+    def _search_hnsw_overfetch(
+        self,
+        query: FloatArray,
+        k: int,
+        min_similarity: float,
+        accept: Callable[[str], bool],
+        selectivity: float,
+    ) -> list[tuple[str, float]] | None:
+        """The graph's nearest ids with no filter, OVERFETCH times as many as the filter would
+        keep k of, then filtered: the k nearest accepted ones are among them unless the
+        accepted ids are rare near the query. None (ask the filtered search) when fewer than k
+        accepted ids came back, or when so many would be needed that the walk costs more."""
+        assert self._hnsw is not None
+        wanted = min(math.ceil(k / selectivity * OVERFETCH), len(self._ids))
+        if wanted > MAX_OVERFETCH:
+            return None
+        ids = self._id_of_label
+        self._hnsw.set_ef(max(self._hnsw_ef_search, wanted))
+        try:
+            labels, distances = self._hnsw.knn_query(query, k=wanted)
+        except RuntimeError:
+            return None
+        finally:
+            self._hnsw.set_ef(self._hnsw_ef_search)
+        out: list[tuple[str, float]] = []
+        for label, distance in zip(labels[0], distances[0], strict=True):
+            similarity = 1.0 - float(distance)
+            if similarity < min_similarity:
+                return out  # best first: none further can pass
+            entry_id = ids[int(label)]
+            if accept(entry_id):
+                out.append((entry_id, similarity))
+                if len(out) == k:
+                    return out
+        return None if wanted < len(self._ids) else out
 
     def _search_exact(
         self,

@@ -30,6 +30,7 @@ from cache_server.store.base import (
     PutOutcome,
     StoreConflictError,
 )
+from cache_server.store.scope_index import ScopeIndex
 from cache_server.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class _CacheState:
 
     def __init__(self, index: VectorIndex) -> None:
         self.index = index
-        self.attributes: dict[str, Mapping[str, str]] = {}
+        self.scopes = ScopeIndex()  # each entry's attributes, and the entries of each value
         self.expires_at: dict[str, float] = {}  # only entries with a TTL
         # Exact-match keys present, so that a miss costs no SQLite read.
         self.key_of: dict[str, str] = {}
@@ -137,7 +138,7 @@ class EmbeddedStore:
             ids.append(entry_id)
             vectors.append(np.frombuffer(blob, dtype="<f4"))
             state = self._state(cache_id, len(vectors[0]))
-            state.attributes[entry_id] = json.loads(attributes)
+            state.scopes.put(entry_id, json.loads(attributes))
             state.key_of[entry_id] = key
             state.keys[key] += 1
             if expires_at is not None:
@@ -192,7 +193,7 @@ class EmbeddedStore:
     ) -> None:
         state = self._state(cache_id, vector.shape[0])
         state.index.add(entry_id, vector)
-        state.attributes[entry_id] = attributes
+        state.scopes.put(entry_id, attributes)
         old_key = state.key_of.get(entry_id)
         if old_key is not None:
             state.keys[old_key] -= 1
@@ -209,7 +210,7 @@ class EmbeddedStore:
             return
         for entry_id in entry_ids:
             state.index.remove(entry_id)
-            state.attributes.pop(entry_id, None)
+            state.scopes.discard(entry_id)
             state.expires_at.pop(entry_id, None)
             key = state.key_of.pop(entry_id, None)
             if key is not None:
@@ -343,11 +344,7 @@ class EmbeddedStore:
         state = self._caches.get(cache_id)
         if state is None:
             return 0
-        doomed = [
-            entry_id
-            for entry_id, attrs in state.attributes.items()
-            if all(attrs.get(k) == v for k, v in attributes.items())
-        ]
+        doomed = list(state.scopes.members(attributes))
         return self._delete_ids(cache_id, doomed)
 
     async def flush(self, cache_id: str) -> int:
@@ -466,16 +463,24 @@ class EmbeddedStore:
         if state is None or state.index.dimension != vector.shape[0]:
             return []
 
+        in_scope = state.scopes.members(attributes) if attributes else None
+        if in_scope is not None and not in_scope:
+            return []
+        expiring = state.expires_at
+
         def live_and_in_scope(entry_id: str) -> bool:
-            expires_at = state.expires_at.get(entry_id)
+            expires_at = expiring.get(entry_id)
             if expires_at is not None and expires_at <= now:
                 return False
-            attrs = state.attributes[entry_id]
-            return all(attrs.get(key) == value for key, value in attributes.items())
+            return in_scope is None or entry_id in in_scope
 
-        needs_filter = bool(attributes) or bool(state.expires_at)
+        needs_filter = in_scope is not None or bool(expiring)
         found = state.index.search(
-            vector, k, min_similarity, live_and_in_scope if needs_filter else None
+            vector,
+            k,
+            min_similarity,
+            live_and_in_scope if needs_filter else None,
+            selectivity=len(in_scope) / max(len(state.scopes), 1) if in_scope is not None else 1.0,
         )
         out: list[tuple[CacheEntry, float]] = []
         for entry_id, similarity in found:

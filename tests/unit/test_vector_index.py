@@ -113,3 +113,38 @@ def test_hnsw_bookkeeping_stays_the_size_of_the_live_ids_under_churn() -> None:
     # Every live id is found by its current vector, never by a replaced one.
     for entry_id, step in list(live.items())[:50]:
         assert index.search(vectors[step], 1, 0.999)[0][0] == entry_id
+
+
+def test_a_scoped_search_on_the_graph_with_a_known_selectivity_finds_the_scopes_nearest() -> None:
+    """With the filter's share known, the graph is asked for unfiltered neighbours and the
+    scope's nearest are kept: the same answers as an exact scoped search (recall), without
+    calling the filter on every node the walk visits; a scope too rare for that falls back."""
+    vectors = unit_vectors(4000, dim=48, seed=5)
+    exact = VectorIndex(48, ann_threshold=10**9)
+    approx = VectorIndex(48, ann_threshold=1000)
+    for i, v in enumerate(vectors):
+        exact.add(f"e{i}", v)
+        approx.add(f"e{i}", v)
+    noise = np.random.default_rng(6).standard_normal((200, 48)).astype(np.float32) * 0.3
+    queries = vectors[:200] + noise
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for tenants in (4, 50, 2000):  # 2000 scopes of 2: too rare to over-fetch, filter walk
+        calls = 0
+
+        def in_scope(entry_id: str, tenants: int = tenants) -> bool:
+            nonlocal calls
+            calls += 1
+            return int(entry_id[1:]) % tenants == 0
+
+        agree = 0
+        for q in queries:
+            want = exact.search(q, 3, -1.0, in_scope)
+            calls = 0
+            got = approx.search(q, 3, -1.0, in_scope, selectivity=1 / tenants)
+            assert all(int(i[1:]) % tenants == 0 for i, _ in got)
+            agree += [i for i, _ in got] == [i for i, _ in want]
+            if tenants == 4:
+                assert calls <= 4 * 3 * 4  # the over-fetched neighbours only
+        assert agree / len(queries) >= 0.97, (tenants, agree)
+    # Nothing passes the threshold: nothing comes back, whatever the share.
+    assert approx.search(queries[0], 1, 0.9999, lambda _: True, selectivity=0.5) == []
