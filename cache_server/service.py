@@ -15,7 +15,8 @@ from cache_server import metrics
 from cache_server.cache import SemanticCache
 from cache_server.chat import ChatCompletions
 from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableError
-from cache_server.lookup import Hit, Strategy
+from cache_server.entry_pb import STRATEGY_FROM_PB, STRATEGY_TO_PB, entry_pb
+from cache_server.lookup import Strategy
 from cache_server.service_chat import chat_events
 from cache_server.service_verified import policy_name, policy_pb, stats_fields
 from cache_server.statuses import status_of
@@ -32,13 +33,6 @@ async def _abort(
     context: Context, code: grpc.StatusCode, reason: ErrorReason, message: str
 ) -> None:
     await context.abort(code, message, trailing_metadata=((REASON_KEY, reason.value),))
-
-
-_STRATEGY_TO_PB = {
-    Strategy.EXACT: pb.SEARCH_STRATEGY_EXACT,
-    Strategy.SEMANTIC: pb.SEARCH_STRATEGY_SEMANTIC,
-}
-_STRATEGY_FROM_PB = {v: k for k, v in _STRATEGY_TO_PB.items()}
 
 
 async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]]) -> T:
@@ -76,18 +70,6 @@ async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1e3
-
-
-def _entry_pb(hit: Hit) -> pb.Entry:
-    e = hit.entry
-    return pb.Entry(
-        id=e.id,
-        prompt=e.prompt,
-        response=e.response,
-        attributes=dict(e.attributes),
-        created_at=e.created_at,
-        expires_at=e.expires_at or 0.0,
-    )
 
 
 class CacheServicer(pb_grpc.CacheServiceServicer):
@@ -150,7 +132,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                     cached_query=hit.entry.prompt,
                     cache_timestamp=hit.entry.created_at,
                     entry_id=hit.entry.id,
-                    strategy=_STRATEGY_TO_PB[hit.strategy],
+                    strategy=STRATEGY_TO_PB[hit.strategy],
                 )
             )
         return reply
@@ -158,14 +140,14 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
         strategies = []
         for value in request.strategies:
-            if value not in _STRATEGY_FROM_PB:
+            if value not in STRATEGY_FROM_PB:
                 await _abort(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     ErrorReason.INVALID_INPUT,
                     f"unknown search strategy {value}",
                 )
-            strategies.append(_STRATEGY_FROM_PB[value])
+            strategies.append(STRATEGY_FROM_PB[value])
         result = await _answer(
             "Search",
             context,
@@ -187,9 +169,9 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         return pb.SearchResponse(
             hits=[
                 pb.SearchHit(
-                    entry=_entry_pb(h),
+                    entry=entry_pb(h),
                     similarity=h.similarity,
-                    strategy=_STRATEGY_TO_PB[h.strategy],
+                    strategy=STRATEGY_TO_PB[h.strategy],
                 )
                 for h in result.hits
             ],

@@ -13,18 +13,14 @@ import grpc
 from cache_server import metrics
 from cache_server.chat import ChatCall, ChatCompletions, ChatEvent, Chunk, Completion, Failed
 from cache_server.entries import InvalidInputError
-from cache_server.lookup import Hit, Strategy
+from cache_server.entry_pb import STRATEGY_TO_PB, entry_pb
+from cache_server.lookup import Hit
 from cache_server.statuses import status_of
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.error_reasons import REASON_KEY
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
-
-_STRATEGY = {
-    Strategy.EXACT: pb.SEARCH_STRATEGY_EXACT,
-    Strategy.SEMANTIC: pb.SEARCH_STRATEGY_SEMANTIC,
-}
 
 
 def chat_call(request: pb.ChatRequest) -> ChatCall:
@@ -51,19 +47,12 @@ def chat_call(request: pb.ChatRequest) -> ChatCall:
 
 def event_pb(event: ChatEvent) -> pb.ChatEvent:
     if isinstance(event, Hit):
-        e = event.entry
-        entry = pb.Entry(
-            id=e.id,
-            prompt=e.prompt,
-            response=e.response,
-            attributes=dict(e.attributes),
-            created_at=e.created_at,
-            expires_at=e.expires_at or 0.0,
+        hit = pb.ChatHit(
+            entry=entry_pb(event),
+            similarity=event.similarity,
+            strategy=STRATEGY_TO_PB[event.strategy],
         )
-        strategy = _STRATEGY[event.strategy]
-        return pb.ChatEvent(
-            hit=pb.ChatHit(entry=entry, similarity=event.similarity, strategy=strategy)
-        )
+        return pb.ChatEvent(hit=hit)
     if isinstance(event, Chunk):
         return pb.ChatEvent(chunk_json=event.json)
     if isinstance(event, Completion):

@@ -79,6 +79,10 @@ class DemoResponder:
     model = "demo-responder"
 
     async def complete(self, prompt: str) -> str:
+        return self._answer(prompt)
+
+    @staticmethod
+    def _answer(prompt: str) -> str:
         return (
             "[demo responder: no upstream LLM is configured, set CACHE_UPSTREAM_BASE_URL] "
             f"You asked: {prompt.strip()}"
@@ -102,10 +106,7 @@ class DemoResponder:
         yield json.dumps({**head, "object": "chat.completion.chunk", "choices": [last]})
 
     def _completion(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        text = (
-            "[demo responder: no upstream LLM is configured, set CACHE_UPSTREAM_BASE_URL] "
-            f"You asked: {last_user_text(body).strip()}"
-        )
+        text = self._answer(last_user_text(body))
         message = {"role": "assistant", "content": text}
         return {
             "id": f"chatcmpl-demo-{uuid.uuid4().hex}",
@@ -148,18 +149,9 @@ class OpenAICompatibleUpstream:
         }
         if self._max_tokens is not None:
             body["max_tokens"] = self._max_tokens
+        reply = await self.chat(body)
         try:
-            reply = await self._client.post("/chat/completions", json=body)
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(f"upstream LLM timed out ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream LLM unreachable: {exc}") from exc
-        if reply.status_code != 200:
-            raise UpstreamError(
-                f"upstream LLM answered HTTP {reply.status_code}: {reply.text[:200]}"
-            )
-        try:
-            content = reply.json()["choices"][0]["message"]["content"]
+            content = json.loads(reply)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise UpstreamError("upstream LLM answer has no choices[0].message.content") from exc
         if not isinstance(content, str) or not content.strip():
