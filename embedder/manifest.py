@@ -79,6 +79,11 @@ class ModelManifest(BaseModel):
     onnx_file: str = "model.onnx"
     onnx_sha256: str
     input_names: list[str]
+    graph_fusions: dict[str, int] = Field(
+        default_factory=dict,
+        description="ONNX Runtime transformer kernels the export fused in (operator: count); "
+        "empty when exported unfused",
+    )
     exported_at: float = Field(description="Unix time, seconds")
     verification: Verification | None = None
     calibration: Calibration | None = None
