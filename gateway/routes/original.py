@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import grpc
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from gateway.fast_json import json_response, query_answer
 from gateway.metrics import LOOKUPS
 from gateway.problems import ORIGINAL
 from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings, call
@@ -20,8 +21,14 @@ from gateway.routes.policy_fields import (
     PolicyName,
     policy_pb,
 )
+from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
+
+if TYPE_CHECKING:
+    from protos.semcache.cache.v1.cache_pb2_grpc import CacheServiceAsyncStub
+
+LOOKUP_HIT, LOOKUP_MISS = LOOKUPS.labels("hit"), LOOKUPS.labels("miss")
 
 router = APIRouter(tags=["semantic cache"], responses=ORIGINAL)
 
@@ -127,11 +134,18 @@ class StatsResponse(BaseModel):
 
 @router.post("/query", response_model=QueryResponse)
 async def query(
-    body: QueryRequest, cache: CacheStub, settings: Settings, cache_id: CacheId = "default"
-) -> QueryResponse | JSONResponse:
+    body: QueryRequest, http_request: Request, cache_id: CacheId = "default"
+) -> Response:
     """Answers from the cache when a question meaning the same was answered before; else
     asks the LLM and caches the answer."""
+    # The hot path: the stub and settings are read off app.state rather than injected (two
+    # dependency resolutions a request), and the answer is rendered straight from the reply
+    # (gateway/fast_json.py) instead of through a pydantic model: measured in
+    # docs/benchmarks.md ("levers").
     started = time.perf_counter()
+    state = http_request.app.state
+    cache: CacheServiceAsyncStub = state.cache
+    settings: GatewaySettings = state.settings
     request = pb.QueryRequest(cache_id=cache_id, query=body.query, use_cache=body.use_cache)
     if body.similarity_threshold is not None:
         request.similarity_threshold = body.similarity_threshold
@@ -142,28 +156,8 @@ async def query(
         cache.Query(request, timeout=settings.request_timeout_s, metadata=outgoing_metadata())
     )
     if body.use_cache:
-        LOOKUPS.labels("hit" if reply.cache_hit else "miss").inc()
-    cached = reply.cached_data if reply.cache_hit else None
-    answer = QueryResponse(
-        query=reply.query,
-        response=reply.response,
-        cache_hit=reply.cache_hit,
-        cached_data=CachedData(
-            cached_response=cached.cached_response,
-            similarity_score=cached.similarity_score,
-            cached_query=cached.cached_query,
-            cache_timestamp=cached.cache_timestamp,
-        )
-        if cached is not None
-        else None,
-        embedding_dimension=reply.embedding_dimension,
-        processing_time=time.perf_counter() - started,
-        policy=reply.policy or "threshold",
-        explored=reply.explored,
-    )
-    if reply.policy == "verified":
-        return answer
-    return JSONResponse(answer.model_dump(exclude={"policy", "explored"}))
+        (LOOKUP_HIT if reply.cache_hit else LOOKUP_MISS).inc()
+    return json_response(query_answer(reply, time.perf_counter() - started))
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
