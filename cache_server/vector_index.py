@@ -5,13 +5,17 @@ searched exactly (a matrix-vector product); once a cache reaches `ann_threshold`
 HNSW graph (hnswlib) answers instead: measured here on 100k vectors, exact 5-16 ms per query,
 HNSW ~0.3 ms; on real QQP embeddings at 100k (bench/cache_bench.py), M 16 with ef 64 gave
 recall@1 0.988 on novel queries, ef 128 0.996 at p99 0.44 ms, hence the default. Not
-thread-safe: the store that owns it calls it from one thread.
+thread-safe: the store that owns it calls it from one thread. The graph can be saved
+(`export_graph`) and adopted again at the next start (`import_graph`) instead of rebuilt, which
+is what the embedded store's snapshots do (cache_server/store/index_snapshot.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import hnswlib
 import numpy as np
@@ -23,6 +27,21 @@ FloatArray = npt.NDArray[np.float32]
 # 0.998 at x8), up to MAX_OVERFETCH; a rarer scope is searched with the filter in the walk.
 OVERFETCH = 4
 MAX_OVERFETCH = 512
+
+
+def fingerprint(vector: FloatArray) -> bytes:
+    """8 bytes that tell one vector from another (BLAKE2b of its little-endian float32s)."""
+    return hashlib.blake2b(vector.astype("<f4", copy=False).tobytes(), digest_size=8).digest()
+
+
+@dataclass(frozen=True)
+class GraphLabels:
+    """What an exported graph's live labels stand for: per label, its entry id and the
+    fingerprint of the vector it holds."""
+
+    labels: list[int]
+    ids: list[str]
+    fingerprints: list[bytes]
 
 
 class VectorIndex:
@@ -48,6 +67,7 @@ class VectorIndex:
         self._label: dict[str, int] = {}
         self._id_of_label: dict[int, str] = {}
         self._next_label = 0
+        self._graph_version = 0  # counts the graph's changes (builds, inserts, removals)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -58,6 +78,25 @@ class VectorIndex:
     @property
     def approximate(self) -> bool:
         return self._hnsw is not None
+
+    @property
+    def ann_threshold(self) -> int:
+        return self._ann_threshold
+
+    @property
+    def hnsw_m(self) -> int:
+        return self._hnsw_m
+
+    @property
+    def hnsw_ef_construction(self) -> int:
+        return self._hnsw_ef_construction
+
+    @property
+    def graph_version(self) -> int:
+        """Grows by one with each change to the HNSW graph: how far it has moved since a
+        snapshot taken at a known version. After `import_graph`, the changes that made (the
+        imported graph being version 0)."""
+        return self._graph_version
 
     def add(self, entry_id: str, vector: FloatArray) -> None:
         """Adds or replaces the vector of `entry_id`."""
@@ -228,6 +267,95 @@ class VectorIndex:
             return None  # the filter starved the graph walk: answer exactly instead
         return out
 
+    def export_graph(self, path: str) -> GraphLabels:
+        """Writes the HNSW graph to `path` (hnswlib's format) and returns what its live labels
+        stand for; `import_graph` adopts both again."""
+        if self._hnsw is None:
+            raise ValueError("an exact index has no graph to export")
+        self._hnsw.save_index(path)
+        labels = list(self._id_of_label)
+        ids = [self._id_of_label[label] for label in labels]
+        matrix, row = self._matrix, self._row
+        # The graph holds each label's vector as the matrix row of its id does (add, remove).
+        return GraphLabels(labels, ids, [fingerprint(matrix[row[e]]) for e in ids])
+
+    def import_graph(
+        self,
+        entry_ids: list[str],
+        vectors: FloatArray,
+        graph: hnswlib.Index,
+        exported: GraphLabels,
+        *,
+        max_added_share: float = 0.5,
+    ) -> int | None:
+        """Bulk load into an empty index, like `add_many`, but adopting `graph` (exported with
+        `exported`, loaded with allow_replace_deleted) instead of building one. `entry_ids` and
+        `vectors` are the truth: a label whose id is not among them, or was exported with
+        another vector (by fingerprint), is marked deleted, and ids the graph lacks are added.
+        Returns the number of such changes, or None, leaving the index empty, when `entry_ids`
+        are too few for a graph or more than `max_added_share` of them would have to be added
+        (a fresh build is then as quick and makes a better graph). Raises ValueError or
+        RuntimeError, leaving the index empty, when the graph disagrees with `exported` or with
+        `vectors` (checked on a sample of labels)."""
+        if self._ids:
+            raise ValueError("import_graph loads an empty index")
+        if vectors.shape != (len(entry_ids), self.dimension) or graph.dim != self.dimension:
+            raise ValueError(f"vectors of shape {vectors.shape}, graph of dim {graph.dim}")
+        if len(entry_ids) < self._ann_threshold:
+            return None
+        row = {entry_id: i for i, entry_id in enumerate(entry_ids)}
+        if len(row) != len(entry_ids):
+            raise ValueError("duplicate entry ids")
+        label_of: dict[str, int] = {}
+        for label, entry_id, printed in zip(
+            exported.labels, exported.ids, exported.fingerprints, strict=True
+        ):
+            i = row.get(entry_id)
+            if i is not None and entry_id not in label_of and fingerprint(vectors[i]) == printed:
+                label_of[entry_id] = label
+        in_graph = graph.get_ids_list()
+        if not set(label_of.values()) <= set(in_graph):
+            raise ValueError("labels missing from the graph")
+        sample = list(label_of.items())[:: max(1, len(label_of) // 256)]
+        if sample and not np.array_equal(
+            graph.get_items([label for _, label in sample], return_type="numpy"),
+            vectors[[row[e] for e, _ in sample]],
+        ):
+            raise ValueError("the graph's vectors differ from the ones given")
+        missing = [i for i, entry_id in enumerate(entry_ids) if entry_id not in label_of]
+        if len(missing) > max_added_share * len(entry_ids):
+            return None
+        changes = 0
+        for label in set(in_graph) - set(label_of.values()):
+            try:
+                graph.mark_deleted(label)
+                changes += 1
+            except RuntimeError:  # deleted already
+                pass
+        next_label = max(in_graph, default=-1) + 1
+        if missing:
+            needed = graph.get_current_count() + len(missing)
+            if needed > graph.get_max_elements():
+                graph.resize_index(max(needed, 2 * len(entry_ids)))
+            new_labels = np.arange(next_label, next_label + len(missing), dtype=np.int64)
+            graph.add_items(vectors[missing], new_labels, num_threads=-1, replace_deleted=True)
+            for label, i in zip(new_labels.tolist(), missing, strict=True):
+                label_of[entry_ids[i]] = label
+            next_label += len(missing)
+            changes += len(missing)
+        graph.set_ef(self._hnsw_ef_search)
+        graph.set_num_threads(1)
+        self._matrix = np.zeros((max(len(entry_ids), 64), self.dimension), dtype=np.float32)
+        self._matrix[: len(entry_ids)] = vectors
+        self._ids = list(entry_ids)
+        self._row = row
+        self._label = label_of
+        self._id_of_label = {label: entry_id for entry_id, label in label_of.items()}
+        self._next_label = next_label
+        self._hnsw = graph
+        self._graph_version = changes
+        return changes
+
     def _build_hnsw(self) -> None:
         count = len(self._ids)
         index = hnswlib.Index(space="ip", dim=self.dimension)
@@ -245,6 +373,7 @@ class VectorIndex:
         self._id_of_label = dict(enumerate(self._ids))
         self._next_label = count
         self._hnsw = index
+        self._graph_version += 1
 
     def _hnsw_add(self, entry_id: str, vector: FloatArray) -> None:
         assert self._hnsw is not None
@@ -255,6 +384,7 @@ class VectorIndex:
         self._hnsw.add_items(vector[None, :], np.array([label]), replace_deleted=True)
         self._label[entry_id] = label
         self._id_of_label[label] = entry_id
+        self._graph_version += 1
 
     def _hnsw_remove(self, entry_id: str) -> None:
         """Retires the id's label: out of the graph's results and out of both maps."""
@@ -262,3 +392,4 @@ class VectorIndex:
         label = self._label.pop(entry_id)
         del self._id_of_label[label]
         self._hnsw.mark_deleted(label)
+        self._graph_version += 1

@@ -3,7 +3,8 @@
 One thread owns the SQLite connection and the per-cache vector indexes; every call runs there,
 off the event loop, one at a time. At start, the indexes are rebuilt from the database, so an
 acknowledged `put` survives `kill -9` (WAL: a committed transaction outlives the process; with
-synchronous=FULL it also outlives a power cut).
+synchronous=FULL it also outlives a power cut); HNSW graphs come from snapshots where they can,
+checked against the database (index_snapshot).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cache_server.store.base import (
     PutOutcome,
     StoreConflictError,
 )
+from cache_server.store.index_snapshot import SAVE_SHARE, IndexSnapshots
 from cache_server.store.scope_index import ScopeIndex
 from cache_server.vector_index import VectorIndex
 
@@ -106,6 +108,7 @@ class EmbeddedStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-store")
         self._db: sqlite3.Connection | None = None
         self._caches: dict[str, _CacheState] = {}
+        self._snapshots = IndexSnapshots(self.path)
         self._rejecting: set[str] = set()  # caches holding any "wrong" report
         # Counters live in this process (the embedded store has one cache server).
         self._counters: dict[str, collections.Counter[str]] = collections.defaultdict(
@@ -144,13 +147,17 @@ class EmbeddedStore:
             if expires_at is not None:
                 state.expires_at[entry_id] = expires_at
         for cache_id, (ids, vectors) in loaded.items():
-            self._caches[cache_id].index.add_many(ids, np.vstack(vectors))
+            self._snapshots.load(cache_id, self._caches[cache_id].index, ids, np.vstack(vectors))
+        self._snapshots.remove_stale(self._indexes())
         log.info(
             "embedded store %s: %d entries in %d caches",
             self.path,
             sum(len(ids) for ids, _ in loaded.values()),
             len(loaded),
         )
+
+    def _indexes(self) -> dict[str, VectorIndex]:
+        return {cache_id: state.index for cache_id, state in self._caches.items()}
 
     def _state(self, cache_id: str, dimension: int) -> _CacheState:
         state = self._caches.get(cache_id)
@@ -173,6 +180,7 @@ class EmbeddedStore:
 
     def _close(self) -> None:
         if self._db is not None:
+            self._snapshots.save(self._indexes())
             self._db.close()
             self._db = None
 
@@ -377,6 +385,7 @@ class EmbeddedStore:
         expired = {cache_id: self._delete_ids(cache_id, ids) for cache_id, ids in by_cache.items()}
         for cache_id, count in expired.items():
             self._counters[cache_id]["expirations"] += count
+        self._snapshots.save(self._indexes(), share=SAVE_SHARE)  # the store's periodic chore
         return PurgeOutcome(expired=expired)
 
     # -- counters (in memory: one process owns this store) ----------------------------------
