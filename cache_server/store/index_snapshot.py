@@ -1,6 +1,6 @@
 """On-disk snapshots of the embedded store's HNSW graphs: a start loads each graph instead of
-rebuilding it from SQLite (the rebuild is most of a start: about a minute at 100k entries on 2
-cores).
+rebuilding it from SQLite (the rebuild is most of a start: measured at 100k QQP vectors on 2
+cores, open() took 44.8 s rebuilding, 1.9 s from the snapshot).
 
 SQLite stays the truth; a snapshot is only a head start. It is used when its header matches the
 cache and the index settings (format, cache id, dimension, M, ef_construction) and both

@@ -232,8 +232,11 @@ async def test_a_damaged_snapshot_is_ignored_and_the_graph_rebuilt(
 
 
 async def test_a_snapshot_of_other_index_settings_is_ignored(
-    tmp_path: Path, builds: list[int]
+    tmp_path: Path, builds: list[int], caplog: pytest.LogCaptureFixture
 ) -> None:
+    def warned(text: str) -> bool:
+        return any(r.levelno == logging.WARNING and text in r.getMessage() for r in caplog.records)
+
     store = await open_store(tmp_path)
     await put(store, "c", 0, unit_vectors(150))
     await store.close()
@@ -241,23 +244,21 @@ async def test_a_snapshot_of_other_index_settings_is_ignored(
     again = await open_store(tmp_path, hnsw_m=8)
     await again.close()
     assert again._snapshots.loaded == [] and builds == [150]
+    assert warned("m 16, expected 8")
 
-    # The cache flushed and filled again with another model's vectors, the old snapshot left
-    # behind by a crash: another dimension.
-    (tmp_path / "other").mkdir()
-    shutil.copytree(tmp_path / "semcache.sqlite3.hnsw", tmp_path / "other/semcache.sqlite3.hnsw")
-    builds.clear()
+    # The cache flushed and filled again with another model's 16-dim vectors, and a crash
+    # before any tick: the 32-dim snapshot is still there.
     small = unit_vectors(120, dim=16)
-    other = await open_store(tmp_path / "other")
+    other = await open_store(tmp_path / "other", hnsw_m=8)
     await put(other, "c", 0, small)
-    await other.flush("nothing")
-    # reopen from a crash copy: the 32-dim snapshot is still there for the 16-dim rows
     crashed = crash_copy(tmp_path / "other", tmp_path / "crashed")
     await other.close()
+    shutil.copytree(tmp_path / "semcache.sqlite3.hnsw", crashed / "semcache.sqlite3.hnsw")
     builds.clear()
-    reopened = await open_store(crashed)
+    reopened = await open_store(crashed, hnsw_m=8)
     try:
         assert reopened._snapshots.loaded == [] and builds == [120]
+        assert warned("dimension 32, expected 16")
         assert await top_ids(reopened, "c", small) == [eid(i) for i in range(120)]
     finally:
         await reopened.close()
@@ -283,6 +284,7 @@ async def test_snapshots_of_flushed_or_exact_caches_are_removed(tmp_path: Path) 
     await again.flush("a")
     crashed = crash_copy(tmp_path, tmp_path / "crashed")
     await again.close()
+    (crashed / "semcache.sqlite3.hnsw" / f"{digest('b')}.graph.tmp").write_bytes(b"half")
     reopened = await open_store(crashed)
     try:
         assert snapshot_files(crashed) == [f"{digest('b')}.graph", f"{digest('b')}.map"]
