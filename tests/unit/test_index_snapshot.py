@@ -347,3 +347,36 @@ async def test_a_few_wrong_ids_in_a_snapshot_are_repaired_not_served(
         assert await again.count("c", 1.0) == 200
     finally:
         await again.close()
+
+
+def test_import_graph_reconciles_with_the_vectors_given(tmp_path: Path) -> None:
+    import hnswlib
+
+    vectors = unit_vectors(400)
+    source = VectorIndex(DIM, ann_threshold=THRESHOLD)
+    source.add_many([eid(i) for i in range(300)], vectors[:300])
+    exported = source.export_graph(str(tmp_path / "g"))
+
+    def graph() -> hnswlib.Index:
+        loaded = hnswlib.Index(space="ip", dim=DIM)
+        loaded.load_index(str(tmp_path / "g"), max_elements=1024, allow_replace_deleted=True)
+        return loaded
+
+    # rows 0-19 gone, 300-399 new, row 50's vector changed
+    rows = list(range(20, 400))
+    now = vectors[rows].copy()
+    now[rows.index(50)] = vectors[399]
+    index = VectorIndex(DIM, ann_threshold=THRESHOLD)
+    assert index.import_graph([eid(i) for i in rows], now, graph(), exported) == 20 + 101 + 1
+    assert index.approximate and len(index) == 380 and index.graph_version == 122
+    for row, vector in zip(rows, now, strict=True):
+        found = {i for i, s in index.search(vector, 2, 0.999)}
+        assert eid(row) in found and not found & {eid(i) for i in range(20)}
+    assert eid(50) not in {i for i, _ in index.search(vectors[50], 3, -1.0)}
+
+    far_behind = VectorIndex(DIM, ann_threshold=THRESHOLD)  # over half of the rows new
+    assert (
+        far_behind.import_graph([eid(i) for i in range(250, 400)], vectors[250:], graph(), exported)
+        is None
+    )
+    assert len(far_behind) == 0 and not far_behind.approximate
