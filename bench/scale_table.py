@@ -134,9 +134,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    palette = plt.get_cmap("tab20")  # pairs of colours: dark (384 dims), light (768)
     lines = sorted({(r["store"], r["dims"], r["scope"]) for r in rows})
+    all_dims = sorted({r["dims"] for r in rows})
     for ax, metric in zip(axes, ("p50_ms", "p99_ms"), strict=True):
         for store, dims, scope in lines:
             points = sorted(
@@ -144,15 +147,20 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 for r in rows
                 if (r["store"], r["dims"], r["scope"]) == (store, dims, scope)
             )
+            colour = palette(2 * list(STORES).index(store) + min(all_dims.index(dims), 1))
             ax.plot(
                 [p[0] for p in points],
                 [p[1] for p in points],
-                marker="o",
+                marker="o" if scope == "all" else "s",
+                color=colour,
                 linestyle="-" if scope == "all" else "--",
                 label=f"{STORES[store]}, {dims} dims, {scope}",
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("entries in the cache")
         ax.set_title(f"search {metric[:3]} (ms, log scale)")
         ax.grid(True, which="both", alpha=0.3)
@@ -181,7 +189,13 @@ def main() -> None:
     parser.add_argument("--deadline", default=None, help="HH:MM UTC: begin no row after it")
     parser.add_argument("--name", default="scale-table", help="bench/results/NAME.md/.json")
     parser.add_argument("--plot", type=Path, default=PLOT)
+    parser.add_argument("--from-json", type=Path, help="only print and draw a saved run")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(format_table(saved["rows"], saved["left_out"]))
+        plot(saved["rows"], args.plot)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     dims_list = [int(d) for d in args.dims.split(",")]
     stores = args.stores.split(",")
