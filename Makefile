@@ -109,6 +109,7 @@ bench: proto ## Benchmarks (compare against sentence-transformers in the same ru
 	$(PY) -m bench.wire_encoding
 	$(PY) -m bench.cache_bench
 	$(PY) -m bench.gateway_bench
+	$(PY) -m bench.levers
 	$(PY) -m bench.scale_bench
 	$(PY) -m bench.scale_table
 

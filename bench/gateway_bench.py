@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import http.client
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from typing import Any
 import grpc
 import httpx
 
+from bench.interleave import Paused
 from bench.qqp import QuestionPair, load_pairs
 from bench.stack import local_stack
 from bench.timing import p50_p99_ms
@@ -77,24 +77,6 @@ class RestClient:
         elapsed = time.perf_counter() - started
         assert reply.status == 200, data
         return elapsed, bool(json.loads(data)["cache_hit"])
-
-
-class Paused:
-    """SIGSTOPs a design's processes while the other design is measured."""
-
-    def __init__(self, pids: dict[str, list[int]]) -> None:
-        self.pids = pids
-
-    def only(self, name: str) -> None:
-        for other, pids in self.pids.items():
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT if other == name else signal.SIGSTOP)
-        time.sleep(0.05)
-
-    def resume_all(self) -> None:
-        for pids in self.pids.values():
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
 
 
 def in_turn(
