@@ -5,8 +5,10 @@
    batch 1 and 32 in one process, and `Embed` over gRPC from two embedder processes.
 2. gRPC over a Unix domain socket against TCP on 127.0.0.1: a bare unary round trip to two
    servers that answer a 384-dim vector at once (only the transport differs).
-3. The embedder's ONNX Runtime threads: spin-waiting between runs on and off, and one intra-op
-   thread against two, through `Embed` over gRPC.
+3. The embedder's ONNX Runtime threads: spinning on after a run ends (ONNX Runtime's default)
+   against off, through the whole stack (REST semantic hits, two stacks side by side); and
+   through `Embed` over gRPC, spin-waiting within runs on and off, one intra-op thread against
+   two.
 
 Levers that are code rather than settings (the gateway's per-request work, the batcher's
 hand-off) were measured against the previous commit; docs/benchmarks.md has those rows.
@@ -24,13 +26,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from bench.embedder_bench import questions, st_source
+from bench.gateway_bench import RestClient, pid_of
 from bench.interleave import Paused, in_blocks
+from bench.qqp import load_pairs
+from bench.stack import local_stack
 from bench.timing import p50_p99_ms
 from embedder.encoder import OnnxEncoder
 from embedder.manifest import ModelManifest
@@ -159,6 +165,40 @@ def transports(texts: list[str]) -> dict[str, float]:
                 server.wait(10)
 
 
+def stacks(
+    model_dir: Path, contenders: dict[str, tuple[str, ...]], texts: list[str]
+) -> dict[str, float]:
+    """REST semantic hits, p50 ms, through whole stacks whose embedders take each
+    contender's flags (each stack holds every text's pair partner, asked for its paraphrase)."""
+    pairs = [p for p in load_pairs(len(texts) * 3) if p.text_a != p.text_b][: len(texts)]
+    with ExitStack() as stack:
+        started = {
+            name: stack.enter_context(local_stack(model_dir, embedder_args=flags))
+            for name, flags in contenders.items()
+        }
+        askers: dict[str, Callable[[str], float]] = {}
+        pids: dict[str, list[int]] = {}
+        for name, services in started.items():
+            assert services.gateway is not None
+            rest = RestClient(services.gateway.url)
+            for pair in pairs:
+                rest.ask(pair.text_a)
+            askers[name] = _rest_timer(rest)
+            pids[name] = [
+                pid_of(services.embedder),
+                pid_of(services.cache),
+                pid_of(services.gateway),
+            ]
+        paraphrases = [p.text_b for p in pairs]
+        in_blocks(askers, paraphrases[:30], Paused(pids))  # warm up
+        seconds = in_blocks(askers, paraphrases * 2, Paused(pids))
+        return {name: p50(s) for name, s in seconds.items()}
+
+
+def _rest_timer(rest: RestClient) -> Callable[[str], float]:
+    return lambda text: rest.ask(text)[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", type=Path, default=Path("models/default"))
@@ -188,6 +228,11 @@ def main() -> None:
         texts,
     )
     wire = transports(texts)
+    after_run = stacks(
+        folders["fused"],
+        {"spin after run": ("--spin-after-run", "true"), "sleep after run": ()},
+        texts,
+    )
     rows = [
         ("fusions: model run, batch 1", runs["unfused"]["batch 1"], runs["fused"]["batch 1"]),
         ("fusions: model run, batch 32", runs["unfused"]["batch 32"], runs["fused"]["batch 32"]),
@@ -197,7 +242,12 @@ def main() -> None:
             wire["TCP 127.0.0.1"],
             wire["Unix domain socket"],
         ),
-        ("embedder spin-wait off (default on)", spin["spin on"], spin["spin off"]),
+        (
+            "embedder threads sleep after a run: REST semantic hit",
+            after_run["spin after run"],
+            after_run["sleep after run"],
+        ),
+        ("embedder spin-wait within runs off (default on)", spin["spin on"], spin["spin off"]),
         ("embedder 1 intra-op thread (default 2)", threads["2 threads"], threads["1 thread"]),
     ]
     lines = [

@@ -78,6 +78,7 @@ def open_session(
     cuda_device_id: int,
     intra_op_threads: int,
     spin_wait: bool,
+    spin_after_run: bool = False,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session as every model here is served: the file checked against its
     manifest's sha256 (unless None), thread pools sized on purpose, and CUDA never silently
@@ -93,6 +94,9 @@ def open_session(
     options.inter_op_num_threads = 1
     # Spinning between runs lowers latency but burns cores that other processes may need.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+    # ONNX Runtime's threads otherwise go on spinning after a run ends, waiting for the next
+    # one: on the cores the cache server and gateway need to finish the same request.
+    options.add_session_config_entry("session.force_spinning_stop", "0" if spin_after_run else "1")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -140,6 +144,7 @@ class OnnxEncoder:
         truncate: bool = True,
         verify_checksum: bool = True,
         spin_wait: bool = True,
+        spin_after_run: bool = False,
     ) -> None:
         self.model_dir = model_dir
         self.manifest = ModelManifest.read(model_dir)
@@ -151,6 +156,7 @@ class OnnxEncoder:
             cuda_device_id=cuda_device_id,
             intra_op_threads=intra_op_threads,
             spin_wait=spin_wait,
+            spin_after_run=spin_after_run,
         )
         self.execution_provider = self._session.get_providers()[0]
         self._input_names = {i.name for i in self._session.get_inputs()}

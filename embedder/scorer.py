@@ -44,6 +44,7 @@ class OnnxPairScorer:
         intra_op_threads: int = 0,
         verify_checksum: bool = True,
         spin_wait: bool = True,
+        spin_after_run: bool = False,
     ) -> None:
         self.folder = folder
         self.manifest = VerifierManifest.read(folder)
@@ -54,6 +55,7 @@ class OnnxPairScorer:
             cuda_device_id=cuda_device_id,
             intra_op_threads=intra_op_threads,
             spin_wait=spin_wait,
+            spin_after_run=spin_after_run,
         )
         self.execution_provider = self._session.get_providers()[0]
         self._input_names = {i.name for i in self._session.get_inputs()}

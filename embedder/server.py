@@ -58,6 +58,7 @@ class Embedder:
             "intra_op_threads": s.intra_op_threads,
             "verify_checksum": s.verify_checksum,
             "spin_wait": s.spin_wait,
+            "spin_after_run": s.spin_after_run,
         }
 
     async def load_model(self) -> None:

@@ -43,9 +43,16 @@ class EmbedderSettings(GrpcServiceSettings):
     )
     spin_wait: bool = Field(
         True,
-        description="Let ONNX Runtime threads spin-wait between runs. Measured here, 32 gRPC "
-        "clients: 326/s with, 269/s without; turn it off when the embedder shares its cores "
-        "with other busy processes",
+        description="Let ONNX Runtime threads spin-wait for work within a run. Measured here, "
+        "32 gRPC clients: 326/s with, 269/s without; turn it off when the embedder shares its "
+        "cores with other busy processes",
+    )
+    spin_after_run: bool = Field(
+        False,
+        description="Keep ONNX Runtime threads spinning after a run ends, waiting for the next "
+        "(ONNX Runtime's own default). Off, they sleep once the run is done and leave the cores "
+        "to the cache server and gateway finishing the same request: REST semantic hits 1.2-1.3x "
+        "faster at p50 here (docs/benchmarks.md, levers)",
     )
     max_batch_size: int = Field(32, ge=1, le=4096, description="Texts per model run, at most")
     max_batch_tokens: int | None = Field(
