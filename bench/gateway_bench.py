@@ -201,6 +201,42 @@ def one_run(
     return run
 
 
+def where_time_goes(
+    model_dir: Path, embedder: str, cache: str, rest_url: str, texts: list[str]
+) -> dict[str, float]:
+    """One semantic hit's p50 at each layer, the layers asked in turn for each text: the model
+    alone in this process (its own session, no spin-waiting), `Embed` over gRPC, `Query` over
+    gRPC to the cache server, and REST through the gateway."""
+    from embedder.encoder import OnnxEncoder
+    from protos.semcache.embedding.v1 import embedding_pb2 as epb
+    from protos.semcache.embedding.v1 import embedding_pb2_grpc as epb_grpc
+
+    encoder = OnnxEncoder(model_dir, intra_op_threads=2, spin_wait=False)
+    embed = epb_grpc.EmbeddingServiceStub(grpc.insecure_channel(embedder))
+    query = pb_grpc.CacheServiceStub(grpc.insecure_channel(cache))
+    rest = RestClient(rest_url)
+
+    def timed(call: Any) -> float:
+        started = time.perf_counter()
+        call()
+        return time.perf_counter() - started
+
+    layers: dict[str, Any] = {
+        "model run in process": lambda t: encoder.encode([t]),
+        "Embed over gRPC": lambda t: embed.Embed(epb.EmbedRequest(texts=[t]), timeout=60),
+        "Query over gRPC": lambda t: query.Query(
+            pb.QueryRequest(query=t, similarity_threshold=0.0), timeout=60
+        ),
+        "REST through the gateway": lambda t: rest.ask(t),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in layers}
+    names = list(layers)
+    for i, text in enumerate(texts * 2):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            seconds[name].append(timed(lambda: layers[name](text)))  # noqa: B023
+    return {name: p50_p99_ms(s)[0] for name, s in seconds.items()}
+
+
 def summary_rows(runs: list[dict[str, Any]]) -> list[str]:
     rows = [
         "| run | semantic hit p50 ms: original / semcache | ratio | exact hit p50 ms: "
@@ -269,6 +305,20 @@ def main() -> None:
         for _ in range(args.runs):
             runs.append(one_run(urls, services.cache.address, pairs, args.rounds, paused))
             print("\n".join(summary_rows(runs)[-1:]), flush=True)
+        paused.only("semcache")
+        layers = where_time_goes(
+            args.model_dir,
+            services.embedder.address,
+            services.cache.address,
+            services.gateway.url,
+            [p.text_b for p in pairs],
+        )
+        paused.resume_all()
+    breakdown = ["| layer (one semantic hit, p50) | ms | added by this layer |", "|---|---:|---:|"]
+    previous = 0.0
+    for name, ms in layers.items():
+        breakdown.append(f"| {name} | {ms:.2f} | {ms - previous:+.2f} |")
+        previous = ms
     text = "\n".join(
         [
             f"model {manifest.model_id}, {len(pairs)} QQP pairs, {args.runs} runs "
@@ -278,13 +328,15 @@ def main() -> None:
             *summary_rows(runs),
             "",
             *verdicts(runs),
+            "",
+            *breakdown,
         ]
     )
     print(text)
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "gateway.md").write_text(text + "\n")
-    (out / "gateway.json").write_text(json.dumps(runs, indent=2))
+    (out / "gateway.json").write_text(json.dumps({"runs": runs, "layers": layers}, indent=2))
 
 
 if __name__ == "__main__":
