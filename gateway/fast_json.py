@@ -1,10 +1,11 @@
-"""The hot path's answer, rendered straight from the cache server's protobuf reply.
+"""The hot paths' answers, rendered straight from the cache server's protobuf replies.
 
-`POST /query` answers thousands of times a second: building a pydantic model from the reply,
-dumping it to a dict and encoding that costs more than the few fields are worth. Here the
-dict is built once and encoded by orjson. The shape is the documented `QueryResponse`
-(gateway/routes/original.py), which keeps declaring it in the OpenAPI schema;
-tests/unit/test_fast_json.py checks the two agree field for field.
+`POST /query` and the LangCache API's `entries/search` answer thousands of times a second:
+building a pydantic model from the reply, dumping it to a dict and encoding that costs more
+than the few fields are worth. Here the dict is built once and encoded by orjson. The shapes are
+the documented `QueryResponse` (gateway/routes/original.py) and `SearchResponse`
+(gateway/routes/langcache.py), which keep declaring them in the OpenAPI schema;
+tests/unit/test_fast_json.py checks they agree field for field.
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ def query_answer(reply: pb.QueryResponse, processing_time_s: float) -> dict[str,
         answer["policy"] = "verified"
         answer["explored"] = reply.explored
     return answer
+
+
+_STRATEGY = {pb.SEARCH_STRATEGY_EXACT: "exact", pb.SEARCH_STRATEGY_SEMANTIC: "semantic"}
+
+
+def search_answer(reply: pb.SearchResponse) -> dict[str, Any]:
+    """The LangCache API's answer to `entries/search` (`SearchResponse`, by alias)."""
+    return {
+        "data": [
+            {
+                "id": hit.entry.id,
+                "prompt": hit.entry.prompt,
+                "response": hit.entry.response,
+                "attributes": dict(hit.entry.attributes),
+                "similarity": hit.similarity,
+                "searchStrategy": _STRATEGY[hit.strategy],
+            }
+            for hit in reply.hits
+        ]
+    }
 
 
 def json_response(content: dict[str, Any], status_code: int = 200) -> Response:

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Response
 from pydantic import AfterValidator, Field, StringConstraints, ValidationInfo, field_validator
 
 from gateway.errors import CacheCallError, ProblemError
+from gateway.fast_json import search_answer
 from gateway.problems import LANGCACHE
 from gateway.reformulation import (
     MAX_CONTEXT_ITEMS,
@@ -32,7 +33,14 @@ from gateway.reformulation import (
     standalone_question,
 )
 from gateway.routes.deps import CacheStub, Settings, call
-from gateway.routes.langcache import CacheEntry, CacheIdPath, Camel, SearchRequest, search
+from gateway.routes.langcache import (
+    CacheEntry,
+    CacheIdPath,
+    Camel,
+    SearchRequest,
+    SearchResponse,
+    search_reply,
+)
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
@@ -139,7 +147,10 @@ async def conversational_search(
     then searches like POST .../entries/search. `actualPrompt` is the question searched."""
     question, how = await _standalone(cache, settings, cache_id, body.context or [], body.prompt)
     response.headers[REFORMULATION_HEADER] = how.value
-    found = await search(body.model_copy(update={"prompt": question}), cache, settings, cache_id)
+    reply = await search_reply(
+        body.model_copy(update={"prompt": question}), cache, settings, cache_id
+    )
+    found = SearchResponse.model_validate(search_answer(reply))
     return ConversationalSearchResponse(actual_prompt=question, data=found.data)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from gateway.fast_json import json_response, query_answer
+from gateway.fast_json import json_response, query_answer, search_answer
+from gateway.routes.langcache import SearchResponse
 from gateway.routes.original import QueryResponse
 from protos.semcache.cache.v1 import cache_pb2 as pb
 
@@ -53,3 +54,28 @@ def test_the_body_is_json_that_the_standard_library_reads_back_the_same() -> Non
     response = json_response(answer)
     assert response.media_type == "application/json"
     assert json.loads(bytes(response.body)) == answer
+
+
+def test_a_langcache_search_answer_is_search_response_by_alias() -> None:
+    reply = pb.SearchResponse(
+        hits=[
+            pb.SearchHit(
+                entry=pb.Entry(
+                    id="e1", prompt="p", response="r", attributes={"tenant": "a"}, created_at=1.0
+                ),
+                similarity=0.91,
+                strategy=pb.SEARCH_STRATEGY_SEMANTIC,
+            ),
+            pb.SearchHit(
+                entry=pb.Entry(id="e2", prompt="q", response="s"),
+                similarity=1.0,
+                strategy=pb.SEARCH_STRATEGY_EXACT,
+            ),
+        ]
+    )
+    answer = search_answer(reply)
+    model = SearchResponse.model_validate(answer)
+    assert answer == model.model_dump(by_alias=True, mode="json")
+    assert [e["searchStrategy"] for e in answer["data"]] == ["semantic", "exact"]
+    assert answer["data"][0]["attributes"] == {"tenant": "a"}
+    assert search_answer(pb.SearchResponse()) == {"data": []}
