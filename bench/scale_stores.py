@@ -54,6 +54,9 @@ SOURCE_COSINE = 0.85
 SEED = 16
 CACHE = "bench"
 CHUNK = 100_000
+# redis-py's default socket timeout (5 s) is shorter than one pipelined batch of 1000 HSETs
+# can take on a large HNSW index: a 1M-entry fill died of it ~7 minutes in.
+CLIENT_TIMEOUT_S = 600.0
 
 
 def noise_sigma(dims: int) -> float:
@@ -306,8 +309,10 @@ async def measure_redis(
     server = RedisProcess(redis_dir).start()
     out: dict[str, Any] = {}
     try:
-        client = aioredis.Redis.from_url(server.url)
-        store = RedisStore(server.url, prefix=CACHE, algorithm=algorithm, timeout_s=120.0)
+        client = aioredis.Redis.from_url(server.url, socket_timeout=CLIENT_TIMEOUT_S)
+        store = RedisStore(
+            server.url, prefix=CACHE, algorithm=algorithm, timeout_s=CLIENT_TIMEOUT_S
+        )
         await store.open()
         index = store.layout.cache(CACHE).index
         before = await used_memory(client)
@@ -336,7 +341,7 @@ async def measure_redis(
     started = time.perf_counter()
     server = RedisProcess(redis_dir, server.port).start(timeout=3600)
     try:
-        client = aioredis.Redis.from_url(server.url)
+        client = aioredis.Redis.from_url(server.url, socket_timeout=CLIENT_TIMEOUT_S)
         info = await wait_indexed(client, index)
         out["start_s"] = time.perf_counter() - started
         out["docs_after_start"] = int(info["num_docs"])
