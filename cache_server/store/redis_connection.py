@@ -39,6 +39,7 @@ class RedisConnection:
         self.url = redacted_url(url)  # for messages and logs: never the password
         self.prefix = prefix
         self.layout = KeyLayout(prefix)
+        self.timeout_s = timeout_s
         # redis-py is only partly typed (untyped commands, str|bytes unions): kept as Any here.
         self._redis: Any = aioredis.from_url(
             url,

@@ -110,7 +110,12 @@ class RedisQueries(RedisConnection):
         query = f"({live_filter(attributes, now)})=>[KNN {k} @vector $vec AS distance]"
         blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
         fields = ("RETURN", len(ENTRY_FIELDS) + 1, "distance", *ENTRY_FIELDS)
-        arguments = ("PARAMS", 2, "vec", blob, "SORTBY", "distance", *fields)
+        # RediSearch's own query timeout (500 ms by default, ON_TIMEOUT RETURN) would cut a slow
+        # search short and answer with what it had found so far, silently: a FLAT scan of 1M
+        # vectors takes 100-250 ms here. Given the client's own timeout instead, a search that
+        # slow fails (StoreUnavailableError) rather than answering with a wrong nearest entry.
+        timeout_ms = max(1, int(self.timeout_s * 1000))
+        arguments = ("TIMEOUT", timeout_ms, "PARAMS", 2, "vec", blob, "SORTBY", "distance", *fields)
         try:
             reply = await self._search(keys, query, *arguments, "LIMIT", 0, k, "DIALECT", 2)
         except redis_errors.ResponseError:
