@@ -133,15 +133,7 @@ class IndexSnapshots:
             body = f.read()
         if not isinstance(header, dict):
             raise SnapshotError("no header")
-        expected = {
-            "format": FORMAT,
-            "version": VERSION,
-            "cache_id": cache_id,
-            "space": "ip",
-            "dimension": index.dimension,
-            "m": index.hnsw_m,
-            "ef_construction": index.hnsw_ef_construction,
-        }
+        expected = _identity(cache_id, index)
         for key, value in expected.items():
             if header.get(key) != value:
                 raise SnapshotError(f"{key} {header.get(key)!r}, expected {value!r}")
@@ -210,13 +202,7 @@ class IndexSnapshots:
                 separators=(",", ":"),
             ).encode()
             header = {
-                "format": FORMAT,
-                "version": VERSION,
-                "cache_id": cache_id,
-                "space": "ip",
-                "dimension": index.dimension,
-                "m": index.hnsw_m,
-                "ef_construction": index.hnsw_ef_construction,
+                **_identity(cache_id, index),
                 "count": len(exported.ids),
                 "graph_bytes": size,
                 "graph_crc32": crc,
@@ -257,3 +243,16 @@ class IndexSnapshots:
                 os.unlink(entry.path)
             except OSError as error:
                 log.warning("stale HNSW snapshot %s not removed (%s)", entry.path, error)
+
+
+def _identity(cache_id: str, index: VectorIndex) -> dict[str, object]:
+    """What a snapshot's header must say for `index` of `cache_id` to adopt its graph."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "cache_id": cache_id,
+        "space": "ip",
+        "dimension": index.dimension,
+        "m": index.hnsw_m,
+        "ef_construction": index.hnsw_ef_construction,
+    }
