@@ -166,7 +166,11 @@ class CacheSettings(GrpcServiceSettings):
     )
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_search: int = Field(
-        128, ge=1, le=4096, description="HNSW search breadth (recall vs latency)"
+        128,
+        ge=1,
+        le=4096,
+        description="HNSW search breadth (recall vs latency) up to 100k entries in a cache; "
+        "beyond, it grows with the log of the size (x2 at 1M: recall@1 0.982 -> 0.994)",
     )
     blas_threads: int = Field(
         1,

@@ -27,6 +27,11 @@ FloatArray = npt.NDArray[np.float32]
 # 0.998 at x8), up to MAX_OVERFETCH; a rarer scope is searched with the filter in the walk.
 OVERFETCH = 4
 MAX_OVERFETCH = 512
+# At a fixed ef, recall falls as the graph grows: on 1M derived QQP vectors (384 dims,
+# bench/scale_stores.py) ef 128 gave recall@1 0.982, 192 0.992, 256 0.994 (p50 0.63 ms, p99
+# 1.0 ms), 512 1.000 (1.16 ms), where at 100k ef 128 gives 0.992-1.000. So past EF_GROWTH_FROM
+# entries the search breadth grows with the log of the size: x2 at 1M.
+EF_GROWTH_FROM = 100_000
 
 
 def fingerprint(vector: FloatArray) -> bytes:
@@ -71,6 +76,14 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def ef_search(self) -> int:
+        """The HNSW search breadth for the current size: the configured one up to
+        EF_GROWTH_FROM entries, then times 1 + log10(entries / EF_GROWTH_FROM)."""
+        count = len(self._ids)
+        if count <= EF_GROWTH_FROM:
+            return self._hnsw_ef_search
+        return round(self._hnsw_ef_search * (1 + math.log10(count / EF_GROWTH_FROM)))
 
     def __contains__(self, entry_id: str) -> bool:
         return entry_id in self._row
@@ -201,13 +214,11 @@ class VectorIndex:
         if wanted > MAX_OVERFETCH:
             return None
         ids = self._id_of_label
-        self._hnsw.set_ef(max(self._hnsw_ef_search, wanted))
+        self._hnsw.set_ef(max(self.ef_search(), wanted))
         try:
             labels, distances = self._hnsw.knn_query(query, k=wanted)
         except RuntimeError:
             return None
-        finally:
-            self._hnsw.set_ef(self._hnsw_ef_search)
         out: list[tuple[str, float]] = []
         for label, distance in zip(labels[0], distances[0], strict=True):
             similarity = 1.0 - float(distance)
@@ -254,6 +265,7 @@ class VectorIndex:
         ids = self._id_of_label
         label_filter = None if accept is None else (lambda label: accept(ids[label]))
         wanted = min(k, len(self._ids))
+        self._hnsw.set_ef(self.ef_search())
         try:
             labels, distances = self._hnsw.knn_query(query, k=wanted, filter=label_filter)
         except RuntimeError:  # fewer than k reachable under the filter
@@ -343,7 +355,7 @@ class VectorIndex:
                 label_of[entry_ids[i]] = label
             next_label += len(missing)
             changes += len(missing)
-        graph.set_ef(self._hnsw_ef_search)
+        graph.set_ef(self._hnsw_ef_search)  # searches set their own (ef_search)
         graph.set_num_threads(1)
         self._matrix = np.zeros((max(len(entry_ids), 64), self.dimension), dtype=np.float32)
         self._matrix[: len(entry_ids)] = vectors
@@ -365,7 +377,7 @@ class VectorIndex:
             ef_construction=self._hnsw_ef_construction,
             allow_replace_deleted=True,
         )
-        index.set_ef(self._hnsw_ef_search)
+        index.set_ef(self._hnsw_ef_search)  # searches set their own (ef_search)
         labels = np.arange(count, dtype=np.int64)
         index.add_items(self._matrix[:count], labels, num_threads=-1)  # bulk build: all cores
         index.set_num_threads(1)  # queries: one at a time, on the store's thread

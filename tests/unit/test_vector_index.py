@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cache_server import vector_index
 from cache_server.vector_index import VectorIndex
 
 
@@ -148,3 +149,41 @@ def test_a_scoped_search_on_the_graph_with_a_known_selectivity_finds_the_scopes_
         assert agree / len(queries) >= 0.97, (tenants, agree)
     # Nothing passes the threshold: nothing comes back, whatever the share.
     assert approx.search(queries[0], 1, 0.9999, lambda _: True, selectivity=0.5) == []
+
+
+def test_the_search_breadth_grows_with_the_log_of_the_size_past_100k() -> None:
+    index = VectorIndex(8, hnsw_ef_search=128)
+    for count, expected in ((10, 128), (100_000, 128), (316_228, 192), (1_000_000, 256)):
+        index._ids = ["id"] * count  # only the size matters to the rule
+        assert index.ef_search() == expected, count
+
+
+def test_a_large_graph_is_searched_with_the_grown_breadth(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(8, ann_threshold=100, hnsw_ef_search=16)
+    index.add_many([f"e{i}" for i in range(300)], vectors)
+    assert index.approximate
+    monkeypatch.setattr(vector_index, "EF_GROWTH_FROM", 30)  # 300 entries: 10x past it
+    seen: list[int] = []
+    graph = index._hnsw
+    assert graph is not None
+    monkeypatch.setattr(index, "_hnsw", _RecordingGraph(graph, seen))
+    assert index.search(vectors[5], 1, 0.0)[0][0] == "e5"
+    assert seen and seen[-1] == 32  # 16 x (1 + log10(300 / 30))
+
+
+class _RecordingGraph:
+    """An hnswlib index that notes every ef it is given."""
+
+    def __init__(self, graph: object, seen: list[int]) -> None:
+        self._graph = graph
+        self._seen = seen
+
+    def set_ef(self, ef: int) -> None:
+        self._seen.append(ef)
+        self._graph.set_ef(ef)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._graph, name)
