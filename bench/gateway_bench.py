@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 import httpx
 
-from bench.interleave import Paused
+from bench.interleave import Paused, in_blocks
 from bench.qqp import QuestionPair, load_pairs
 from bench.stack import local_stack
 from bench.timing import p50_p99_ms
@@ -80,20 +80,21 @@ class RestClient:
 
 
 def in_turn(
-    clients: dict[str, RestClient], texts: list[str], paused: Paused, block: int = 25
+    clients: dict[str, RestClient], texts: list[str], paused: Paused
 ) -> dict[str, dict[str, float]]:
-    """Concurrency 1: each block of texts to every design, which goes first flipped."""
-    latencies: dict[str, list[float]] = {name: [] for name in clients}
+    """Concurrency 1: each block of texts to every design, which goes first flipped
+    (bench/interleave.py), counting hits."""
     hits = dict.fromkeys(clients, 0)
-    names = list(clients)
-    for b, start in enumerate(range(0, len(texts), block)):
-        for name in names if b % 2 else reversed(names):
-            paused.only(name)
-            for text in texts[start : start + block]:
-                elapsed, hit = clients[name].ask(text)
-                latencies[name].append(elapsed)
-                hits[name] += hit
-    paused.resume_all()
+
+    def asker(name: str) -> Callable[[str], float]:
+        def ask(text: str) -> float:
+            elapsed, hit = clients[name].ask(text)
+            hits[name] += hit
+            return elapsed
+
+        return ask
+
+    latencies = in_blocks({name: asker(name) for name in clients}, texts, paused)
     figures = {}
     for name, seconds in latencies.items():
         p50, p99 = p50_p99_ms(seconds)

@@ -355,7 +355,6 @@ class VectorIndex:
                 label_of[entry_ids[i]] = label
             next_label += len(missing)
             changes += len(missing)
-        graph.set_ef(self._hnsw_ef_search)  # searches set their own (ef_search)
         graph.set_num_threads(1)
         self._matrix = np.zeros((max(len(entry_ids), 64), self.dimension), dtype=np.float32)
         self._matrix[: len(entry_ids)] = vectors
@@ -377,7 +376,6 @@ class VectorIndex:
             ef_construction=self._hnsw_ef_construction,
             allow_replace_deleted=True,
         )
-        index.set_ef(self._hnsw_ef_search)  # searches set their own (ef_search)
         labels = np.arange(count, dtype=np.int64)
         index.add_items(self._matrix[:count], labels, num_threads=-1)  # bulk build: all cores
         index.set_num_threads(1)  # queries: one at a time, on the store's thread

@@ -70,7 +70,6 @@ _TO_PB = {
     SearchStrategy.EXACT: pb.SEARCH_STRATEGY_EXACT,
     SearchStrategy.SEMANTIC: pb.SEARCH_STRATEGY_SEMANTIC,
 }
-_FROM_PB = {v: k for k, v in _TO_PB.items()}
 LOOKUP_HIT, LOOKUP_MISS = LOOKUPS.labels("hit"), LOOKUPS.labels("miss")
 
 

@@ -14,6 +14,25 @@ def unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
     return np.asarray(v / np.linalg.norm(v, axis=1, keepdims=True), dtype=np.float32)
 
 
+def exact_and_graph(
+    n: int, *, seed: int, queries: int, noise: float, dim: int = 48
+) -> tuple[VectorIndex, VectorIndex, np.ndarray]:
+    """The same `n` vectors searched exactly and on an HNSW graph (from 1000 entries), and
+    `queries` of them moved by Gaussian noise of scale `noise` (seeded from `seed` + 1)."""
+    vectors = unit_vectors(n, dim=dim, seed=seed)
+    exact = VectorIndex(dim, ann_threshold=10**9)
+    approx = VectorIndex(dim, ann_threshold=1000)
+    for i, v in enumerate(vectors):
+        exact.add(f"e{i}", v)
+        approx.add(f"e{i}", v)
+    moved = (
+        vectors[:queries]
+        + np.random.default_rng(seed + 1).standard_normal((queries, dim)).astype(np.float32) * noise
+    )
+    moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+    return exact, approx, moved
+
+
 def test_exact_search_is_best_first_and_respects_the_threshold() -> None:
     index = VectorIndex(2)
     index.add("east", np.array([1.0, 0.0], dtype=np.float32))
@@ -53,16 +72,8 @@ def test_filter_skips_rejected_ids() -> None:
 
 
 def test_hnsw_takes_over_past_the_threshold_with_high_recall() -> None:
-    vectors = unit_vectors(3000, dim=48, seed=1)
-    exact = VectorIndex(48, ann_threshold=10**9)
-    approx = VectorIndex(48, ann_threshold=1000)
-    for i, v in enumerate(vectors):
-        exact.add(f"e{i}", v)
-        approx.add(f"e{i}", v)
+    exact, approx, queries = exact_and_graph(3000, seed=1, queries=300, noise=0.05)
     assert approx.approximate and not exact.approximate
-    noise = np.random.default_rng(2).standard_normal((300, 48)).astype(np.float32) * 0.05
-    queries = vectors[:300] + noise
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     agree = sum(exact.search(q, 1, -1.0)[0][0] == approx.search(q, 1, -1.0)[0][0] for q in queries)
     assert agree / len(queries) >= 0.99
 
@@ -120,15 +131,7 @@ def test_a_scoped_search_on_the_graph_with_a_known_selectivity_finds_the_scopes_
     """With the filter's share known, the graph is asked for unfiltered neighbours and the
     scope's nearest are kept: the same answers as an exact scoped search (recall), without
     calling the filter on every node the walk visits; a scope too rare for that falls back."""
-    vectors = unit_vectors(4000, dim=48, seed=5)
-    exact = VectorIndex(48, ann_threshold=10**9)
-    approx = VectorIndex(48, ann_threshold=1000)
-    for i, v in enumerate(vectors):
-        exact.add(f"e{i}", v)
-        approx.add(f"e{i}", v)
-    noise = np.random.default_rng(6).standard_normal((200, 48)).astype(np.float32) * 0.3
-    queries = vectors[:200] + noise
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact, approx, queries = exact_and_graph(4000, seed=5, queries=200, noise=0.3)
     for tenants in (4, 50, 2000):  # 2000 scopes of 2: too rare to over-fetch, filter walk
         calls = 0
 
@@ -159,9 +162,7 @@ def test_the_search_breadth_grows_with_the_log_of_the_size_past_100k() -> None:
 
 
 def test_a_large_graph_is_searched_with_the_grown_breadth(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(3)
-    vectors = rng.standard_normal((300, 8)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = unit_vectors(300, dim=8, seed=3)
     index = VectorIndex(8, ann_threshold=100, hnsw_ef_search=16)
     index.add_many([f"e{i}" for i in range(300)], vectors)
     assert index.approximate
