@@ -136,7 +136,7 @@ class SemanticCache(CacheAdmin):
         check_text("query", query, self.policy.max_prompt_chars)
         hit_policy = await self.verified.policy_for(cache_id, policy, max_error_rate)
         rule = await self._hit_rule(threshold, hit_policy)
-        attributes = check_attributes(attributes or {})
+        attributes = check_attributes(attributes or {}, writing=True)
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
 
         vector_box: list[FloatArray] = []
@@ -364,10 +364,25 @@ class SemanticCache(CacheAdmin):
         attributes: Mapping[str, str] | None = None,
         ttl_s: float | None = None,
     ) -> str:
+        """Stores an answer for `prompt` (the Set RPC); the entry's id."""
+        attributes = check_attributes(attributes or {}, writing=True)
+        return await self.set_scoped(cache_id, prompt, response, attributes=attributes, ttl_s=ttl_s)
+
+    async def set_scoped(
+        self,
+        cache_id: str,
+        prompt: str,
+        response: str,
+        *,
+        attributes: Mapping[str, str],
+        ttl_s: float | None = None,
+    ) -> str:
+        """`set` for the cache server's own surfaces (chat), whose attributes may carry the
+        scope only it writes (entries.SERVER_ATTRIBUTES)."""
         cache_id = check_cache_id(cache_id)
         check_text("prompt", prompt, self.policy.max_prompt_chars)
         check_text("response", response, self.policy.max_response_chars)
-        attributes = check_attributes(attributes or {})
+        attributes = check_attributes(attributes)
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
         await self._admit(cache_id)
         vector = await self._embed_one(prompt)

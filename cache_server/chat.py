@@ -1,34 +1,38 @@
-"""Chat completions through the cache (the gateway's OpenAI-compatible route).
+"""Chat completions through the cache (the Chat RPC; the gateway's OpenAI-compatible route).
 
-A cacheable request is looked up like a LangCache search: its prompt (the last user message)
-exactly, then semantically, within its attributes (the scope). On a miss the upstream answers
-once per key, however many callers ask at the same time: the call runs in a flight of its own
-whose events (the chunks of a stream, or the whole answer) every caller follows from the first,
-so a caller who joins late still gets the whole stream, and one who leaves does not stop it for
-the others. A complete answer (`finish_reason` "stop", text, no tool calls) is stored; an
-answer cut short, or an upstream that fails, stores nothing. A request that is not cacheable is
-passed to the upstream as it is.
+The cache server reads each request itself (cache_server.chat_scope): its prompt, the last
+user message, is looked up exactly, then semantically, within its scope, a digest of all else
+that shapes the answer. On a miss the upstream answers once per key, however many callers ask
+at the same time: the call runs in a flight (cache_server.single_flight) whose events (the
+chunks of a stream, or the whole answer) every caller follows from the first, so a caller who
+joins late still gets the whole stream, and one who leaves does not stop it for the others. A
+complete answer (`finish_reason` "stop", text, no tool calls) is stored; an answer cut short,
+or an upstream that fails, stores nothing. A request that is not cacheable, or that arrives
+while the cache cannot be reached (embedder or store down), is passed to the upstream as it
+is: the user is served, nothing is stored.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cache_server import metrics
 from cache_server.cache import SemanticCache
+from cache_server.chat_scope import ChatScope, scope_of
+from cache_server.embedder_client import EmbedderUnavailableError
 from cache_server.entries import (
     check_attributes,
     check_cache_id,
-    check_text,
     check_ttl,
     normalize_prompt,
 )
 from cache_server.lookup import Hit, Strategy
+from cache_server.single_flight import Broadcast, SingleFlight
+from cache_server.store.base import StoreUnavailableError
 from cache_server.upstream import ChatUpstream, UpstreamError, UpstreamHTTPError
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ChatCall:
     cache_id: str
-    prompt: str
+    prompt: str  # "" : the last message's text (the cache server reads it from the body)
     attributes: Mapping[str, str]
     body: Mapping[str, Any]
     stream: bool
@@ -45,6 +49,15 @@ class ChatCall:
     use_cache: bool = True
     threshold: float | None = None
     ttl_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The first event: the scope the answer is looked up and stored under (empty when not
+    cached) and why it is passed through uncached (None: it is cached)."""
+
+    chat_scope: str
+    uncacheable: str | None
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,8 @@ class Stored:
     entry_id: str
 
 
-ChatEvent = Hit | Chunk | Completion | Failed | Stored
+ChatEvent = Routed | Hit | Chunk | Completion | Failed | Stored
+UpstreamEvent = Chunk | Completion | Failed | Stored
 
 
 @dataclass
@@ -101,121 +115,81 @@ class _Answer:
         return text
 
 
-class Broadcast:
-    """Events of one flight, in order, for every follower from the first event on."""
-
-    def __init__(self) -> None:
-        self.events: list[ChatEvent] = []
-        self.done = False
-        self._changed = asyncio.Event()
-
-    def publish(self, event: ChatEvent) -> None:
-        self.events.append(event)
-        self._wake()
-
-    def close(self) -> None:
-        self.done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def follow(self) -> AsyncIterator[ChatEvent]:
-        seen = 0
-        while True:
-            while seen < len(self.events):
-                seen += 1
-                yield self.events[seen - 1]
-            if self.done:
-                return
-            await self._changed.wait()
-
-
-class _Flight:
-    def __init__(self, broadcast: Broadcast, task: asyncio.Task[None]) -> None:
-        self.broadcast = broadcast
-        self.task = task
-        self.followers = 0
-
-
 class ChatCompletions:
     def __init__(self, cache: SemanticCache, upstream: ChatUpstream) -> None:
         self.cache = cache
         self.upstream = upstream
-        self._flights: dict[Hashable, _Flight] = {}
+        self._flights = SingleFlight()
 
     @property
     def in_flight(self) -> int:
-        return len(self._flights)
+        return self._flights.in_flight
 
     async def run(self, call: ChatCall) -> AsyncIterator[ChatEvent]:
-        if not call.cacheable:  # a flight of its own, shared with nobody
-            async for event in self._join(object(), lambda b: self._produce(call, b, store=False)):
-                yield event
-            return
-        cache_id = check_cache_id(call.cache_id)
-        check_text("prompt", call.prompt, self.cache.policy.max_prompt_chars)
-        attributes = check_attributes(call.attributes)
+        # Chat never reaches the caches the cache server keeps for itself.
+        cache_id = check_cache_id(call.cache_id, reserved=False)
+        attributes = check_attributes(call.attributes, writing=True)
         ttl_s = check_ttl(call.ttl_s, self.cache.policy.default_ttl_s)
-        if call.use_cache:
-            found = await self.cache.search(
-                cache_id,
-                call.prompt,
-                threshold=call.threshold,
-                attributes=attributes,
-                strategies=(Strategy.EXACT, Strategy.SEMANTIC),
-            )
-            if found.hits:
-                yield found.hits[0]
-                return
-        # Everything that shapes the stored entry or the relayed answer is in the key.
-        key = (
-            cache_id,
-            normalize_prompt(call.prompt),
-            tuple(sorted(attributes.items())),
-            ttl_s,
-            call.stream,
+        scope = scope_of(
+            call.body,
+            attributes,
+            prompt=call.prompt,
+            stream=call.stream,
+            cacheable=call.cacheable,
+            max_prompt_chars=self.cache.policy.max_prompt_chars,
         )
-        scoped = ChatCall(cache_id, call.prompt, attributes, call.body, call.stream, ttl_s=ttl_s)
-        async for event in self._join(key, lambda b: self._produce(scoped, b, store=True)):
+        if scope.uncacheable is None and call.use_cache:
+            try:
+                found = await self.cache.search(
+                    cache_id,
+                    scope.prompt,
+                    threshold=call.threshold,
+                    attributes=scope.attributes,
+                    strategies=(Strategy.EXACT, Strategy.SEMANTIC),
+                )
+            except (EmbedderUnavailableError, StoreUnavailableError) as exc:
+                # The user is still served: by the upstream, uncached.
+                log.warning("chat look-up in cache %r failed, passing through: %s", cache_id, exc)
+                metrics.CHAT_PASSED_THROUGH.labels("cache_unavailable").inc()
+                scope = ChatScope("", attributes, "the cache is unavailable", scope.upstream_body)
+            else:
+                if found.hits:
+                    yield Routed(scope.digest, None)
+                    yield found.hits[0]
+                    return
+        elif scope.uncacheable is not None:
+            metrics.CHAT_PASSED_THROUGH.labels("uncacheable" if call.cacheable else "asked").inc()
+        yield Routed(scope.digest, scope.uncacheable)
+        cached = scope.uncacheable is None
+        # Everything that shapes the stored entry or the relayed answer is in the key; a
+        # request passed through is a flight of its own, shared with nobody.
+        key = (cache_id, normalize_prompt(scope.prompt), scope.digest, ttl_s, call.stream)
+
+        async def produce(broadcast: Broadcast[UpstreamEvent]) -> None:
+            await self._produce(cache_id, scope, ttl_s, call.stream, broadcast, store=cached)
+
+        async for event in self._flights.follow(key if cached else None, produce):
             yield event
 
-    async def _join(
-        self, key: Hashable, produce: Callable[[Broadcast], Coroutine[Any, Any, None]]
-    ) -> AsyncIterator[ChatEvent]:
-        flight = self._flights.get(key)
-        if flight is None:
-            broadcast = Broadcast()
-            task = asyncio.ensure_future(produce(broadcast))
-            flight = self._flights[key] = _Flight(broadcast, task)
-            landed = flight
-            task.add_done_callback(lambda _: self._land(key, landed))
-        flight.followers += 1
-        try:
-            async for event in flight.broadcast.follow():
-                yield event
-        finally:
-            flight.followers -= 1
-            if flight.followers == 0 and not flight.task.done():
-                # Nobody listens any more: stop paying for the upstream's tokens.
-                self._land(key, flight)
-                flight.task.cancel()
-
-    def _land(self, key: Hashable, flight: _Flight) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-
-    async def _produce(self, call: ChatCall, broadcast: Broadcast, *, store: bool) -> None:
+    async def _produce(
+        self,
+        cache_id: str,
+        scope: ChatScope,
+        ttl_s: float | None,
+        stream: bool,
+        broadcast: Broadcast[UpstreamEvent],
+        *,
+        store: bool = False,
+    ) -> None:
         answer = _Answer()
         try:
-            if call.stream:
-                async for chunk in self.upstream.chat_stream(call.body):
+            if stream:
+                async for chunk in self.upstream.chat_stream(scope.upstream_body):
                     broadcast.publish(Chunk(chunk))
                     for choice in _choices(chunk):
                         answer.take(choice, "delta")
             else:
-                whole = await self.upstream.chat(call.body)
+                whole = await self.upstream.chat(scope.upstream_body)
                 broadcast.publish(Completion(whole))
                 for choice in _choices(whole):
                     answer.take(choice, "message")
@@ -235,18 +209,14 @@ class ChatCompletions:
             raise
         metrics.UPSTREAM_CALLS.labels("ok").inc()
         entry_id = ""
-        text = answer.complete_text(streamed=call.stream) if store else None
+        text = answer.complete_text(streamed=stream) if store else None
         if text is not None:
             try:
-                entry_id = await self.cache.set(
-                    call.cache_id,
-                    call.prompt,
-                    text,
-                    attributes=call.attributes,
-                    ttl_s=call.ttl_s,
+                entry_id = await self.cache.set_scoped(
+                    cache_id, scope.prompt, text, attributes=scope.attributes, ttl_s=ttl_s
                 )
             except Exception as exc:  # the answer was given; only its storing failed
-                log.warning("storing a chat completion in cache %r failed: %s", call.cache_id, exc)
+                log.warning("storing a chat completion in cache %r failed: %s", cache_id, exc)
         broadcast.publish(Stored(entry_id))
         broadcast.close()
 

@@ -17,6 +17,15 @@ _ENTRY_ID = re.compile(r"^[0-9a-f]{32}$")
 # the rule above, which no id starting with "_" passes, and neither does the REST API's
 # pattern: no REST client can read, fill or flush them; gRPC callers can, deliberately.
 RESERVED_CACHE_IDS = frozenset({"__reformulations__"})
+# Scope attributes mark an entry as written for one surface: an entry carrying one is found
+# only by a look-up that names it with the same value (every other attribute merely filters:
+# an entry carrying more attributes than a look-up names is still found). `chat_scope` is the
+# cache server's digest of a chat request (cache_server.chat_scope), `lc_scope` the LangChain
+# cache's digest of its prompt and LLM string (semcache_client.langchain).
+CHAT_SCOPE_ATTRIBUTE = "chat_scope"
+SCOPE_ATTRIBUTES = frozenset({CHAT_SCOPE_ATTRIBUTE, "lc_scope"})
+# Attributes only the cache server writes: a caller may name them in a look-up, never store them.
+SERVER_ATTRIBUTES = frozenset({CHAT_SCOPE_ATTRIBUTE})
 MAX_ATTRIBUTES = 32
 MAX_ATTRIBUTE_VALUE_CHARS = 1024
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600.0
@@ -45,8 +54,22 @@ class CacheEntry:
         return self.expires_at is not None and self.expires_at <= now
 
     def matches(self, attributes: Mapping[str, str]) -> bool:
-        """True when the entry carries every given attribute with the same value."""
-        return all(self.attributes.get(k) == v for k, v in attributes.items())
+        """Whether a look-up within `attributes` finds this entry (`in_scope`)."""
+        return in_scope(self.attributes, attributes)
+
+
+def in_scope(carried: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    """The look-up rule, for every store and surface: an entry carrying `carried` is found by
+    a look-up within `wanted` when it carries every wanted attribute with the same value, and
+    no scope attribute (SCOPE_ATTRIBUTES) that the look-up does not name."""
+    if any(carried.get(k) != v for k, v in wanted.items()):
+        return False
+    return not any(name in carried and name not in wanted for name in SCOPE_ATTRIBUTES)
+
+
+def unnamed_scopes(wanted: Mapping[str, str]) -> list[str]:
+    """The scope attributes a look-up within `wanted` must find absent (sorted)."""
+    return sorted(name for name in SCOPE_ATTRIBUTES if name not in wanted)
 
 
 def normalize_prompt(prompt: str) -> str:
@@ -66,9 +89,13 @@ def entry_id(cache_id: str, prompt: str, attributes: Mapping[str, str]) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def check_cache_id(cache_id: str) -> str:
+def check_cache_id(cache_id: str, *, reserved: bool = True) -> str:
+    """A valid cache id ("" is the default cache); `reserved`: a cache the cache server keeps
+    for itself (RESERVED_CACHE_IDS) is acceptable here."""
     if not cache_id:
         return DEFAULT_CACHE_ID
+    if cache_id in RESERVED_CACHE_IDS and not reserved:
+        raise InvalidInputError(f"cache {cache_id!r} is reserved for the cache server's own use")
     if not _CACHE_ID.match(cache_id) and cache_id not in RESERVED_CACHE_IDS:
         raise InvalidInputError(
             f"cache_id {cache_id[:40]!r} is invalid: 1-128 characters of letters, digits and "
@@ -98,7 +125,15 @@ def check_text(name: str, value: str, max_chars: int) -> str:
     return value
 
 
-def check_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
+def check_attributes(attributes: Mapping[str, str], *, writing: bool = False) -> dict[str, str]:
+    """Valid attributes; `writing`: for an entry to store, which may not carry an attribute
+    only the cache server writes (SERVER_ATTRIBUTES)."""
+    if writing:
+        for name in SERVER_ATTRIBUTES.intersection(attributes):
+            raise InvalidInputError(
+                f"attribute {name!r} is the cache server's own (the scope of a chat request): "
+                "it can be searched for, not stored"
+            )
     if len(attributes) > MAX_ATTRIBUTES:
         raise InvalidInputError(
             f"{len(attributes)} attributes; at most {MAX_ATTRIBUTES} are allowed"

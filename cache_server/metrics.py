@@ -24,6 +24,13 @@ UPSTREAM_CALLS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+CHAT_PASSED_THROUGH = Counter(
+    "semcache_cache_chat_passed_through_total",
+    "Chat requests passed to the upstream uncached, by why: uncacheable (tools, n > 1, too "
+    "long...), asked (the caller said so), cache_unavailable (embedder or store down)",
+    ["reason"],
+    registry=REGISTRY,
+)
 EVICTIONS = Counter("semcache_cache_evictions_total", "Entries evicted (LRU)", registry=REGISTRY)
 EXPIRATIONS = Counter(
     "semcache_cache_expirations_total", "Expired entries purged", registry=REGISTRY

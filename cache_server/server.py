@@ -52,6 +52,7 @@ def make_upstream(settings: CacheSettings) -> Upstream:
         settings.upstream_model,
         api_key=key,
         timeout_s=settings.upstream_timeout_s,
+        read_timeout_s=settings.upstream_read_timeout_s,
     )
 
 

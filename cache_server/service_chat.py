@@ -11,7 +11,15 @@ from typing import Any
 import grpc
 
 from cache_server import metrics
-from cache_server.chat import ChatCall, ChatCompletions, ChatEvent, Chunk, Completion, Failed
+from cache_server.chat import (
+    ChatCall,
+    ChatCompletions,
+    ChatEvent,
+    Chunk,
+    Completion,
+    Failed,
+    Routed,
+)
 from cache_server.entries import InvalidInputError
 from cache_server.entry_pb import STRATEGY_TO_PB, entry_pb
 from cache_server.lookup import Hit
@@ -21,6 +29,10 @@ from service_runtime.error_reasons import REASON_KEY
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
+# Initial metadata of a Chat call: the scope its answer is looked up and stored under (absent
+# when not cached), and why it is passed to the upstream uncached (absent when cached).
+CHAT_SCOPE_KEY = "semcache-chat-scope"
+UNCACHEABLE_KEY = "semcache-uncacheable"
 
 
 def chat_call(request: pb.ChatRequest) -> ChatCall:
@@ -46,6 +58,7 @@ def chat_call(request: pb.ChatRequest) -> ChatCall:
 
 
 def event_pb(event: ChatEvent) -> pb.ChatEvent:
+    assert not isinstance(event, Routed)  # sent as initial metadata
     if isinstance(event, Hit):
         hit = pb.ChatHit(
             entry=entry_pb(event),
@@ -69,6 +82,12 @@ async def chat_events(
     started = time.perf_counter()
     try:
         async for event in chat.run(chat_call(request)):
+            if isinstance(event, Routed):  # how the request is handled, as initial metadata
+                metadata = [(CHAT_SCOPE_KEY, event.chat_scope)] if event.chat_scope else []
+                if event.uncacheable is not None:
+                    metadata.append((UNCACHEABLE_KEY, event.uncacheable))
+                await context.send_initial_metadata(metadata)
+                continue
             yield event_pb(event)
     except Exception as exc:
         code, reason = status_of(exc)

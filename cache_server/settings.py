@@ -184,7 +184,16 @@ class CacheSettings(GrpcServiceSettings):
     )
     upstream_model: str = Field("gpt-4o-mini", description="Model name sent upstream")
     upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream")
-    upstream_timeout_s: float = Field(30.0, gt=0, le=600)
+    upstream_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Deadline to connect to the upstream and send a request"
+    )
+    upstream_read_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=3600,
+        description="Longest wait for the upstream's answer (a whole completion, or the next "
+        "chunk of a stream): a long completion is paid for, so it is not cut off early",
+    )
     log_prompts: bool = Field(
         False, description="Include prompts in the per-request log lines (off: ids and figures)"
     )

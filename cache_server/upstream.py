@@ -133,13 +133,17 @@ class OpenAICompatibleUpstream:
         *,
         api_key: str | None = None,
         timeout_s: float = 30.0,
+        read_timeout_s: float = 600.0,
         max_tokens: int | None = None,
     ) -> None:
+        """`timeout_s` bounds connecting and sending; `read_timeout_s` the wait for the answer
+        (a whole completion, or each chunk of a stream), which a long completion needs."""
         self.model = model
         self._max_tokens = max_tokens
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        timeout = httpx.Timeout(timeout_s, read=read_timeout_s)
         self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout_s)
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout
         )
 
     async def complete(self, prompt: str) -> str:

@@ -1,33 +1,27 @@
-"""The OpenAI chat-completions wire format, as the caching route needs it: what of a request
-is the look-up key and what is its scope, whether it can be served from a cache at all, the
-caller's steering (headers or `extra_body`), and the completions, chunks and errors a hit or a
-refusal is answered with.
+"""The OpenAI chat-completions wire format, as the caching route needs it: the request's
+shape checked (so that a malformed one gets OpenAI's 400 with its `param`), the caller's
+steering (headers or `extra_body`), and the completions, chunks and errors a hit or a refusal
+is answered with.
 
-Scope: the look-up key is the text of the last message, which must be the user's. Everything
-else in the body shapes the answer and is hashed into the entry's scope (attribute
-`chat_scope`): model, every earlier message (system prompt included) and the last message's
-other fields, temperature, top_p, max_tokens, stop, seed, response_format, penalties,
-logit_bias, reasoning settings, and any field this module does not know. Left out are only the
-fields that change how the answer is delivered or billed, not what it says: `stream`,
-`stream_options`, `n` (when 1), `user`, `metadata`, `store`, `service_tier`, and `semcache`.
+What of a request is its look-up key, what is its scope, and whether it can be cached at all
+is the cache server's to say (cache_server.chat_scope), for every caller of its Chat RPC alike.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SCOPE_ATTRIBUTE = "chat_scope"
-# Fields that change how an answer is delivered or billed, not what it says.
-DELIVERY_FIELDS = frozenset(
-    {"stream", "stream_options", "n", "user", "metadata", "store", "service_tier", "semcache"}
-)
+SCOPE_ATTRIBUTE = "chat_scope"  # the cache server's (entries.CHAT_SCOPE_ATTRIBUTE)
 HEADER_PREFIX = "x-semcache-"
+# The cache id rule of the REST API (gateway.routes.deps.CACHE_ID_PATTERN): no caller names a
+# cache the cache server keeps for itself (those start with "_").
+_CACHE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
 class ChatRequestError(ValueError):
@@ -51,63 +45,13 @@ class Steering:
 
 @dataclass(frozen=True)
 class Plan:
-    """How a request is handled: its look-up key and scope, or why it is passed through."""
+    """What is sent on: the upstream's body and whether it asks for a stream."""
 
-    prompt: str
-    attributes: dict[str, str]
-    uncacheable: str | None  # the reason, when it cannot be served from a cache
     upstream_body: dict[str, Any]
     stream: bool
 
 
-def _text_of(content: object) -> str | None:
-    """A message's text: a string, or text parts only (None: other parts, e.g. images)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        for p in content
-    ):
-        return "".join(p["text"] for p in content)
-    return None
-
-
-def _why_uncacheable(body: Mapping[str, Any], messages: list[dict[str, Any]]) -> str | None:
-    n = body.get("n")
-    if n is not None and n != 1:
-        return "n > 1 (several choices)"
-    for name in ("tools", "functions", "tool_choice", "function_call"):
-        if body.get(name):
-            return f"{name} (an answer may be a tool call)"
-    if body.get("logprobs") or body.get("top_logprobs"):
-        return "logprobs"
-    modalities = body.get("modalities")
-    if body.get("audio") or (isinstance(modalities, list) and "audio" in modalities):
-        return "audio output"
-    if any(m.get("role") in ("tool", "function") for m in messages):
-        return "tool results in the conversation"
-    last = messages[-1]
-    if last.get("role") != "user":
-        return "the last message is not the user's"
-    text = _text_of(last.get("content"))
-    if text is None:
-        return "the last message is not text only"
-    if not text.strip():
-        return "the last message is empty"
-    return None
-
-
-def scope_digest(body: Mapping[str, Any]) -> str:
-    """A digest of all that shapes the answer except the last message's text."""
-    messages = list(body["messages"])
-    last = {k: v for k, v in messages[-1].items() if k != "content"}
-    shaped = {k: v for k, v in body.items() if k not in DELIVERY_FIELDS and k != "messages"}
-    shaped["messages"] = [*messages[:-1], last]
-    canonical = json.dumps(shaped, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
-def plan(body: Mapping[str, Any], steering: Steering) -> Plan:
+def plan(body: Mapping[str, Any]) -> Plan:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ChatRequestError("'model' is required: the model the upstream should use", "model")
@@ -120,13 +64,7 @@ def plan(body: Mapping[str, Any], steering: Steering) -> Plan:
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise ChatRequestError("'stream' must be a boolean", "stream")
-    upstream_body = {k: v for k, v in body.items() if k != "semcache"}
-    reason = _why_uncacheable(body, messages)
-    if reason is not None:
-        return Plan("", {}, reason, upstream_body, bool(stream))
-    prompt = _text_of(messages[-1].get("content")) or ""
-    attributes = {**steering.attributes, SCOPE_ATTRIBUTE: scope_digest(body)}
-    return Plan(prompt, attributes, None, upstream_body, bool(stream))
+    return Plan({k: v for k, v in body.items() if k != "semcache"}, bool(stream))
 
 
 def _flag(value: object, name: str) -> bool:
@@ -171,8 +109,12 @@ def steering(headers: Mapping[str, str], body: Mapping[str, Any]) -> Steering:
         raise ChatRequestError("semcache.attributes must map strings to strings", "semcache")
     if SCOPE_ATTRIBUTE in attributes:
         raise ChatRequestError(f"semcache.attributes cannot set {SCOPE_ATTRIBUTE}", "semcache")
-    if cache_id is not None and not isinstance(cache_id, str):
-        raise ChatRequestError("cache_id must be a string", "cache_id")
+    if cache_id is not None and (not isinstance(cache_id, str) or not _CACHE_ID.match(cache_id)):
+        raise ChatRequestError(
+            "cache_id must be 1-128 characters of letters, digits and _ . : -, starting with a "
+            "letter or digit",
+            "cache_id",
+        )
     return Steering(
         cache_id=cache_id or "",
         threshold=_number(threshold, "threshold", 0.0, 1.0) if threshold is not None else None,

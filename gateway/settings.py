@@ -31,6 +31,13 @@ class GatewaySettings(ServiceSettings):
     request_timeout_s: float = Field(
         60.0, gt=0, le=600, description="Deadline of each call to the cache server, seconds"
     )
+    chat_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=3600,
+        description="Deadline of a chat completion through the cache server, seconds: a long "
+        "completion is paid for, so it is not cut off at request_timeout_s",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="When set, every route but /health needs 'Authorization: Bearer <key>'",

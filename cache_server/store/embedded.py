@@ -472,24 +472,33 @@ class EmbeddedStore:
         if state is None or state.index.dimension != vector.shape[0]:
             return []
 
-        in_scope = state.scopes.members(attributes) if attributes else None
+        in_scope, excluded = state.scopes.found_by(attributes)
         if in_scope is not None and not in_scope:
             return []
         expiring = state.expires_at
+        total = max(len(state.scopes), 1)
+        if in_scope is not None:
+            selectivity = len(in_scope) / total
+        else:
+            selectivity = (total - len(excluded)) / total
+            if selectivity <= 0:
+                return []
 
         def live_and_in_scope(entry_id: str) -> bool:
             expires_at = expiring.get(entry_id)
             if expires_at is not None and expires_at <= now:
                 return False
-            return in_scope is None or entry_id in in_scope
+            if in_scope is None:
+                return entry_id not in excluded
+            return entry_id in in_scope
 
-        needs_filter = in_scope is not None or bool(expiring)
+        needs_filter = in_scope is not None or bool(excluded) or bool(expiring)
         found = state.index.search(
             vector,
             k,
             min_similarity,
             live_and_in_scope if needs_filter else None,
-            selectivity=len(in_scope) / max(len(state.scopes), 1) if in_scope is not None else 1.0,
+            selectivity=selectivity,
         )
         out: list[tuple[CacheEntry, float]] = []
         for entry_id, similarity in found:

@@ -58,7 +58,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cache_server.entries import CacheEntry
+from cache_server.entries import SCOPE_ATTRIBUTES, CacheEntry, unnamed_scopes
 
 VERSION = "v2"
 TOKEN_CHARS = 32
@@ -193,10 +193,18 @@ def tag(name: str, value: str) -> str:
     return hashlib.sha1(f"{name}\0{value}".encode()).hexdigest()[:20]
 
 
+def scope_marker(name: str) -> str:
+    """The token of an entry that carries scope attribute `name` at all (whatever its value;
+    no attribute value is empty): what a look-up that does not name it excludes."""
+    return tag(name, "")
+
+
 def live_filter(attributes: Mapping[str, str], now: float) -> str:
-    """A query for the entries alive at `now` that carry all `attributes`."""
+    """A query for the entries alive at `now` that a look-up within `attributes` finds
+    (entries.in_scope): every attribute carried, no scope attribute it does not name."""
     scope = " ".join(f"@atags:{{{tag(k, v)}}}" for k, v in sorted(attributes.items()))
-    return f"@live_until:[({now!r} +inf] {scope}".strip()
+    unnamed = " ".join(f"-@atags:{{{scope_marker(name)}}}" for name in unnamed_scopes(attributes))
+    return f"@live_until:[({now!r} +inf] {scope} {unnamed}".strip()
 
 
 def attribute_filter(attributes: Mapping[str, str]) -> str:
@@ -211,7 +219,10 @@ def entry_fields(entry: CacheEntry, pkey: str, vector: bytes) -> list[Any]:
         "pkey": pkey,
         "response": entry.response,
         "attributes": json.dumps(dict(entry.attributes), ensure_ascii=False),
-        "atags": ",".join(tag(k, v) for k, v in entry.attributes.items()),
+        "atags": ",".join(
+            [tag(k, v) for k, v in entry.attributes.items()]
+            + [scope_marker(name) for name in SCOPE_ATTRIBUTES.intersection(entry.attributes)]
+        ),
         "created_at": repr(entry.created_at),
         "expires_at": repr(entry.expires_at) if entry.expires_at is not None else "",
         "live_until": repr(entry.expires_at) if entry.expires_at is not None else "inf",

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from cache_server.entries import SCOPE_ATTRIBUTES, unnamed_scopes
+
 
 class ScopeIndex:
     def __init__(self) -> None:
         self._members: dict[tuple[str, str], set[str]] = {}
         self._attributes: dict[str, Mapping[str, str]] = {}
+        # Per scope attribute (entries.SCOPE_ATTRIBUTES): the entries carrying it at all.
+        self._scoped: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._attributes)
@@ -25,6 +29,8 @@ class ScopeIndex:
         self._attributes[entry_id] = attributes
         for pair in attributes.items():
             self._members.setdefault(pair, set()).add(entry_id)
+        for name in SCOPE_ATTRIBUTES.intersection(attributes):
+            self._scoped.setdefault(name, set()).add(entry_id)
 
     def discard(self, entry_id: str) -> None:
         old = self._attributes.pop(entry_id, None)
@@ -34,6 +40,12 @@ class ScopeIndex:
                 members.discard(entry_id)
                 if not members:
                     del self._members[pair]
+        for name in SCOPE_ATTRIBUTES.intersection(old or {}):
+            scoped = self._scoped.get(name)
+            if scoped is not None:
+                scoped.discard(entry_id)
+                if not scoped:
+                    del self._scoped[name]
 
     def members(self, attributes: Mapping[str, str]) -> set[str]:
         """The entries carrying every one of `attributes` (an empty scope: every entry)."""
@@ -44,3 +56,15 @@ class ScopeIndex:
         for other in sets[1:]:
             found = found & other
         return found
+
+    def found_by(self, attributes: Mapping[str, str]) -> tuple[set[str] | None, set[str]]:
+        """The entries a look-up within `attributes` may find (entries.in_scope), as
+        (members, excluded): members None is every entry; `excluded` are entries carrying a
+        scope attribute the look-up does not name (already taken out of members when given)."""
+        excluded: set[str] = set()
+        for name in unnamed_scopes(attributes):
+            excluded |= self._scoped.get(name, set())
+        if not attributes:
+            return None, excluded
+        members = self.members(attributes)
+        return (members - excluded if excluded else members), excluded

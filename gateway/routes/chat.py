@@ -25,6 +25,10 @@ from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata, request_id
 
+# The initial metadata of a Chat call (cache_server.service_chat).
+CHAT_SCOPE_KEY = "semcache-chat-scope"
+UNCACHEABLE_KEY = "semcache-uncacheable"
+
 log = logging.getLogger("gateway")
 router = APIRouter(tags=["OpenAI-compatible"])
 
@@ -118,14 +122,14 @@ async def chat_completions(
         raise ProblemError(400, "the request holds text that is not valid Unicode") from None
     try:
         steer = wire.steering(request.headers, raw)
-        plan = wire.plan(raw, steer)
+        plan = wire.plan(raw)
     except wire.ChatRequestError as exc:
         raise ProblemError(400, str(exc), fields=[{"field": exc.param or "body"}]) from exc
+    # The cache server reads the key, the scope and whether it can be cached from the body.
     message = pb.ChatRequest(
         cache_id=steer.cache_id,
-        prompt=plan.prompt,
-        attributes=plan.attributes,
-        cacheable=plan.uncacheable is None,
+        attributes=steer.attributes,
+        cacheable=True,
         body_json=json.dumps(plan.upstream_body),
         stream=plan.stream,
         use_cache=not steer.bypass,
@@ -134,16 +138,22 @@ async def chat_completions(
         message.similarity_threshold = steer.threshold
     if steer.ttl_seconds is not None:
         message.ttl_seconds = steer.ttl_seconds
-    call = cache.Chat(message, metadata=outgoing_metadata(), timeout=settings.request_timeout_s)
+    call = cache.Chat(message, metadata=outgoing_metadata(), timeout=settings.chat_timeout_s)
     events = aiter(call)
     try:
         first: pb.ChatEvent = await anext(events)
+        routed = dict(await call.initial_metadata() or ())
     except grpc.aio.AioRpcError as error:
         raise CacheCallError(error) from error
-    outcome = "uncacheable" if plan.uncacheable else "bypass" if steer.bypass else "miss"
-    headers = _headers(cache=outcome, cache_id=steer.cache_id or "default")
-    if plan.uncacheable:
-        headers["X-Semcache-Uncacheable"] = plan.uncacheable
+    uncacheable = routed.get(UNCACHEABLE_KEY)
+    outcome = "uncacheable" if uncacheable else "bypass" if steer.bypass else "miss"
+    headers = _headers(
+        cache=outcome,
+        cache_id=steer.cache_id or "default",
+        chat_scope=str(routed[CHAT_SCOPE_KEY]) if CHAT_SCOPE_KEY in routed else None,
+    )
+    if uncacheable:
+        headers["X-Semcache-Uncacheable"] = str(uncacheable)
     kind = first.WhichOneof("event")
     if kind == "hit":
         return _hit(first.hit, body, raw, headers, stream=plan.stream)

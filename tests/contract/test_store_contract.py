@@ -54,6 +54,33 @@ async def test_caches_and_attributes_scope_everything(store: CacheStore) -> None
     assert await store.find_exact("c1", "Q", {}, NOW) is None
 
 
+async def test_an_entry_of_a_scope_is_found_only_by_look_ups_naming_that_scope(
+    store: CacheStore,
+) -> None:
+    """Issue 23, finding 1: a chat answer (stored with its chat_scope) was an exact and a
+    semantic hit for a plain look-up with no attributes. Scope attributes are not filters: an
+    entry carrying one is found only by a look-up naming it with the same value."""
+    await put(store, entry("what is 2+2", chat_scope="pirate", user="ann"), vec(1), 10, NOW)
+    await put(store, entry("what is 2+2", lc_scope="llm-a"), vec(1), 10, NOW)
+    for wanted in ({}, {"user": "ann"}, {"chat_scope": "number-only"}, {"lc_scope": "llm-b"}):
+        assert await store.find_exact("c1", "what is 2+2", wanted, NOW) is None, wanted
+        assert await store.search("c1", vec(1), 5, 0.5, wanted, NOW) == [], wanted
+    pirate = {"chat_scope": "pirate"}
+    exact = await store.find_exact("c1", "what is 2+2", pirate, NOW)
+    assert exact is not None and exact.attributes == {"chat_scope": "pirate", "user": "ann"}
+    found = await store.search("c1", vec(1), 5, 0.5, {**pirate, "user": "ann"}, NOW)
+    assert [f.attributes for f, _ in found] == [{"chat_scope": "pirate", "user": "ann"}]
+    found = await store.search("c1", vec(1), 5, 0.5, {"lc_scope": "llm-a"}, NOW)
+    assert [f.attributes for f, _ in found] == [{"lc_scope": "llm-a"}]
+    # A plain entry beside them is what a plain look-up finds, exactly and by similarity.
+    await put(store, entry("what is 2+2"), vec(1, 0.01), 10, NOW)
+    plain = await store.find_exact("c1", "what is 2+2", {}, NOW)
+    assert plain is not None and plain.attributes == {}
+    assert [f.attributes for f, _ in await store.search("c1", vec(1), 5, 0.5, {}, NOW)] == [{}]
+    # Deleting by attributes is not a look-up: it reaches every entry carrying them.
+    assert await store.delete_matching("c1", {"user": "ann"}) == 1
+
+
 async def test_same_id_replaces(store: CacheStore) -> None:
     e = entry("same")
     await put(store, e, vec(1), 10, NOW)

@@ -303,3 +303,60 @@ def test_an_api_key_is_asked_and_refusals_keep_the_openai_shape(
         with OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0) as right:
             reply = right.chat.completions.create(model=MODEL, messages=question)  # type: ignore[arg-type]
             assert reply.choices[0].message.content
+
+
+def test_a_chat_answer_is_never_served_to_query_or_langcache_search(
+    client: OpenAI, base_url: str, upstream: FakeLLM
+) -> None:
+    """Issue 23, finding 1: a chat turn under "You are a pirate." in the default cache was an
+    exact hit for `POST /query {"query": "What is 2+2?"}` (no upstream call), and LangCache's
+    entries/search returned it too."""
+    root = base_url.removesuffix("/v1")
+    question = f"What is 2+2? ({uuid.uuid4().hex[:6]})"
+    chat = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "You are a pirate."},
+            {"role": "user", "content": question},
+        ],
+    )
+    assert chat.headers["x-semcache-cache"] == "miss" and chat.headers["x-semcache-cache-id"]
+    scope = chat.headers["x-semcache-chat-scope"]
+    calls = upstream.calls
+    query = httpx.post(f"{root}/query", json={"query": question}, timeout=30).json()
+    assert query["cache_hit"] is False and upstream.calls == calls + 1
+    search = f"{root}/v1/caches/default/entries/search"
+    found = httpx.post(search, json={"prompt": question}, timeout=30).json()
+    assert [e["response"] for e in found["data"]] == [query["response"]]  # /query's own only
+    # Asked for explicitly, by its scope: there it is.
+    named = {"prompt": question, "attributes": {"chat_scope": scope}}
+    found = httpx.post(search, json=named, timeout=30).json()
+    assert [e["id"] for e in found["data"]] == [chat.headers["x-semcache-entry-id"]]
+
+
+def test_no_header_reaches_a_cache_the_server_keeps_for_itself(
+    client: OpenAI, upstream: FakeLLM
+) -> None:
+    """Issue 23, finding 3: `X-Semcache-Cache-Id: __reformulations__` was accepted (only the
+    body's `semcache.cache_id` was checked)."""
+    calls = upstream.calls
+    for steer in (
+        {"extra_headers": {"X-Semcache-Cache-Id": "__reformulations__"}},
+        {"extra_body": {"semcache": {"cache_id": "__reformulations__"}}},
+    ):
+        with pytest.raises(openai.BadRequestError, match="cache_id"):
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": QUESTION}], **steer
+            )
+    assert upstream.calls == calls
+
+
+def test_a_long_rag_prompt_is_passed_through_not_refused(
+    client: OpenAI, upstream: FakeLLM, cache_id: str
+) -> None:
+    """Issue 23, finding 8: a last message over 8,192 characters was refused with 400."""
+    long = "Context: " + "the quick brown fox " * 600 + "\nQuestion: what jumps?"
+    reply = ask(client, cache_id, long)
+    assert reply.headers["x-semcache-cache"] == "uncacheable"
+    assert "longer than" in reply.headers["x-semcache-uncacheable"]
+    assert reply.parse().choices[0].message.content

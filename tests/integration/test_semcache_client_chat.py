@@ -33,10 +33,11 @@ from semcache_client import (
     ErrorReason,
     InvalidArgument,
     SearchStrategy,
+    Timeouts,
     Unavailable,
 )
 from tests.fake_llm import FakeLLM
-from tests.processes import ServiceProcess, cache_server_process
+from tests.processes import ServiceProcess, cache_server_process, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -98,12 +99,13 @@ def test_a_miss_then_a_paraphrase_served_from_the_cache_without_a_second_upstrea
         assert fresh_llm.calls == calls + 1
         assert fresh_llm.bodies[-1] == body(QUESTION, temperature=0)  # the body as it was given
 
-        (hit,) = cache.chat(PARAPHRASE, body(PARAPHRASE), attributes=scope)
+        (hit,) = cache.chat(PARAPHRASE, body(PARAPHRASE, temperature=0), attributes=scope)
         assert isinstance(hit, ChatHit) and fresh_llm.calls == calls + 1
         assert hit.entry.id == stored.entry_id and hit.entry.response == answer
-        assert hit.entry.prompt == QUESTION and hit.entry.attributes == scope
+        assert hit.entry.prompt == QUESTION and hit.entry.attributes["model"] == MODEL
+        assert set(hit.entry.attributes) == {"model", "chat_scope"}  # the server's scope too
         assert hit.strategy is SearchStrategy.SEMANTIC and 0.85 <= hit.similarity < 1.0
-        (exact,) = cache.chat(QUESTION, body(QUESTION), attributes=scope)
+        (exact,) = cache.chat(QUESTION, body(QUESTION, temperature=0), attributes=scope)
         assert isinstance(exact, ChatHit) and exact.strategy is SearchStrategy.EXACT
         assert exact.similarity == 1.0 and fresh_llm.calls == calls + 1
 
@@ -111,14 +113,24 @@ def test_a_miss_then_a_paraphrase_served_from_the_cache_without_a_second_upstrea
         other = list(cache.chat(PARAPHRASE, body(PARAPHRASE), attributes={"model": "other"}))
         assert kinds(other) == ["ChatCompletion", "ChatStored"]
         strict = cache.chat(
-            PARAPHRASE, body(PARAPHRASE), attributes=scope, similarity_threshold=0.99
+            PARAPHRASE, body(PARAPHRASE, temperature=0), attributes=scope, similarity_threshold=0.99
         )
         assert kinds(list(strict)) == ["ChatCompletion", "ChatStored"]
-        fresh = list(cache.chat(QUESTION, body(QUESTION), attributes=scope, use_cache=False))
+        with cache.chat(
+            QUESTION, body(QUESTION, temperature=0), attributes=scope, use_cache=False
+        ) as again:
+            fresh = list(again)
         assert kinds(fresh) == ["ChatCompletion", "ChatStored"]
         assert fresh[1] == stored  # the same prompt and scope: the same entry, replaced
-        assert fresh_llm.calls == calls + 4
-        found = cache.search(QUESTION, attributes=scope, similarity_threshold=0.999)
+        # The body shapes the answer: without temperature 0 it is another scope.
+        unset = list(cache.chat(PARAPHRASE, body(PARAPHRASE), attributes=scope))
+        assert kinds(unset) == ["ChatCompletion", "ChatStored"]
+        assert fresh_llm.calls == calls + 5
+        # A chat answer is chat's own: found by a search only when its scope is named.
+        assert cache.search(QUESTION, attributes=scope).hits == []
+        assert again.route is not None and again.route.chat_scope and not again.route.uncacheable
+        named = {**scope, "chat_scope": again.route.chat_scope}
+        found = cache.search(QUESTION, attributes=named, similarity_threshold=0.999)
         assert found.best is not None and found.best.entry.id == stored.entry_id
 
 
@@ -140,7 +152,9 @@ def test_a_streamed_miss_relays_every_chunk_then_stores_the_answer(
         }
         assert streamed_text(events) == answer
         assert fresh_llm.calls == calls + 1 and fresh_llm.bodies[-1]["stream"] is True
-        found = cache.search(prompt, similarity_threshold=0.99)
+        assert stream.route is not None and stream.route.chat_scope
+        named = {"chat_scope": stream.route.chat_scope}
+        found = cache.search(prompt, attributes=named, similarity_threshold=0.99)
         assert found.best is not None and found.best.entry.id == stored.entry_id
         assert found.best.entry.response == answer and found.best.entry.expires_at is not None
 
@@ -196,7 +210,7 @@ def test_bad_input_is_invalid_argument(cache_server: ServiceProcess, fresh_llm: 
         assert (error.request_id, error.method, error.attempts) == ("chat-bad-1", "Chat", 1)
         assert error.address == cache_server.address
         refusals = [
-            cache.chat("", body(QUESTION)),  # a cacheable request needs a prompt to look up
+            cache.chat("Another question?", body(QUESTION)),  # the key is the last message
             cache.chat(QUESTION, body(QUESTION), similarity_threshold=1.5),
             cache.chat(QUESTION, body(QUESTION), ttl_seconds=-1.0),
             cache.chat(QUESTION, body(QUESTION), cache_id="no spaces allowed"),
@@ -216,7 +230,8 @@ def test_the_deadline_covers_the_whole_call(
     fresh_llm.delay_s = 3.0
     with CacheClient(cache_server.address) as cache:
         started = time.monotonic()
-        stream = cache.chat(f"A slow question {uuid.uuid4().hex}?", body("slow"), timeout_s=0.5)
+        slow = f"A slow question {uuid.uuid4().hex}?"
+        stream = cache.chat(slow, body(slow), timeout_s=0.5)
         with pytest.raises(DeadlineExceeded) as info:
             next(stream)
         assert time.monotonic() - started < 2.0
@@ -271,7 +286,8 @@ async def test_asyncio_uncacheable_upstream_error_and_bad_input(
         assert refused.value.request_id == "chat-bad-2"
 
         fresh_llm.fail_status, fresh_llm.delay_s = None, 3.0
-        stream = cache.chat(f"Slow {uuid.uuid4().hex}?", body("slow"), timeout_s=0.5)
+        slow = f"Slow {uuid.uuid4().hex}?"
+        stream = cache.chat(slow, body(slow), timeout_s=0.5)
         with pytest.raises(DeadlineExceeded):
             await anext(stream)
     assert fresh_llm.calls == calls + 3
@@ -545,3 +561,108 @@ def test_the_request_id_reaches_the_cache_servers_log(cache_server: ServiceProce
     while trace not in cache_server.log() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert f"[{trace}]" in cache_server.log()
+
+
+# Issue 23: a stored chat answer is served only to the request it was stored for.
+
+
+def conversation(system: str, question: str, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return {"model": MODEL, "messages": messages, **extra}
+
+
+def test_the_cache_server_scopes_a_chat_answer_by_the_whole_body_for_every_caller(
+    cache_server: ServiceProcess, fresh_llm: FakeLLM
+) -> None:
+    """Finding 2: the Chat RPC keyed on prompt and attributes only, so a call with the system
+    prompt "Answer with a number only." got the pirate's answer. Finding 1 (gRPC side): a
+    chat answer was found by plain Query and Search look-ups in the same cache."""
+    question = f"What is 2+2? ({uuid.uuid4().hex[:6]})"
+    with CacheClient(cache_server.address, cache_id=new_cache()) as cache:
+        calls = fresh_llm.calls
+        pirate = list(cache.chat(question, conversation("You are a pirate.", question)))
+        assert kinds(pirate) == ["ChatCompletion", "ChatStored"]
+        number = list(cache.chat(question, conversation("Answer with a number only.", question)))
+        assert kinds(number) == ["ChatCompletion", "ChatStored"]
+        assert fresh_llm.calls == calls + 2
+        assert fresh_llm.bodies[-1]["messages"][0]["content"] == "Answer with a number only."
+        with cache.chat("", conversation("You are a pirate.", question)) as again:
+            (hit,) = again  # the prompt read from the body by the server
+        assert isinstance(hit, ChatHit) and hit.entry.id == pirate[1].entry_id  # type: ignore[union-attr]
+        # Other parameters, or attributes that are not exactly the stored ones: other scopes.
+        for other, attributes in (
+            (conversation("You are a pirate.", question, temperature=1.5), {}),
+            (conversation("You are a pirate.", question, seed=7), {}),
+            (conversation("You are a pirate.", question), {"tenant": "b"}),
+        ):
+            assert kinds(list(cache.chat("", other, attributes=attributes)))[0] != "ChatHit"
+        assert fresh_llm.calls == calls + 5
+        # Plain look-ups in the same cache never see chat answers.
+        assert cache.search(question, strategies=list(SearchStrategy)).hits == []
+        plain = cache.query(question)
+        assert plain.cached_data is None and fresh_llm.calls == calls + 6
+
+
+def test_the_calls_stream_flag_decides_what_the_upstream_is_asked(
+    cache_server: ServiceProcess, fresh_llm: FakeLLM
+) -> None:
+    """Finding 7: chat(stream=True) with a body lacking "stream": true failed ("stream ended
+    without [DONE]"); the reverse returned SSE text as a completion."""
+    with CacheClient(cache_server.address, cache_id=new_cache()) as cache:
+        streamed_prompt = "Does the stream flag win?"
+        events = list(cache.chat(streamed_prompt, body(streamed_prompt), stream=True))
+        assert isinstance(events[-1], ChatStored) and events[-1].entry_id
+        assert streamed_text(events) == f"LLM answer to: {streamed_prompt}"
+        assert fresh_llm.bodies[-1]["stream"] is True
+        whole_prompt = "Does a whole answer come back?"
+        asked = body(whole_prompt, stream=True, stream_options={"include_usage": True})
+        (completion, stored) = cache.chat(whole_prompt, asked, stream=False)
+        assert isinstance(completion, ChatCompletion) and isinstance(stored, ChatStored)
+        assert completion.data["object"] == "chat.completion"
+        assert "stream" not in fresh_llm.bodies[-1] and "stream_options" not in fresh_llm.bodies[-1]
+
+
+def test_chat_cannot_reach_a_cache_the_server_keeps_for_itself(
+    cache_server: ServiceProcess, fresh_llm: FakeLLM
+) -> None:
+    """Finding 3: a chat entry could be written into `__reformulations__`, where it became
+    another application's conversational rewrite."""
+    calls = fresh_llm.calls
+    with CacheClient(cache_server.address) as cache:
+        with pytest.raises(InvalidArgument) as refused:
+            list(cache.chat(QUESTION, body(QUESTION), cache_id="__reformulations__"))
+        assert "reserved" in refused.value.message
+        with pytest.raises(InvalidArgument):  # nor can anyone store the server's own scope
+            cache.set(QUESTION, "forged", attributes={"chat_scope": "0" * 32})
+    assert fresh_llm.calls == calls
+
+
+def test_long_prompts_and_a_cache_that_is_down_are_passed_through_uncached(
+    tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM
+) -> None:
+    """Finding 8: a last message over the prompt limit (a RAG prompt) was refused with 400,
+    and an embedder that is down made chat fail with 503, where the upstream could answer."""
+    dead_embedder = f"127.0.0.1:{free_port()}"
+    server = cache_server_process(
+        tmp_path_factory.mktemp("chat-no-embedder"),
+        dead_embedder,
+        "--upstream-base-url",
+        llm.base_url,
+        "--embedder-timeout-s",
+        "1",
+    ).start(wait_serving=False)
+    try:
+        with CacheClient(server.address, timeouts=Timeouts(query_s=20)) as cache:
+            calls = llm.calls
+            with cache.chat("", body("Is the cache down?")) as down:
+                events = list(down)
+            assert kinds(events) == ["ChatCompletion", "ChatStored"]
+            assert events[1] == ChatStored(None)
+            assert down.route is not None and down.route.uncacheable == "the cache is unavailable"
+            long = "Context: " + "lorem ipsum " * 1000 + "\nQuestion: what is it about?"
+            with cache.chat("", body(long)) as passed:
+                events = list(passed)
+            assert kinds(events) == ["ChatCompletion", "ChatStored"] and llm.calls == calls + 2
+            assert passed.route is not None and "longer than" in (passed.route.uncacheable or "")
+    finally:
+        server.stop()

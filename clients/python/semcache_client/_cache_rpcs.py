@@ -18,6 +18,7 @@ from semcache_client.models import (
     ChatCompletion,
     ChatEvent,
     ChatHit,
+    ChatRoute,
     ChatStored,
     ChatUpstreamError,
     Entry,
@@ -322,6 +323,12 @@ def feedback_result(pb: cache_pb.SubmitFeedbackResponse) -> FeedbackResult:
     return FeedbackResult(
         pb.feedback_id, pb.entry_id, pb.entry_prompt, pb.correct, pb.served_for_prompt
     )
+
+
+def chat_route(metadata: Any) -> ChatRoute:
+    """A Chat call's route, from its initial metadata."""
+    given = {str(k): str(v) for k, v in (metadata or ())}
+    return ChatRoute(given.get("semcache-chat-scope"), given.get("semcache-uncacheable"))
 
 
 def chat_event(pb: cache_pb.ChatEvent) -> ChatEvent | None:

@@ -19,11 +19,14 @@ from semcache_client.errors import FailedCall
 
 
 class SyncStreamCall(Protocol):
-    """What grpc's blocking server-streaming call offers: its replies, and cancel()."""
+    """What grpc's blocking server-streaming call offers: its replies, its initial metadata,
+    and cancel()."""
 
     def __iter__(self) -> Iterator[Any]: ...
 
     def __next__(self) -> Any: ...
+
+    def initial_metadata(self) -> Any: ...
 
     def cancel(self) -> bool: ...
 

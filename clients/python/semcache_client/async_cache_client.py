@@ -270,14 +270,18 @@ class AsyncCacheClient:
         request_id: str | None = None,
     ) -> AsyncChatStream:
         """An OpenAI chat completion through the cache: `body` (a chat-completions request,
-        sent to the upstream LLM as JSON as it is) looked up by `prompt` within `attributes`
-        (the scope: put there whatever else shapes the answer, such as the model). The events:
-        one `ChatHit`; or `ChatChunk`s (`stream`, default: the body's `"stream"`) or one
-        `ChatCompletion`, then `ChatStored`; or a `ChatUpstreamError`. `cacheable=False`
-        passes the body to the upstream: no look-up, nothing stored; `use_cache=False` skips
-        the look-up only. The call starts now; its deadline (default `timeouts.query_s`)
-        covers the whole stream. Never retried (a repeat could ask the LLM again). Call it in the
-        client's event loop, and `async for` the events."""
+        sent to the upstream LLM as JSON, with `"stream"` as this call asks) looked up by its
+        last user message within its scope, which the cache server derives from the body
+        (model, earlier messages, parameters...) and `attributes` (more scope of your own;
+        an answer is served only within exactly the attributes it was stored with).
+        `prompt` is "" (the server reads the last message) or that message's text. The
+        events: one `ChatHit`; or `ChatChunk`s (`stream`, default: the body's `"stream"`) or
+        one `ChatCompletion`, then `ChatStored`; or a `ChatUpstreamError`; the stream's
+        `route` says how the request was handled. A request that cannot be cached (tools,
+        n > 1, ...) or `cacheable=False` is passed to the upstream: no look-up, nothing
+        stored; `use_cache=False` skips the look-up only. The call starts now; its deadline
+        (default `timeouts.query_s`) covers the whole stream. Never retried (a repeat could
+        ask the LLM again). Call it in the client's event loop, and `async for` the events."""
         request = rpcs.chat_request(
             prompt,
             body,

@@ -230,3 +230,15 @@ class ChatStored:
 
 
 ChatEvent = ChatHit | ChatChunk | ChatCompletion | ChatUpstreamError | ChatStored
+
+
+@dataclass(frozen=True)
+class ChatRoute:
+    """How the cache server handled a chat request. `chat_scope`: the digest of all that
+    shapes the answer, which the answer is looked up and stored under (attribute
+    `chat_scope`: name it in a `search` to find chat answers); None when not cached.
+    `uncacheable`: why the request was passed to the upstream uncached (tools, n > 1, a last
+    message that is not the user's or too long, the cache unavailable...); None when cached."""
+
+    chat_scope: str | None
+    uncacheable: str | None

@@ -16,11 +16,11 @@ from typing import Any, cast
 
 import grpc
 
-from semcache_client._cache_rpcs import chat_event
+from semcache_client._cache_rpcs import chat_event, chat_route
 from semcache_client._calls import CallPlan
 from semcache_client._invokers import SyncStreamCall
 from semcache_client._stubs import cache_pb
-from semcache_client.models import ChatEvent
+from semcache_client.models import ChatEvent, ChatRoute
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,15 @@ class ChatStream:
 
     The call is under way when `chat()` returns. Leaving a `with` block, or `cancel()`, ends it
     early (the cache server stops the upstream call when no caller is left for it); reading on
-    after `cancel()` raises `Cancelled`. `request_id` is the id the call was sent with.
+    after `cancel()` raises `Cancelled`. `request_id` is the id the call was sent with. Once
+    the first event is read, `route` says how the cache server handled the request.
     """
 
     def __init__(self, call: SyncStreamCall, plan: CallPlan) -> None:
         self._call = call
         self._plan = plan
         self._ended = False
+        self.route: ChatRoute | None = None
 
     @property
     def request_id(self) -> str:
@@ -68,6 +70,8 @@ class ChatStream:
                 raise
             except grpc.RpcError as error:
                 raise self._plan.error(error) from error
+            if self.route is None:
+                self.route = chat_route(self._call.initial_metadata())
             event = chat_event(message)
             if event is not None:  # else an event of a newer server: skipped
                 return event
@@ -93,7 +97,8 @@ class AsyncChatStream:
 
     The call is under way when `chat()` returns (it must be called in the client's event loop).
     Leaving an `async with` block, or `cancel()`, ends it early; reading on after `cancel()`
-    raises `Cancelled`. `request_id` is the id the call was sent with.
+    raises `Cancelled`. `request_id` is the id the call was sent with. Once the first event is
+    read, `route` says how the cache server handled the request.
     """
 
     def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any], plan: CallPlan) -> None:
@@ -101,6 +106,7 @@ class AsyncChatStream:
         self._plan = plan
         self._ended = False
         self._cancelled = False
+        self.route: ChatRoute | None = None
 
     @property
     def request_id(self) -> str:
@@ -119,6 +125,8 @@ class AsyncChatStream:
                 if not self._cancelled:  # the task reading was cancelled: so is the call
                     raise
                 raise self._plan.error(_CancelledHere()) from None
+            if self.route is None and message is not grpc.aio.EOF:
+                self.route = chat_route(await self._call.initial_metadata())
             if message is grpc.aio.EOF:
                 if not self._ended:
                     self._ended = True
