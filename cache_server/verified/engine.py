@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,12 +55,18 @@ class Learned:
     pool_threshold: float
 
 
+_GENERATIONS = itertools.count()
+
+
 @dataclass
 class _Pool:
     curve: model.Curve
     support: model.Support
     fitted_at: float
     added: int = 0
+    # Names this fit for ever (an object's id() is reused once the object is freed): the
+    # entry fits made under its prior are memoised by it.
+    generation: int = field(default_factory=lambda: next(_GENERATIONS))
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class VerifiedEngine:
         self._rng = rng or random.Random()
         self._monotonic = monotonic
         self._pools: dict[str, _Pool] = {}
-        self._memo: collections.OrderedDict[tuple[bytes, int], _Fitted] = collections.OrderedDict()
+        self._memo: collections.OrderedDict[tuple[int, bytes], _Fitted] = collections.OrderedDict()
         self._policies: dict[str, tuple[HitPolicy | None, float]] = {}
         self._pending: collections.OrderedDict[tuple[str, str, str], _Pending] = (
             collections.OrderedDict()
@@ -154,7 +161,7 @@ class VerifiedEngine:
     async def _fitted(self, cache_id: str, blob: bytes) -> tuple[_Pool, _Fitted]:
         """The cache's pool and the entry with evidence `blob` (b"": a fresh entry)."""
         pool = await self._pool(cache_id)
-        key = (blob, id(pool.curve))
+        key = (pool.generation, blob)
         fitted = self._memo.get(key)
         if fitted is None:
             similarities, labels = evidence.decode(blob)

@@ -182,3 +182,38 @@ async def test_feedback_on_a_served_answer_is_an_observation(
     assert labels.tolist() == [0.0] and similarities[0] > 0.8
     await cache.flush("c")
     assert await cache.store.pooled_evidence("c") == b""
+
+
+async def test_an_entry_is_judged_with_its_own_caches_curve_across_refits(tmp_path: Path) -> None:
+    """Issue 23, finding 5: entry fits were memoised by `id(pool.curve)`; once a refit freed a
+    curve, CPython reused its address for another cache's, and an entry was judged with that
+    cache's curve (P 0.996 where its own pool gave 0.003). Two caches with opposite pools,
+    refitted before every look-up: each decision must equal a fresh engine's."""
+    from cache_server.entries import CacheEntry, entry_id
+    from cache_server.verified.engine import POOL_REFRESH_S
+
+    store = EmbeddedStore(tmp_path)
+    await store.open()
+    now = [0.0]
+    settings = VerifiedSettings()
+    engine = VerifiedEngine(settings, store, ExactJudge(), monotonic=lambda: now[0])
+    entries: dict[str, CacheEntry] = {}
+    for cache_id, right in (("all-right", True), ("all-wrong", False)):
+        entry = CacheEntry(cache_id, entry_id(cache_id, ASKED, {}), ASKED, "answer", {}, 1.0)
+        vector = np.zeros(DIM, dtype=np.float32)
+        vector[0] = 1.0
+        await store.put(entry, vector, 10, 1.0, max_caches=10)
+        for _ in range(80):  # into the pool only: the entry itself keeps no evidence
+            await store.observe(cache_id, entry.id, -1.0, evidence.record(0.964, right))
+        entries[cache_id] = entry
+    stale = []
+    for _ in range(200):
+        now[0] += POOL_REFRESH_S + 1  # every pool is refitted at its next use
+        for cache_id, entry in entries.items():
+            decided = await engine.decide(cache_id, entry, 0.964, 0.05)
+            fresh = VerifiedEngine(settings, store, ExactJudge())
+            expected = await fresh.decide(cache_id, entry, 0.964, 0.05)
+            if abs(decided.probability - expected.probability) > 1e-9:
+                stale.append((cache_id, decided.probability, expected.probability))
+    await store.close()
+    assert stale == []
