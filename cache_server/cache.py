@@ -34,7 +34,9 @@ from cache_server.entries import (
     check_ttl,
     entry_id,
     normalize_prompt,
+    prompt_key,
 )
+from cache_server.feedback import served_mark
 from cache_server.lookup import Finder, Hit, Strategy
 from cache_server.single_flight import SingleFlight
 from cache_server.stats import LookupLatency
@@ -159,7 +161,7 @@ class SemanticCache(CacheAdmin):
             if hits:
                 await self._record_lookup(cache_id, True, time.perf_counter() - started, counts)
                 hit = hits[0]
-                self._touch_later(cache_id, [hit.entry.id])
+                self._served_later(cache_id, query, [hit.entry])
                 return QueryResult(
                     query=query,
                     response=hit.entry.response,
@@ -310,7 +312,7 @@ class SemanticCache(CacheAdmin):
                     cache_id, prompt, attributes, top.entry, top.similarity
                 )
         await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started, counts)
-        self._touch_later(cache_id, [hit.entry.id for hit in hits])
+        self._served_later(cache_id, prompt, [hit.entry for hit in hits])
         dimension = await self._dimension(cache_id, vector_box[0] if vector_box else None)
         return SearchResult(hits, dimension, time.perf_counter() - started)
 
@@ -337,17 +339,20 @@ class SemanticCache(CacheAdmin):
                 "counting a %s in cache %r failed: %s", "hit" if hit else "miss", cache_id, exc
             )
 
-    def _touch_later(self, cache_id: str, entry_ids: list[str]) -> None:
-        """Refreshes LRU recency after the answer has gone: recency is a hint for eviction,
-        not data, so the caller does not wait for the store's write."""
-        if not entry_ids:
+    def _served_later(self, cache_id: str, prompt: str, served: list[CacheEntry]) -> None:
+        """After the answer has gone: refreshes LRU recency (a hint for eviction, not data, so
+        the caller does not wait for the store's write) and marks each answer served for this
+        prompt (what makes feedback on it evidence: cache_server.feedback)."""
+        if not served:
             return
         now = self._clock()
+        key = prompt_key(prompt)
 
         async def touch() -> None:
             try:
-                for entry_id in entry_ids:
-                    await self.store.touch(cache_id, entry_id, now)
+                for entry in served:
+                    await self.store.touch(cache_id, entry.id, now)
+                await self.store.mark(cache_id, [served_mark(e, key) for e in served], now)
             except Exception:
                 log.exception("refreshing recency failed")
 

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,13 +26,22 @@ from cache_server.entries import (
     check_text,
     prompt_key,
 )
-from cache_server.feedback import Feedback
+from cache_server.feedback import Feedback, learned_mark, served_mark, verdict_mark
 from cache_server.stats import CacheCounters, LookupLatency
 from cache_server.store.base import CacheStore
 from cache_server.verified.engine import VerifiedEngine
 from cache_server.verified.policy import HitPolicy, check_max_error_rate, resolve
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeedbackOutcome:
+    report: Feedback
+    duplicate: bool  # this reporter gave this verdict on this answer before: nothing changed
+    learned: bool  # an observation for the verified policy (the answer was served for it)
+
+
 # How long an answer that needs no embedding waits for the embedder's model info when it has
 # not been learned yet (only right after start, with the embedder away).
 MODEL_PROBE_TIMEOUT_S = 0.5
@@ -91,10 +101,12 @@ class CacheAdmin:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def feedback(
-        self, cache_id: str, entry_id_: str, prompt: str, *, correct: bool
-    ) -> Feedback:
-        """Keeps the application's verdict on entry `entry_id_` served for `prompt`; a wrong
-        one stops the entry being served for that prompt (cache_server.feedback)."""
+        self, cache_id: str, entry_id_: str, prompt: str, *, correct: bool, reporter: str = ""
+    ) -> FeedbackOutcome:
+        """Keeps the verdict of `reporter` on entry `entry_id_` served for `prompt`; a wrong one
+        stops the entry being served for that prompt (cache_server.feedback). Evidence, not a
+        vote: the same verdict again changes nothing, and only a report on an answer the cache
+        served for that prompt, once per reporter, is an observation for the verified policy."""
         cache_id = check_cache_id(cache_id)
         check_text("prompt", prompt, self.policy.max_prompt_chars)
         now = self._clock()
@@ -103,24 +115,36 @@ class CacheAdmin:
         )
         if entry is None:
             raise EntryNotFoundError(f"no entry {entry_id_[:40]!r} in cache {cache_id!r}")
+        key = prompt_key(prompt)
         report = Feedback(
             id=uuid.uuid4().hex,
             cache_id=cache_id,
             entry_id=entry.id,
             entry_created_at=entry.created_at,
             prompt=prompt,
-            prompt_key=prompt_key(prompt),
+            prompt_key=key,
             entry_prompt=entry.prompt,
             entry_response=entry.response,
             correct=correct,
             created_at=now,
         )
+        (fresh,) = await self.store.mark(
+            cache_id, [verdict_mark(entry, key, reporter, correct)], now
+        )
+        if not fresh:
+            metrics.FEEDBACK_REPORTS.labels("duplicate").inc()
+            return FeedbackOutcome(report, duplicate=True, learned=False)
         await self.store.add_feedback(report)
-        self._learn_from_feedback_later(cache_id, entry, prompt, correct)
         await self.store.add_counters(
             cache_id, {"reported_right" if correct else "reported_wrong": 1}
         )
-        return report
+        learned = False
+        if await self.store.marked(cache_id, served_mark(entry, key)):
+            (learned,) = await self.store.mark(cache_id, [learned_mark(entry, key, reporter)], now)
+        if learned:
+            self._learn_from_feedback_later(cache_id, entry, prompt, correct)
+        metrics.FEEDBACK_REPORTS.labels("learned" if learned else "kept").inc()
+        return FeedbackOutcome(report, duplicate=False, learned=learned)
 
     def _learn_from_feedback_later(
         self, cache_id: str, entry: CacheEntry, prompt: str, correct: bool

@@ -1,5 +1,11 @@
 """Feedback from applications on the answers they were served, and what it changes.
 
+A report is evidence, not a vote. It counts once per answer (the entry as stored when it was
+judged), prompt and reporter: a repeat of the same verdict changes nothing. It moves the
+verified hit policy only when the cache served that answer for that prompt (a served mark,
+left by every hit); a report on an answer never served for the prompt is kept (training data,
+exclusions) but is not an observation. Both are marks in the store (CacheStore.mark).
+
 A report says whether entry `entry_id` was right for the prompt the application asked. Every
 report is kept (with the asked prompt, the entry's prompt and answer, and the label) until its
 cache is flushed: it is training data (`make feedback-export` -> `make finetune`). A "wrong"
@@ -11,6 +17,7 @@ and re-creating it, ends the exclusion, as does a later "right" report for the s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,6 +25,8 @@ from cache_server.entries import CacheEntry
 
 # Reports kept per cache at most, newest kept (a bound on what one cache can make a store hold).
 MAX_FEEDBACK_PER_CACHE = 100_000
+# Marks kept per cache at most (served answers, counted reports), newest kept.
+MAX_MARKS_PER_CACHE = 200_000
 
 
 @dataclass(frozen=True)
@@ -45,3 +54,23 @@ def exclusions(reports: Iterable[Feedback]) -> dict[str, float]:
 
 def is_excluded(entry: CacheEntry, excluded: dict[str, float]) -> bool:
     return excluded.get(entry.id) == entry.created_at
+
+
+def _mark(kind: str, *parts: object) -> str:
+    material = "\0".join(repr(p) for p in parts)
+    return f"{kind}:{hashlib.sha256(material.encode()).hexdigest()[:32]}"
+
+
+def served_mark(entry: CacheEntry, prompt_key: str) -> str:
+    """The answer `entry` holds was served for the prompt with key `prompt_key`."""
+    return _mark("served", entry.id, entry.created_at, prompt_key)
+
+
+def verdict_mark(entry: CacheEntry, prompt_key: str, reporter: str, correct: bool) -> str:
+    """`reporter` said the answer was right (or wrong) for the prompt."""
+    return _mark("verdict", entry.id, entry.created_at, prompt_key, reporter, correct)
+
+
+def learned_mark(entry: CacheEntry, prompt_key: str, reporter: str) -> str:
+    """A report of `reporter` on the answer for the prompt became an observation."""
+    return _mark("learned", entry.id, entry.created_at, prompt_key, reporter)

@@ -24,6 +24,14 @@ UPSTREAM_CALLS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+FEEDBACK_REPORTS = Counter(
+    "semcache_cache_feedback_reports_total",
+    "Feedback reports by what they did: learned (an observation for the verified policy), kept "
+    "(stored, but on an answer never served for that prompt, or already learned from this "
+    "reporter), duplicate (the same verdict again: nothing changed)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 CHAT_PASSED_THROUGH = Counter(
     "semcache_cache_chat_passed_through_total",
     "Chat requests passed to the upstream uncached, by why: uncacheable (tools, n > 1, too "

@@ -202,19 +202,26 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     async def SubmitFeedback(
         self, request: pb.SubmitFeedbackRequest, context: Context
     ) -> pb.SubmitFeedbackResponse:
-        report = await _answer(
+        outcome = await _answer(
             "SubmitFeedback",
             context,
             lambda: self.cache.feedback(
-                request.cache_id, request.entry_id, request.prompt, correct=request.correct
+                request.cache_id,
+                request.entry_id,
+                request.prompt,
+                correct=request.correct,
+                reporter=request.reporter or _peer_host(context),
             ),
         )
+        report = outcome.report
         return pb.SubmitFeedbackResponse(
             feedback_id=report.id,
             entry_id=report.entry_id,
             entry_prompt=report.entry_prompt,
             correct=report.correct,
             served_for_prompt=report.correct,
+            duplicate=outcome.duplicate,
+            learned=outcome.learned,
         )
 
     async def DeleteEntries(
@@ -326,3 +333,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             return
         async for event in chat_events(self.chat, request, context):
             yield event
+
+
+def _peer_host(context: Context) -> str:
+    """Who calls, when a feedback report names no reporter: the peer's address without its
+    port ("ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7"), the same for every connection of it."""
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer

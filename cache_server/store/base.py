@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -158,6 +158,17 @@ class CacheStore(Protocol):
 
     async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
         """Every report kept (of one cache, or of all), oldest first."""
+        ...
+
+    async def mark(self, cache_id: str, marks: Sequence[str], now: float) -> list[bool]:
+        """Adds each mark to the cache's set (at most feedback.MAX_MARKS_PER_CACHE, the oldest
+        dropped): for each, True when it was not there yet. Only while the store holds the
+        cache (else nothing is kept, and all are False); a flush removes them. Atomic per mark
+        (replicas on Redis adding the same mark at once: one gets True)."""
+        ...
+
+    async def marked(self, cache_id: str, mark: str) -> bool:
+        """Whether the cache's set holds `mark`."""
         ...
 
     # -- the verified hit policy (cache_server.verified) ----------------------------------

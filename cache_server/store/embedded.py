@@ -14,7 +14,7 @@ import collections
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -23,7 +23,7 @@ import numpy as np
 
 from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
 from cache_server.feedback import Feedback
-from cache_server.store import embedded_evidence, embedded_feedback
+from cache_server.store import embedded_evidence, embedded_feedback, embedded_marks
 from cache_server.store.base import (
     CacheLimitError,
     FloatArray,
@@ -130,6 +130,7 @@ class EmbeddedStore:
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.executescript(_SCHEMA)
         db.executescript(embedded_feedback.SCHEMA)
+        db.executescript(embedded_marks.SCHEMA)
         embedded_evidence.migrate(db)
         self._db = db
         self._rejecting = embedded_feedback.caches_with_wrong_reports(db)
@@ -366,6 +367,7 @@ class EmbeddedStore:
             ).rowcount
             embedded_feedback.remove_cache(self.db, cache_id)
             embedded_evidence.remove_pool(self.db, cache_id)
+            embedded_marks.remove_cache(self.db, cache_id)
             self.db.execute("COMMIT")
         self._caches.pop(cache_id, None)
         self._rejecting.discard(cache_id)
@@ -385,7 +387,9 @@ class EmbeddedStore:
         expired = {cache_id: self._delete_ids(cache_id, ids) for cache_id, ids in by_cache.items()}
         for cache_id, count in expired.items():
             self._counters[cache_id]["expirations"] += count
-        self._snapshots.save(self._indexes(), share=SAVE_SHARE)  # the store's periodic chore
+        # The store's periodic chores.
+        self._snapshots.save(self._indexes(), share=SAVE_SHARE)
+        embedded_marks.trim(self.db)
         return PurgeOutcome(expired=expired)
 
     # -- counters (in memory: one process owns this store) ----------------------------------
@@ -534,6 +538,14 @@ class EmbeddedStore:
 
     async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
         return await self._run(embedded_feedback.listing, self.db, cache_id)
+
+    async def mark(self, cache_id: str, marks: Sequence[str], now: float) -> list[bool]:
+        if cache_id not in self._caches:
+            return [False] * len(marks)
+        return await self._run(embedded_marks.add, self.db, cache_id, list(marks), now)
+
+    async def marked(self, cache_id: str, mark: str) -> bool:
+        return await self._run(embedded_marks.has, self.db, cache_id, mark)
 
     # -- the verified hit policy (embedded_evidence) ----------------------------------------
 

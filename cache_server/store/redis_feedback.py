@@ -6,11 +6,12 @@ it, so both stay within MAX_FEEDBACK_PER_CACHE). Flushing the cache removes both
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
 from typing import Any
 
-from cache_server.feedback import MAX_FEEDBACK_PER_CACHE, Feedback
+from cache_server.feedback import MAX_FEEDBACK_PER_CACHE, MAX_MARKS_PER_CACHE, Feedback
 from cache_server.store import redis_scripts
 from cache_server.store.redis_connection import RedisConnection
 
@@ -21,6 +22,19 @@ class RedisFeedback(RedisConnection):
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self._feedback_script = self._redis.register_script(redis_scripts.FEEDBACK)
+        self._mark_script = self._redis.register_script(redis_scripts.MARK)
+
+    async def mark(self, cache_id: str, marks: Sequence[str], now: float) -> list[bool]:
+        if not marks:
+            return []
+        keys = self.layout.cache(cache_id)
+        args: list[Any] = [repr(now), MAX_MARKS_PER_CACHE, *marks]
+        added = await self._call(lambda: self._mark_script(keys=[keys.marks, keys.meta], args=args))
+        return [bool(one) for one in added] if added else [False] * len(marks)
+
+    async def marked(self, cache_id: str, mark: str) -> bool:
+        key = self.layout.cache(cache_id).marks
+        return await self._call(lambda: self._redis.zscore(key, mark)) is not None
 
     async def add_feedback(self, report: Feedback) -> None:
         keys = self.layout.cache(report.cache_id)
@@ -71,4 +85,4 @@ class RedisFeedback(RedisConnection):
 
     async def _forget_feedback(self, cache_id: str) -> None:
         keys = self.layout.cache(cache_id)
-        await self._call(lambda: self._redis.delete(keys.feedback, keys.rejected))
+        await self._call(lambda: self._redis.delete(keys.feedback, keys.rejected, keys.marks))

@@ -27,6 +27,9 @@ Redis Cluster hash tag, so that every key of one cache lies in one hash slot. Un
   share; it outlives a flush (reset_counters removes it).
 - `{token}:feedback`, `{token}:rejected` — feedback reports and the exclusions they make
   (redis_feedback); a flush removes both.
+- `{token}:marks` — a sorted set of marks by time (answers served for a prompt, reports
+  counted: cache_server.feedback), the newest feedback.MAX_MARKS_PER_CACHE kept, added to
+  only while `meta` exists; a flush removes it.
 - `{token}:pool` — a string: the cache's pooled observations (the last
   evidence.MAX_PER_CACHE records, oldest first), appended to only while `meta` exists (the
   cache is held). The last flush step deletes it together with `meta`, so no observation
@@ -94,6 +97,11 @@ class CacheKeys:
     def feedback(self) -> str:
         """The cache's feedback reports, a list of JSON objects, oldest first."""
         return self.root + "feedback"
+
+    @property
+    def marks(self) -> str:
+        """Sorted set: the cache's marks (served answers, counted reports) by when made."""
+        return self.root + "marks"
 
     @property
     def rejected(self) -> str:

@@ -205,3 +205,16 @@ end
 reply[2] = looked
 return reply
 """
+
+# Adds marks to a cache's sorted set while the cache is held (its meta exists), keeping the
+# newest ARGV[2]; one reply per mark: 1 when it was new. KEYS: marks, meta. ARGV: now, cap,
+# the marks.
+MARK = """#!lua
+if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
+local out = {}
+for i = 3, #ARGV do
+  out[#out + 1] = redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[i])
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
+return out
+"""

@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import Field
 
 from gateway.problems import LANGCACHE
 from gateway.routes.deps import CacheStub, Settings, call
 from gateway.routes.langcache import CacheIdPath, Camel, EntryIdPath
+from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
@@ -35,6 +36,16 @@ class FeedbackResponse(Camel):
         description="Whether the entry may still be served for this prompt (false once "
         "reported wrong, until reported right or its answer changes)",
     )
+    duplicate: bool = Field(
+        False,
+        description="You gave this verdict on this answer for this prompt before: "
+        "nothing changed (a report counts once)",
+    )
+    learned: bool = Field(
+        False,
+        description="The report is evidence for the verified hit policy: the cache served "
+        "this answer for this prompt, and you had not reported on it before",
+    )
 
 
 @router.post(
@@ -45,6 +56,7 @@ class FeedbackResponse(Camel):
 )
 async def submit_feedback(
     body: FeedbackRequest,
+    request: Request,
     cache: CacheStub,
     settings: Settings,
     cache_id: CacheIdPath,
@@ -56,7 +68,11 @@ async def submit_feedback(
     reply = await call(
         cache.SubmitFeedback(
             pb.SubmitFeedbackRequest(
-                cache_id=cache_id, entry_id=entry_id, prompt=body.prompt, correct=body.correct
+                cache_id=cache_id,
+                entry_id=entry_id,
+                prompt=body.prompt,
+                correct=body.correct,
+                reporter=reporter_of(request, settings),
             ),
             timeout=settings.request_timeout_s,
             metadata=outgoing_metadata(),
@@ -68,4 +84,16 @@ async def submit_feedback(
         entry_prompt=reply.entry_prompt,
         correct=reply.correct,
         served_for_prompt=reply.served_for_prompt,
+        duplicate=reply.duplicate,
+        learned=reply.learned,
     )
+
+
+def reporter_of(request: Request, settings: GatewaySettings) -> str:
+    """Who reports, as far as the gateway can vouch for it: holders of the gateway's API key
+    are one reporter; without a key, each client address is one. Never a header or a token the
+    gateway did not check (made-up tokens would make one client many reporters)."""
+    if settings.api_key is not None:
+        return "gateway-key"
+    client = request.client
+    return f"ip:{client.host if client is not None else 'unknown'}"

@@ -3,6 +3,8 @@ exclusion follows the latest report on the answer that was judged, and a flush r
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cache_server.entries import CacheEntry, prompt_key
@@ -114,3 +116,26 @@ async def test_reports_are_bounded_and_an_exclusion_goes_with_its_report(
     assert await store.excluded("c1", prompt_key("p2")) == {}
     assert is_excluded(e, await store.excluded("c1", prompt_key("p1")))
     assert [r.prompt for r in await store.list_feedback("c1")] == ["p1", "p3", "p4"]
+
+
+async def test_marks_are_added_once_per_cache_and_go_with_a_flush(store: CacheStore) -> None:
+    """What makes a report count once (issue 23, finding 4): a mark is new exactly once."""
+    await put(store, entry("q", cache_id="c1"), vec(1), 10, NOW)
+    await put(store, entry("q", cache_id="c2"), vec(1), 10, NOW)
+    assert await store.mark("c1", ["a", "b", "a"], NOW) == [True, True, False]
+    assert await store.mark("c1", ["a"], NOW + 1) == [False]
+    assert await store.marked("c1", "a") and not await store.marked("c1", "c")
+    assert not await store.marked("c2", "a")  # another cache's set
+    assert await store.mark("c2", ["a"], NOW) == [True]
+    assert await store.mark("never-held", ["a"], NOW) == [False]  # no cache, nothing kept
+    assert not await store.marked("never-held", "a")
+    await store.flush("c1")
+    assert not await store.marked("c1", "a") and await store.marked("c2", "a")
+    await put(store, entry("q", cache_id="c1"), vec(1), 10, NOW)
+    assert await store.mark("c1", ["a"], NOW) == [True]  # a cache held anew starts empty
+
+
+async def test_concurrent_marks_of_one_string_make_one_new(store: CacheStore) -> None:
+    await put(store, entry("q"), vec(1), 10, NOW)
+    results = await asyncio.gather(*(store.mark("c1", ["same"], NOW) for _ in range(8)))
+    assert sorted(r[0] for r in results) == [False] * 7 + [True]

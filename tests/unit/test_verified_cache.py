@@ -176,12 +176,56 @@ async def test_feedback_on_a_served_answer_is_an_observation(
 ) -> None:
     cache, _ = verified
     first = await cache.query("c", ASKED)
-    await cache.feedback("c", first.entry_id, PARAPHRASE, correct=False)
+    served = await cache.query("c", PARAPHRASE, policy="threshold")  # served for it
+    assert served.hit is not None and served.entry_id == first.entry_id
+    await cache.drain()  # the served mark is written after the answer has gone
+    outcome = await cache.feedback("c", first.entry_id, PARAPHRASE, correct=False)
+    assert outcome.learned and not outcome.duplicate
     await cache.drain()
     similarities, labels = evidence.decode(await cache.store.evidence("c", first.entry_id))
     assert labels.tolist() == [0.0] and similarities[0] > 0.8
     await cache.flush("c")
     assert await cache.store.pooled_evidence("c") == b""
+
+
+async def test_feedback_is_evidence_not_votes(
+    verified: tuple[SemanticCache, TopicUpstream],
+) -> None:
+    """Issue 23, finding 4: 150 identical `correct: true` reports on an answer never served
+    for the prompt moved it from P(right) 0.003 to 0.984, and it was then served. A report
+    counts once per (answer, prompt, reporter), and moves the policy only when served."""
+    cache, upstream = verified
+    first = await cache.query("c", ASKED)
+    for _ in range(150):
+        outcome = await cache.feedback("c", first.entry_id, PARAPHRASE, correct=True)
+        assert not outcome.learned  # never served for PARAPHRASE
+    await cache.drain()
+    assert await cache.store.evidence("c", first.entry_id) == b""
+    asked = len(upstream.calls)
+    again = await cache.query("c", PARAPHRASE)
+    assert again.hit is None and len(upstream.calls) == asked + 1  # still not sure: explored
+    # One reporter's verdict counts once; another reporter's is its own.
+    rice = await cache.query("c", "How do I cook rice?")
+    served = await cache.query("c", "How to cook rice properly", policy="threshold")
+    assert served.hit is not None and served.entry_id == rice.entry_id
+    await cache.drain()
+    asked_for = served.query
+    outcomes = [
+        await cache.feedback("c", rice.entry_id, asked_for, correct=True, reporter="app-1")
+        for _ in range(3)
+    ]
+    assert [(o.learned, o.duplicate) for o in outcomes] == [
+        (True, False),
+        (False, True),
+        (False, True),
+    ]
+    other = await cache.feedback("c", rice.entry_id, asked_for, correct=True, reporter="b")
+    assert other.learned and not other.duplicate
+    flipped = await cache.feedback("c", rice.entry_id, asked_for, correct=False, reporter="b")
+    assert not flipped.duplicate and not flipped.learned  # kept (exclusion), learned once
+    await cache.drain()
+    _, labels = evidence.decode(await cache.store.evidence("c", rice.entry_id))
+    assert labels.tolist() == [1.0, 1.0]
 
 
 async def test_an_entry_is_judged_with_its_own_caches_curve_across_refits(tmp_path: Path) -> None:

@@ -321,7 +321,13 @@ def cache_policy(pb: cache_pb.CachePolicy) -> CachePolicy:
 
 def feedback_result(pb: cache_pb.SubmitFeedbackResponse) -> FeedbackResult:
     return FeedbackResult(
-        pb.feedback_id, pb.entry_id, pb.entry_prompt, pb.correct, pb.served_for_prompt
+        pb.feedback_id,
+        pb.entry_id,
+        pb.entry_prompt,
+        pb.correct,
+        pb.served_for_prompt,
+        pb.duplicate,
+        pb.learned,
     )
 
 

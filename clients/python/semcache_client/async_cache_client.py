@@ -216,13 +216,20 @@ class AsyncCacheClient:
         correct: bool,
         *,
         cache_id: str | None = None,
+        reporter: str | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> FeedbackResult:
         """Was entry `entry_id` right for `prompt`? A "wrong" entry is not served for that
-        prompt again. Never retried (each report is counted)."""
+        prompt again. A report counts once per answer, prompt and `reporter` (default: this
+        client's address), and moves the verified policy only when the cache served that
+        answer for that prompt (`learned`). Never retried."""
         request = cache_pb.SubmitFeedbackRequest(
-            cache_id=self._cache(cache_id), entry_id=entry_id, prompt=prompt, correct=correct
+            cache_id=self._cache(cache_id),
+            entry_id=entry_id,
+            prompt=prompt,
+            correct=correct,
+            reporter=reporter or "",
         )
         reply = await self._invoker.call(rpcs.SUBMIT_FEEDBACK, request, timeout_s, request_id)
         return rpcs.feedback_result(reply)

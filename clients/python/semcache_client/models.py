@@ -169,6 +169,8 @@ class FeedbackResult:
     entry_prompt: str  # the stored prompt the asked one was matched to
     correct: bool
     served_for_prompt: bool  # false after a "wrong" report: not served again for that prompt
+    duplicate: bool = False  # this reporter gave this verdict on this answer before
+    learned: bool = False  # an observation for the verified policy (the answer was served)
 
 
 # The events of a Chat call (CacheClient.chat), in the order the server sends them: a
