@@ -63,6 +63,9 @@ FEEDBACK_OUTPUT ?= $(if $(filter command line,$(origin OUTPUT)),$(OUTPUT),feedba
 feedback-export: proto ## Write the feedback applications gave as make finetune pairs (OUTPUT=feedback.jsonl, CACHE=id; CACHE_* settings as the server)
 	$(PY) -m cache_server.feedback_export --output $(FEEDBACK_OUTPUT) $(if $(CACHE),--cache-id $(CACHE),)
 
+reindex: proto ## Re-embed a cache's prompts with the model served now, after a model change of the same size (CACHE=id, default every cache; ADDRESS=127.0.0.1:50051); resumable
+	$(PY) -m cache_server.reindex --address $(or $(ADDRESS),127.0.0.1:50051) $(if $(CACHE),--cache-id $(CACHE),)
+
 calibrate: proto model ## Calibrate MODEL_DIR's default threshold on labelled pairs (DATA, TARGET_PRECISION)
 	$(PY) -m embedder.training.calibrate --model-dir $(MODEL_DIR) --data $(DATA) --target-precision $(TARGET_PRECISION) $(CALIBRATE_ARGS)
 
@@ -173,4 +176,4 @@ clean: ## Remove the venv, generated stubs and exported models
 	find protos -name '*_pb2*' -delete
 
 
-.PHONY: container-tools images container-check bench-containers help setup proto proto-check model finetune finetune-verifier calibrate-verifier feedback-export calibrate run redis demo test lint bench soak clean compose-tools
+.PHONY: container-tools images container-check bench-containers help setup proto proto-check model finetune finetune-verifier calibrate-verifier feedback-export calibrate reindex run redis demo test lint bench soak clean compose-tools

@@ -38,9 +38,10 @@ from cache_server.entries import (
 )
 from cache_server.feedback import served_mark
 from cache_server.lookup import Finder, Hit, Strategy
+from cache_server.reindex import Reindexer
 from cache_server.single_flight import SingleFlight
 from cache_server.stats import LookupLatency
-from cache_server.store.base import CacheLimitError, CacheStore
+from cache_server.store.base import CacheLimitError, CacheStore, ModelMismatchError
 from cache_server.upstream import Upstream
 from cache_server.verification import Band, Verifier
 from cache_server.verified.engine import VerifiedEngine
@@ -78,11 +79,12 @@ class SemanticCache(CacheAdmin):
         self.upstream = upstream
         self.policy = policy
         self.verifier = verifier
-        self._finder = Finder(store, self._embed_one, verifier)
+        self._finder = Finder(store, self._embed_one, verifier, self._check_model)
         self.verified = verified or VerifiedEngine(VerifiedSettings(), store, ExactJudge())
         self.latency = LookupLatency(max_caches=policy.max_caches)
         self._clock = clock
         self._single_flight = SingleFlight()
+        self.reindexer = Reindexer(store, embedder.embed, self._served_model)
         self._background: set[asyncio.Task[None]] = set()
 
     def band_in_force(self) -> Band | None:
@@ -114,6 +116,26 @@ class SemanticCache(CacheAdmin):
         if model is not None:
             return model.dimension
         return self.store.vector_dimension(cache_id) or 0
+
+    async def _served_model(self) -> str:
+        """The identity of the embedding model served now: its ONNX file's sha256 (its id
+        where the embedder reports none); "" while no embedder has answered."""
+        model = await self._model()
+        return (model.onnx_sha256 or model.model_id) if model is not None else ""
+
+    async def cache_ids(self) -> list[str]:
+        return await self.store.cache_ids()
+
+    async def _check_model(self, cache_id: str) -> None:
+        """Refuses a similarity search of a cache whose vectors came from another model than
+        the one that would embed the query (a meaningless comparison, never made silently)."""
+        held = await self.store.vector_model(cache_id)
+        if held is None:
+            return
+        served = await self._served_model()
+        if served and held != served:
+            metrics.MODEL_MISMATCHES.inc()
+            raise ModelMismatchError(cache_id, held, served)
 
     async def _embed_one(self, text: str) -> FloatArray:
         vectors = await self.embedder.embed([text])
@@ -183,7 +205,9 @@ class SemanticCache(CacheAdmin):
             # before paying for an LLM call.
             await self._admit(cache_id)
             vector = vector_box[0] if vector_box else await self._embed_one(query)
-            await self.store.check_dimension(cache_id, int(vector.shape[0]))
+            await self.store.check_dimension(
+                cache_id, int(vector.shape[0]), await self._served_model()
+            )
             try:
                 response = await self.upstream.complete(query)
             except Exception:
@@ -417,7 +441,12 @@ class SemanticCache(CacheAdmin):
             expires_at=now + ttl_s if ttl_s is not None else None,
         )
         outcome = await self.store.put(
-            entry, vector, self.policy.max_cache_size, now, max_caches=self.policy.max_caches
+            entry,
+            vector,
+            self.policy.max_cache_size,
+            now,
+            max_caches=self.policy.max_caches,
+            model=await self._served_model(),
         )
         metrics.EVICTIONS.inc(outcome.evicted)
         return entry

@@ -32,7 +32,7 @@ from cache_server.entries import (
 )
 from cache_server.lookup import Hit, Strategy
 from cache_server.single_flight import Broadcast, SingleFlight
-from cache_server.store.base import StoreUnavailableError
+from cache_server.store.base import ModelMismatchError, StoreUnavailableError
 from cache_server.upstream import ChatUpstream, UpstreamError, UpstreamHTTPError
 
 log = logging.getLogger(__name__)
@@ -147,11 +147,17 @@ class ChatCompletions:
                     attributes=scope.attributes,
                     strategies=(Strategy.EXACT, Strategy.SEMANTIC),
                 )
-            except (EmbedderUnavailableError, StoreUnavailableError) as exc:
-                # The user is still served: by the upstream, uncached.
+            except (EmbedderUnavailableError, StoreUnavailableError, ModelMismatchError) as exc:
+                # The user is still served: by the upstream, uncached (the refusal is logged
+                # and counted for the operator).
                 log.warning("chat look-up in cache %r failed, passing through: %s", cache_id, exc)
                 metrics.CHAT_PASSED_THROUGH.labels("cache_unavailable").inc()
-                scope = ChatScope("", attributes, "the cache is unavailable", scope.upstream_body)
+                why = (
+                    "the cache holds another embedding model's vectors (make reindex)"
+                    if isinstance(exc, ModelMismatchError)
+                    else "the cache is unavailable"
+                )
+                scope = ChatScope("", attributes, why, scope.upstream_body)
             else:
                 if found.hits:
                     yield Routed(scope.digest, None)

@@ -45,10 +45,12 @@ class Finder:
         store: CacheStore,
         embed_one: Callable[[str], Awaitable[FloatArray]],
         verifier: Verifier | None,
+        check_model: Callable[[str], Awaitable[None]],
     ) -> None:
         self.store = store
         self._embed_one = embed_one
         self.verifier = verifier
+        self._check_model = check_model
 
     async def find(
         self,
@@ -70,6 +72,7 @@ class Finder:
                 if entry is not None and await allowed([(entry, 1.0)]):
                     return [Hit(entry, 1.0, Strategy.EXACT)]
                 continue
+            await self._check_model(cache_id)  # the query's vector is comparable to the cache's
             vector = await self._embed_one(prompt)
             vector_box.append(vector)
             found = await self.nearest(cache_id, prompt, vector, k, rule, attributes, now)

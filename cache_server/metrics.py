@@ -24,6 +24,12 @@ UPSTREAM_CALLS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+MODEL_MISMATCHES = Counter(
+    "semcache_cache_model_mismatches_total",
+    "Similarity searches refused because the cache holds vectors of another embedding model "
+    "(make reindex re-embeds them)",
+    registry=REGISTRY,
+)
 FEEDBACK_REPORTS = Counter(
     "semcache_cache_feedback_reports_total",
     "Feedback reports by what they did: learned (an observation for the verified policy), kept "

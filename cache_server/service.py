@@ -334,6 +334,32 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         async for event in chat_events(self.chat, request, context):
             yield event
 
+    async def Reindex(
+        self, request: pb.ReindexRequest, context: Context
+    ) -> AsyncIterator[pb.ReindexProgress]:
+        reindexer = self.cache.reindexer
+        started = time.perf_counter()
+        try:
+            cache_ids = [request.cache_id] if request.cache_id else await self.cache.cache_ids()
+            for cache_id in cache_ids:
+                async for step in reindexer.run(cache_id, request.batch_size or 64):
+                    yield pb.ReindexProgress(
+                        cache_id=step.cache_id,
+                        done=step.done,
+                        total=step.total,
+                        model=step.model,
+                        finished=step.finished,
+                    )
+        except Exception as exc:
+            code, reason = status_of(exc)
+            metrics.RPCS.labels("Reindex", code.name).inc()
+            message = str(exc) if code is not grpc.StatusCode.INTERNAL else type(exc).__name__
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("Reindex failed")
+            await context.abort(code, message, trailing_metadata=((REASON_KEY, reason.value),))
+        metrics.RPCS.labels("Reindex", "OK").inc()
+        log.info("Reindex OK in %.1f s", time.perf_counter() - started)
+
 
 def _peer_host(context: Context) -> str:
     """Who calls, when a feedback report names no reporter: the peer's address without its

@@ -33,6 +33,21 @@ class StoreConflictError(RuntimeError):
     after the embedding model changed)."""
 
 
+class ModelMismatchError(StoreConflictError):
+    """The cache holds vectors of another embedding model than the one served now: comparing
+    them with this model's queries would be meaningless, so the cache refuses."""
+
+    def __init__(self, cache_id: str, held: str, served: str) -> None:
+        super().__init__(
+            f"cache {cache_id!r} holds vectors of embedding model {held[:16]}, the embedder "
+            f"serves {served[:16]}: re-embed its prompts with `make reindex CACHE={cache_id}` "
+            "(resumable), or flush it"
+        )
+        self.cache_id = cache_id
+        self.held = held
+        self.served = served
+
+
 @dataclass(frozen=True)
 class PutOutcome:
     evicted: int = 0  # entries removed to stay within the cache's size cap
@@ -71,10 +86,17 @@ class CacheStore(Protocol):
         early check (before paying for an answer): `put` enforces the limit itself."""
         ...
 
-    async def check_dimension(self, cache_id: str, dimension: int) -> None:
-        """Raises StoreConflictError when the cache holds vectors of another dimension (the
-        embedding model changed), as `put` would: an early check, before paying for an
-        answer that could not be stored."""
+    async def check_dimension(self, cache_id: str, dimension: int, model: str = "") -> None:
+        """Raises StoreConflictError when the cache holds vectors of another dimension, and
+        ModelMismatchError when it holds vectors of another model (`model`, the identity of
+        the embedding model, "" for not known), as `put` would: an early check, before paying
+        for an answer that could not be stored."""
+        ...
+
+    async def vector_model(self, cache_id: str) -> str | None:
+        """The identity of the embedding model the cache's vectors came from (recorded by its
+        first `put` that named one; None: not recorded, or no such cache). On a shared store
+        the answer may lag another replica's flush by a few seconds."""
         ...
 
     async def put(
@@ -85,13 +107,15 @@ class CacheStore(Protocol):
         now: float,
         *,
         max_caches: int,
+        model: str = "",
     ) -> PutOutcome:
         """Stores (or replaces) the entry, then evicts least-recently-used entries of its
         cache beyond `max_entries`, never the entry itself. Durable when it returns.
 
         Atomic with the check of its cache: raises CacheLimitError, storing nothing, when the
-        entry would open one cache more than `max_caches`, and StoreConflictError when the
-        cache holds vectors of another dimension."""
+        entry would open one cache more than `max_caches`, StoreConflictError when the cache
+        holds vectors of another dimension, and ModelMismatchError when it holds vectors of
+        another model than `model` (the first put naming a model records it)."""
         ...
 
     async def get(self, cache_id: str, entry_id: str, now: float) -> CacheEntry | None: ...
@@ -158,6 +182,26 @@ class CacheStore(Protocol):
 
     async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
         """Every report kept (of one cache, or of all), oldest first."""
+        ...
+
+    # -- re-embedding (cache_server.reindex) ------------------------------------------------
+
+    async def cache_ids(self) -> list[str]:
+        """Every cache the store holds, sorted."""
+        ...
+
+    async def entry_ids(self, cache_id: str) -> list[str]:
+        """The ids of every entry the cache holds (expired ones too, until purged), sorted."""
+        ...
+
+    async def replace_vectors(self, cache_id: str, vectors: Mapping[str, FloatArray]) -> int:
+        """Gives entries new vectors of the cache's dimension (else StoreConflictError),
+        nothing else changed; an entry gone meanwhile is skipped (never re-created). The
+        number replaced."""
+        ...
+
+    async def set_vector_model(self, cache_id: str, model: str) -> None:
+        """Records `model` as what the cache's vectors came from (while the cache is held)."""
         ...
 
     async def mark(self, cache_id: str, marks: Sequence[str], now: float) -> list[bool]:

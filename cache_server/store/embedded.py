@@ -27,6 +27,7 @@ from cache_server.store import embedded_evidence, embedded_feedback, embedded_ma
 from cache_server.store.base import (
     CacheLimitError,
     FloatArray,
+    ModelMismatchError,
     PurgeOutcome,
     PutOutcome,
     StoreConflictError,
@@ -56,6 +57,11 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_lru ON entries (cache_id, last_access);
 CREATE INDEX IF NOT EXISTS entries_exact ON entries (cache_id, prompt_key);
 CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL;
+-- The embedding model each cache's vectors came from (its identity: the ONNX file's sha256).
+CREATE TABLE IF NOT EXISTS cache_models (
+    cache_id TEXT PRIMARY KEY,
+    model    TEXT NOT NULL
+);
 """
 
 _COLUMNS = "cache_id, id, prompt, response, attributes, created_at, expires_at"
@@ -134,6 +140,7 @@ class EmbeddedStore:
         embedded_evidence.migrate(db)
         self._db = db
         self._rejecting = embedded_feedback.caches_with_wrong_reports(db)
+        self._models = dict(db.execute("SELECT cache_id, model FROM cache_models").fetchall())
         loaded: dict[str, tuple[list[str], list[FloatArray]]] = {}
         for cache_id, entry_id, attributes, expires_at, blob, key in db.execute(
             "SELECT cache_id, id, attributes, expires_at, vector, prompt_key FROM entries"
@@ -229,17 +236,24 @@ class EmbeddedStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def check_dimension(self, cache_id: str, dimension: int) -> None:
-        # Read from the event loop: a dict look-up is atomic.
-        self._check_dimension(cache_id, dimension)
+    async def check_dimension(self, cache_id: str, dimension: int, model: str = "") -> None:
+        # Read from the event loop: dict look-ups are atomic.
+        self._check_dimension(cache_id, dimension, model)
 
-    def _check_dimension(self, cache_id: str, dimension: int) -> None:
+    def _check_dimension(self, cache_id: str, dimension: int, model: str) -> None:
         state = self._caches.get(cache_id)
         if state is not None and state.index.dimension != dimension:
             raise StoreConflictError(
                 f"cache {cache_id!r} holds {state.index.dimension}-dim vectors; got "
-                f"{dimension} (the embedding model changed: flush the cache)"
+                f"{dimension} (the embedding model changed to one of another size: flush the "
+                "cache)"
             )
+        held = self._models.get(cache_id)
+        if model and held is not None and held != model:
+            raise ModelMismatchError(cache_id, held, model)
+
+    async def vector_model(self, cache_id: str) -> str | None:
+        return self._models.get(cache_id)
 
     async def put(
         self,
@@ -249,8 +263,9 @@ class EmbeddedStore:
         now: float,
         *,
         max_caches: int,
+        model: str = "",
     ) -> PutOutcome:
-        return await self._run(self._put, entry, vector, max_entries, now, max_caches)
+        return await self._run(self._put, entry, vector, max_entries, now, max_caches, model)
 
     def _put(
         self,
@@ -259,6 +274,7 @@ class EmbeddedStore:
         max_entries: int,
         now: float,
         max_caches: int,
+        model: str,
     ) -> PutOutcome:
         # Runs on the store's one thread: the checks and the write are one step.
         vector = np.ascontiguousarray(vector, dtype=np.float32)
@@ -269,9 +285,15 @@ class EmbeddedStore:
                 f"at most {max_caches} caches (max_caches); flush caches no longer used, or "
                 "raise the limit"
             )
-        self._check_dimension(entry.cache_id, vector.shape[0])
-        with self.db:  # one transaction: the entry and any evictions
+        self._check_dimension(entry.cache_id, vector.shape[0], model)
+        record_model = bool(model) and entry.cache_id not in self._models
+        with self.db:  # one transaction: the entry, the cache's model and any evictions
             self.db.execute("BEGIN IMMEDIATE")
+            if record_model:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO cache_models (cache_id, model) VALUES (?, ?)",
+                    (entry.cache_id, model),
+                )
             self.db.execute(
                 f"INSERT OR REPLACE INTO entries ({_COLUMNS}, prompt_key, last_access, vector) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -308,6 +330,8 @@ class EmbeddedStore:
                 )
             self.db.execute("COMMIT")
         # Memory follows the database only once the transaction is durable.
+        if record_model:
+            self._models[entry.cache_id] = model
         self._remember(
             entry.cache_id,
             entry.id,
@@ -368,8 +392,10 @@ class EmbeddedStore:
             embedded_feedback.remove_cache(self.db, cache_id)
             embedded_evidence.remove_pool(self.db, cache_id)
             embedded_marks.remove_cache(self.db, cache_id)
+            self.db.execute("DELETE FROM cache_models WHERE cache_id = ?", (cache_id,))
             self.db.execute("COMMIT")
         self._caches.pop(cache_id, None)
+        self._models.pop(cache_id, None)
         self._rejecting.discard(cache_id)
         return int(deleted)
 
@@ -538,6 +564,53 @@ class EmbeddedStore:
 
     async def list_feedback(self, cache_id: str | None = None) -> list[Feedback]:
         return await self._run(embedded_feedback.listing, self.db, cache_id)
+
+    # -- re-embedding (cache_server.reindex) ------------------------------------------------
+
+    async def cache_ids(self) -> list[str]:
+        return sorted(self._caches)
+
+    async def entry_ids(self, cache_id: str) -> list[str]:
+        state = self._caches.get(cache_id)
+        return sorted(state.key_of) if state is not None else []
+
+    async def replace_vectors(self, cache_id: str, vectors: Mapping[str, FloatArray]) -> int:
+        return await self._run(self._replace_vectors, cache_id, dict(vectors))
+
+    def _replace_vectors(self, cache_id: str, vectors: dict[str, FloatArray]) -> int:
+        state = self._caches.get(cache_id)
+        if state is None:
+            return 0
+        rows = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in vectors.items()}
+        for vector in rows.values():
+            self._check_dimension(cache_id, vector.shape[0], "")
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            replaced = [
+                entry_id
+                for entry_id, vector in rows.items()
+                if self.db.execute(
+                    "UPDATE entries SET vector = ? WHERE cache_id = ? AND id = ?",
+                    (vector.astype("<f4").tobytes(), cache_id, entry_id),
+                ).rowcount
+            ]
+            self.db.execute("COMMIT")
+        for entry_id in replaced:
+            state.index.add(entry_id, rows[entry_id])
+        return len(replaced)
+
+    async def set_vector_model(self, cache_id: str, model: str) -> None:
+        await self._run(self._set_vector_model, cache_id, model)
+
+    def _set_vector_model(self, cache_id: str, model: str) -> None:
+        if cache_id not in self._caches:
+            return
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO cache_models (cache_id, model) VALUES (?, ?)",
+                (cache_id, model),
+            )
+        self._models[cache_id] = model
 
     async def mark(self, cache_id: str, marks: Sequence[str], now: float) -> list[bool]:
         if cache_id not in self._caches:

@@ -3,6 +3,7 @@ dimension each cache's vectors have (see redis_layout for the keys and the index
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,16 +11,19 @@ import numpy as np
 from redis import exceptions as redis_errors
 
 from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
-from cache_server.store.base import FloatArray, StoreConflictError
+from cache_server.store.base import FloatArray, ModelMismatchError, StoreConflictError
 from cache_server.store.redis_access import RedisAccess
 from cache_server.store.redis_connection import RedisConnection
 from cache_server.store.redis_layout import ENTRY_FIELDS, CacheKeys, decode_entry, live_filter
+
+MODEL_HINT_S = 5.0
+MAX_MODEL_HINTS = 10_000
 
 
 def dimension_conflict(cache_id: str, held: int, got: int) -> StoreConflictError:
     return StoreConflictError(
         f"cache {cache_id!r} holds {held}-dim vectors; got {got} (the embedding model "
-        "changed: flush the cache)"
+        "changed to one of another size: flush the cache)"
     )
 
 
@@ -36,6 +40,9 @@ class RedisQueries(RedisConnection):
         # cache_id -> dimension, as last seen in Redis: a hint (another replica may have
         # flushed the cache since); Redis's meta key is the truth.
         self._dimensions: dict[str, int] = {}
+        # cache_id -> (model identity or None, monotonic time read): read again after
+        # MODEL_HINT_S, so a replica sees another's flush and refill within that.
+        self._models: dict[str, tuple[str | None, float]] = {}
 
     def vector_dimension(self, cache_id: str) -> int | None:
         return self._dimensions.get(cache_id)
@@ -48,10 +55,28 @@ class RedisQueries(RedisConnection):
         self._dimensions[keys.cache_id] = int(raw)
         return int(raw)
 
-    async def check_dimension(self, cache_id: str, dimension: int) -> None:
-        held = await self._dimension_in_redis(self.layout.cache(cache_id))
-        if held is not None and held != dimension:
-            raise dimension_conflict(cache_id, held, dimension)
+    async def check_dimension(self, cache_id: str, dimension: int, model: str = "") -> None:
+        keys = self.layout.cache(cache_id)
+        raw = await self._call(lambda: self._redis.hmget(keys.meta, ["dim", "model"]))
+        held_dim, held_model = raw if raw else (None, None)
+        if held_dim is not None and int(held_dim) != dimension:
+            self._dimensions[cache_id] = int(held_dim)
+            raise dimension_conflict(cache_id, int(held_dim), dimension)
+        if model and held_model is not None and held_model.decode() != model:
+            raise ModelMismatchError(cache_id, held_model.decode(), model)
+
+    async def vector_model(self, cache_id: str) -> str | None:
+        known = self._models.get(cache_id)
+        now = time.monotonic()
+        if known is not None and now - known[1] < MODEL_HINT_S:
+            return known[0]
+        meta = self.layout.cache(cache_id).meta
+        raw = await self._call(lambda: self._redis.hget(meta, "model"))
+        model = raw.decode() if raw is not None else None
+        self._models[cache_id] = (model, now)
+        if len(self._models) > MAX_MODEL_HINTS:
+            self._models.pop(next(iter(self._models)))
+        return model
 
     async def get(self, cache_id: str, entry_id: str, now: float) -> CacheEntry | None:
         key = self.layout.cache(cache_id).entry(entry_id)

@@ -12,12 +12,13 @@ from __future__ import annotations
 # Stores (or replaces) one entry and evicts the least recently used beyond the cap, never the
 # entry just written. Refuses, changing nothing, a cache one too many ({'limit', held}), a
 # vector of another dimension ({'conflict', dimension}) and a token taken by another cache id
-# ({'collision', other id}). The cache's first entry creates its index and meta and registers
-# it. Answers {'ok', evicted}.
+# ({'collision', other id}), and a vector of another embedding model ({'model', held}; the
+# first put naming a model records it in meta). The cache's first entry creates its index and
+# meta and registers it. Answers {'ok', evicted}.
 # KEYS: registry, meta, entry hash, lru, exp, stats.
 # ARGV: cache id, token, entry id, dimension, max entries, max caches, now, expires at ('' for
-# never), PEXPIRE milliseconds, entry key prefix, index name, n, then n FT.CREATE arguments,
-# then the entry's field/value pairs.
+# never), PEXPIRE milliseconds, entry key prefix, index name, model ('' for not known), n,
+# then n FT.CREATE arguments, then the entry's field/value pairs.
 PUT = """#!lua
 local registry, meta, key, lru, exp, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local cache_id, token, id, dimension = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -30,16 +31,20 @@ elseif known ~= cache_id then
 end
 local existing = redis.call('HGET', meta, 'dim')
 if existing and existing ~= dimension then return {'conflict', existing} end
-local n = tonumber(ARGV[12])
+local model = ARGV[12]
+local held_model = redis.call('HGET', meta, 'model')
+if model ~= '' and held_model and held_model ~= model then return {'model', held_model} end
+local n = tonumber(ARGV[13])
 if not existing then
   -- No meta, so no index but a leftover of some older failure: drop it and its documents.
   pcall(redis.call, 'FT.DROPINDEX', ARGV[11], 'DD')
-  redis.call('FT.CREATE', ARGV[11], unpack(ARGV, 13, 12 + n))
+  redis.call('FT.CREATE', ARGV[11], unpack(ARGV, 14, 13 + n))
   redis.call('HSET', meta, 'cache_id', cache_id, 'dim', dimension)
 end
+if model ~= '' and not held_model then redis.call('HSET', meta, 'model', model) end
 if not known then redis.call('HSET', registry, token, cache_id) end
 redis.call('DEL', key)  -- a replaced entry loses attributes it no longer has
-redis.call('HSET', key, unpack(ARGV, 13 + n, #ARGV))
+redis.call('HSET', key, unpack(ARGV, 14 + n, #ARGV))
 if ARGV[8] ~= '' then
   redis.call('PEXPIRE', key, ARGV[9])
   redis.call('ZADD', exp, ARGV[8], id)
@@ -217,4 +222,23 @@ for i = 3, #ARGV do
 end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
 return out
+"""
+
+# Gives existing entries new vectors (an entry gone is not re-created). KEYS: the entry hashes.
+# ARGV: one vector per key. Answers how many were replaced.
+REPLACE_VECTORS = """#!lua
+local replaced = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'vector', ARGV[i])
+    replaced = replaced + 1
+  end
+end
+return replaced
+"""
+
+# Records the model of a held cache's vectors. KEYS: meta. ARGV: model.
+SET_MODEL = """#!lua
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'model', ARGV[1]) end
+return 0
 """

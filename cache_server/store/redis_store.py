@@ -9,6 +9,7 @@ entry half stored or half removed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from cache_server.store import redis_scripts
 from cache_server.store.base import (
     CacheLimitError,
     FloatArray,
+    ModelMismatchError,
     PurgeOutcome,
     PutOutcome,
     StoreConflictError,
@@ -62,6 +64,44 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
         self._flush_step = self._redis.register_script(redis_scripts.FLUSH_STEP)
         self._purge = self._redis.register_script(redis_scripts.PURGE)
         self._add_counters = self._redis.register_script(redis_scripts.ADD_COUNTERS)
+        self._replace_vectors = self._redis.register_script(redis_scripts.REPLACE_VECTORS)
+        self._set_model = self._redis.register_script(redis_scripts.SET_MODEL)
+
+    # -- re-embedding (cache_server.reindex) ------------------------------------------------
+
+    async def cache_ids(self) -> list[str]:
+        registry = await self._call(lambda: self._redis.hvals(self.layout.registry))
+        return sorted(raw.decode() for raw in registry)
+
+    async def entry_ids(self, cache_id: str) -> list[str]:
+        lru = self.layout.cache(cache_id).lru
+        ids: list[str] = []
+        start, page = 0, 10_000
+        while members := await self._call(
+            partial(self._redis.zrange, lru, start, start + page - 1)
+        ):
+            ids.extend(m.decode() for m in members)
+            start += len(members)
+        return sorted(set(ids))
+
+    async def replace_vectors(self, cache_id: str, vectors: Mapping[str, FloatArray]) -> int:
+        if not vectors:
+            return 0
+        keys = self.layout.cache(cache_id)
+        held = await self._dimension_in_redis(keys)
+        blobs = [np.ascontiguousarray(v, dtype="<f4") for v in vectors.values()]
+        for blob in blobs:
+            if held is not None and held != blob.shape[0]:
+                raise dimension_conflict(cache_id, held, int(blob.shape[0]))
+        entry_keys = [keys.entry(entry_id) for entry_id in vectors]
+        args = [blob.tobytes() for blob in blobs]
+        replaced = await self._call(lambda: self._replace_vectors(keys=entry_keys, args=args))
+        return int(replaced)
+
+    async def set_vector_model(self, cache_id: str, model: str) -> None:
+        meta = self.layout.cache(cache_id).meta
+        await self._call(lambda: self._set_model(keys=[meta], args=[model]))
+        self._models.pop(cache_id, None)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -73,6 +113,7 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
         now: float,
         *,
         max_caches: int,
+        model: str = "",
     ) -> PutOutcome:
         vector = np.ascontiguousarray(vector, dtype="<f4")
         dimension = int(vector.shape[0])
@@ -96,6 +137,7 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
             ttl_ms,
             keys.entry_prefix,
             keys.index,
+            model,
             len(create),
             *create,
             *entry_fields(entry, prompt_key(entry.prompt), vector.tobytes()),
@@ -118,12 +160,17 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
         if status == b"conflict":
             self._dimensions[entry.cache_id] = int(value)
             raise dimension_conflict(entry.cache_id, int(value), dimension)
+        if status == b"model":
+            self._models.pop(entry.cache_id, None)
+            raise ModelMismatchError(entry.cache_id, value.decode(), model)
         if status == b"collision":
             raise StoreConflictError(
                 f"cache ids {entry.cache_id!r} and {value.decode()!r} share the key token "
                 f"{keys.token}; rename one of them"
             )
         self._dimensions[entry.cache_id] = dimension
+        if model:
+            self._models[entry.cache_id] = (model, time.monotonic())
         return PutOutcome(evicted=int(value))
 
     async def _drop(self, keys: CacheKeys, entry_ids: list[str]) -> int:
@@ -167,6 +214,7 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
             deleted += int(step)
         await self._forget_feedback(cache_id)
         self._dimensions.pop(cache_id, None)
+        self._models.pop(cache_id, None)
         return deleted
 
     async def purge_expired(self, now: float) -> PurgeOutcome:

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from cache_server.entries import CacheEntry
-from cache_server.store.base import CacheLimitError, CacheStore, PutOutcome, StoreConflictError
+from cache_server.store.base import (
+    CacheLimitError,
+    CacheStore,
+    ModelMismatchError,
+    PutOutcome,
+    StoreConflictError,
+)
 from tests.contract.stores import (
     ADVERSARIAL_CACHE_IDS,
     NOW,
@@ -328,3 +334,48 @@ async def test_expired_entries_never_crowd_live_ones_out_of_a_look_up(store: Cac
     found = await store.search("c1", vec(1), 1, 0.5, {}, later)
     assert [f.id for f, _ in found] == [live.id]
     assert await store.find_exact("c1", "same prompt", {}, later) == live
+
+
+async def test_a_cache_records_its_embedding_model_and_refuses_another(
+    store: CacheStore,
+) -> None:
+    """Issue 23, finding 6: only the dimension was checked, so a same-size model's vectors were
+    silently compared with the old model's. The first put naming a model records it."""
+    assert await store.vector_model("c1") is None
+    await store.put(entry("first"), vec(1), 10, NOW, max_caches=10, model="model-a")
+    assert await store.vector_model("c1") == "model-a"
+    with pytest.raises(ModelMismatchError) as refused:
+        await store.put(entry("second"), vec(0, 1), 10, NOW, max_caches=10, model="model-b")
+    assert "make reindex" in str(refused.value) and refused.value.held == "model-a"
+    with pytest.raises(ModelMismatchError):
+        await store.check_dimension("c1", len(vec(1)), "model-b")
+    await store.check_dimension("c1", len(vec(1)), "model-a")
+    assert [f.prompt for f, _ in await store.search("c1", vec(0, 1), 5, 0.0, {}, NOW)] == ["first"]
+    await store.put(entry("same model"), vec(0, 1), 10, NOW, max_caches=10, model="model-a")
+    assert await store.vector_model("c2") is None  # per cache
+    await store.flush("c1")
+    assert await store.vector_model("c1") is None
+    await store.put(entry("anew"), vec(1), 10, NOW, max_caches=10, model="model-b")
+    assert await store.vector_model("c1") == "model-b"
+
+
+async def test_vectors_are_replaced_in_place_for_a_reindex(store: CacheStore) -> None:
+    a, b = entry("alpha", user="ann"), entry("beta")
+    await store.put(a, vec(1), 10, NOW, max_caches=10, model="old")
+    await store.put(b, vec(0, 1), 10, NOW, max_caches=10, model="old")
+    assert await store.cache_ids() == ["c1"]
+    assert await store.entry_ids("c1") == sorted([a.id, b.id])
+    gone = entry("gone")
+    replaced = await store.replace_vectors("c1", {a.id: vec(0, 1), gone.id: vec(1)})
+    assert replaced == 1  # an entry not held is not re-created
+    assert await store.get("c1", gone.id, NOW) is None
+    found = await store.search("c1", vec(0, 1), 5, 0.99, {}, NOW)
+    assert sorted(e.id for e, _ in found) == sorted([a.id, b.id])
+    kept = await store.get("c1", a.id, NOW)
+    assert kept == a  # nothing but the vector changed
+    with pytest.raises(StoreConflictError):
+        await store.replace_vectors("c1", {a.id: np.ones(3, dtype=np.float32)})
+    await store.set_vector_model("c1", "new")
+    assert await store.vector_model("c1") == "new"
+    await store.set_vector_model("not-held", "new")
+    assert await store.vector_model("not-held") is None

@@ -251,3 +251,27 @@ def test_lookup_latency_remembers_a_bounded_number_of_caches() -> None:
     assert list(latency.of("cache-7")) == [0.008, 0.5]
     assert list(latency.of("cache-9")) == [0.010]
     assert not latency.of("cache-8") and not latency.of("cache-0")
+
+
+async def test_a_model_change_of_the_same_dimension_is_refused_not_compared(
+    parts: Parts,
+) -> None:
+    """Issue 23, finding 6: after `make finetune` (still 384 dims) vectors of the old model were
+    compared with queries of the new one, silently."""
+    from cache_server.embedder_client import EmbedderModel
+    from cache_server.store.base import ModelMismatchError
+
+    cache, embedder, upstream, _ = parts
+    await cache.query("", "How do I learn Python?")
+    embedder.model = EmbedderModel("fake-tuned", DIM, False, onnx_sha256="b" * 64)
+    exact = await cache.query("", "How do I learn Python?")  # needs no vector: still served
+    assert exact.hit is not None and exact.hit.strategy is Strategy.EXACT
+    calls = len(upstream.calls)
+    for ask in (
+        cache.query("", "What is the best way to learn Python?"),
+        cache.search("", "What is the best way to learn Python?"),
+        cache.set("", "How do I cook rice?", "Boil it."),
+    ):
+        with pytest.raises(ModelMismatchError, match="make reindex"):
+            await ask
+    assert len(upstream.calls) == calls  # refused before paying for an answer
