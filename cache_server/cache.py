@@ -9,6 +9,7 @@ at the same time) and the answer is stored.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# Caches not held yet whose misses wait for their first entry to be counted.
+MAX_PENDING_CACHES = 1024
 
 
 class SemanticCache(CacheAdmin):
@@ -84,6 +87,9 @@ class SemanticCache(CacheAdmin):
         self.latency = LookupLatency(max_caches=policy.max_caches)
         self._clock = clock
         self._single_flight = SingleFlight()
+        self._pending_counts: collections.OrderedDict[str, collections.Counter[str]] = (
+            collections.OrderedDict()
+        )
         self.reindexer = Reindexer(store, embedder.embed, self._served_model)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -356,6 +362,17 @@ class SemanticCache(CacheAdmin):
         self.latency.record(cache_id, hit, seconds)
         try:
             counts = {"hits" if hit else "misses": 1, **(more or {})}
+            if not hit and not await self.store.admits(cache_id, 0):
+                # A miss in a cache the store does not hold yet (a chat or search miss before
+                # its answer is stored): the store keeps counters only for caches it holds, so
+                # it is counted when the cache's first entry is (bounded: made-up ids are
+                # forgotten first).
+                pending = self._pending_counts.setdefault(cache_id, collections.Counter())
+                pending.update(counts)
+                self._pending_counts.move_to_end(cache_id)
+                if len(self._pending_counts) > MAX_PENDING_CACHES:
+                    self._pending_counts.popitem(last=False)
+                return
             await self.store.add_counters(cache_id, counts)
         except Exception as exc:
             metrics.COUNTER_WRITE_FAILURES.inc()
@@ -449,4 +466,11 @@ class SemanticCache(CacheAdmin):
             model=await self._served_model(),
         )
         metrics.EVICTIONS.inc(outcome.evicted)
+        pending = self._pending_counts.pop(cache_id, None)
+        if pending:
+            try:
+                await self.store.add_counters(cache_id, pending)
+            except Exception as exc:
+                metrics.COUNTER_WRITE_FAILURES.inc()
+                log.warning("counting misses in cache %r failed: %s", cache_id, exc)
         return entry

@@ -28,7 +28,7 @@ from cache_server.entries import (
 )
 from cache_server.feedback import Feedback, learned_mark, served_mark, verdict_mark
 from cache_server.stats import CacheCounters, LookupLatency
-from cache_server.store.base import CacheStore
+from cache_server.store.base import CacheLimitError, CacheStore
 from cache_server.verified.engine import VerifiedEngine
 from cache_server.verified.policy import HitPolicy, check_max_error_rate, resolve
 
@@ -216,6 +216,17 @@ class CacheAdmin:
             check_max_error_rate(max_error_rate)
             return await self.verified.set_cache_policy(cache_id, None)
         chosen = resolve(self.verified.settings, None, name, max_error_rate)
+        # A policy may be set before a cache's first entry, but made-up ids cannot grow the
+        # store without bound: at most max_caches caches have one.
+        limit = self.policy.max_caches
+        if (
+            await self.store.cache_policy(cache_id) is None
+            and await self.store.policy_count() >= limit
+        ):
+            raise CacheLimitError(
+                f"a policy for cache {cache_id!r} would be one too many: at most {limit} caches "
+                "(max_caches) may have a policy; reset the policies of caches no longer used"
+            )
         return await self.verified.set_cache_policy(
             cache_id, HitPolicy(chosen.name, chosen.max_error_rate, "cache")
         )

@@ -256,6 +256,10 @@ class CacheStore(Protocol):
         """The cache's hit policy as set (a JSON object), or None when none is set."""
         ...
 
+    async def policy_count(self) -> int:
+        """How many caches have a hit policy set (held or not)."""
+        ...
+
     async def set_cache_policy(self, cache_id: str, policy: str | None) -> None:
         """Sets (None: removes) the cache's hit policy. It outlives a flush of the entries;
         it is configuration, not data. Durable when it returns."""

@@ -652,5 +652,8 @@ class EmbeddedStore:
     async def cache_policy(self, cache_id: str) -> str | None:
         return await self._run(embedded_evidence.policy, self.db, cache_id)
 
+    async def policy_count(self) -> int:
+        return await self._run(embedded_evidence.policy_count, self.db)
+
     async def set_cache_policy(self, cache_id: str, policy: str | None) -> None:
         await self._run(embedded_evidence.set_policy, self.db, cache_id, policy)

@@ -120,6 +120,11 @@ def policy(db: sqlite3.Connection, cache_id: str) -> str | None:
     return None if row is None else row[0]
 
 
+def policy_count(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT count(*) FROM verified WHERE policy IS NOT NULL").fetchone()
+    return int(row[0])
+
+
 def set_policy(db: sqlite3.Connection, cache_id: str, value: str | None) -> None:
     with db:
         db.execute("BEGIN IMMEDIATE")

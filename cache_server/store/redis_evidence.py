@@ -83,9 +83,20 @@ class RedisEvidence(RedisConnection):
         raw = await self._call(lambda: self._redis.get(key))
         return None if raw is None else bytes(raw).decode()
 
+    async def policy_count(self) -> int:
+        return int(await self._call(lambda: self._redis.hlen(self.layout.policies)))
+
     async def set_cache_policy(self, cache_id: str, policy: str | None) -> None:
-        key = self.layout.cache(cache_id).policy
-        if policy is None:
-            await self._call(lambda: self._redis.delete(key))
-        else:
-            await self._call(lambda: self._redis.set(key, policy))
+        keys = self.layout.cache(cache_id)
+
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if policy is None:
+                    pipe.delete(keys.policy)
+                    pipe.hdel(self.layout.policies, keys.token)
+                else:
+                    pipe.set(keys.policy, policy)
+                    pipe.hset(self.layout.policies, keys.token, cache_id)
+                await pipe.execute()
+
+        await self._call(write)

@@ -34,6 +34,8 @@ Redis Cluster hash tag, so that every key of one cache lies in one hash slot. Un
   evidence.MAX_PER_CACHE records, oldest first), appended to only while `meta` exists (the
   cache is held). The last flush step deletes it together with `meta`, so no observation
   lands in the pool of a cache no longer held.
+- `policies` — a hash: token -> cache id, of every cache with a hit policy set (what bounds
+  how many caches that hold nothing may have one). Outside the caches' slots, like `caches`.
 - `{token}:policy` — a string: the cache's hit policy (JSON) as set. Configuration, not data:
   a flush does not delete it (flush deletes the keys it names, never a SCAN of the cache's
   pattern), so it outlives the cache's entries; setting None deletes it.
@@ -153,6 +155,11 @@ class KeyLayout:
         """An index of the first layout (`{prefix}:{cache_id}:idx`): its cache ids had no
         braces, every index of this one has."""
         return name.startswith(f"{self.prefix}:") and "{" not in name
+
+    @property
+    def policies(self) -> str:
+        """Hash: token -> cache id, of every cache with a hit policy set (held or not)."""
+        return f"{self.base}policies"
 
     @property
     def legacy_registry(self) -> str:

@@ -232,17 +232,24 @@ class VerifiedEngine:
 
     # -- what has been learned ---------------------------------------------------------------
 
-    async def learned(self, cache_id: str, delta: float) -> Learned:
-        blobs = await self.store.sample_evidence(cache_id, SAMPLE_ENTRIES)
+    def _serving_thresholds(self, pool: _Pool, blobs: list[bytes], delta: float) -> list[float]:
+        """Each entry's serving threshold under the pool's prior (None ones left out); pure,
+        so it runs in a worker thread."""
         thresholds: list[float] = []
-        observations = 0
         for blob in blobs:
-            observations += evidence.count(blob)
-            threshold = (await self._fitted(cache_id, blob))[1].curve.serving_threshold(
-                delta, self.z
-            )
+            similarities, labels = evidence.decode(blob)
+            curve = model.fit(similarities, labels, pool.curve.as_prior())
+            threshold = curve.serving_threshold(delta, self.z)
             if threshold is not None:
                 thresholds.append(threshold)
+        return thresholds
+
+    async def learned(self, cache_id: str, delta: float) -> Learned:
+        blobs = await self.store.sample_evidence(cache_id, SAMPLE_ENTRIES)
+        pool = await self._pool(cache_id)
+        # Up to SAMPLE_ENTRIES curve fits: off the event loop, which look-ups share.
+        thresholds = await asyncio.to_thread(self._serving_thresholds, pool, blobs, delta)
+        observations = sum(evidence.count(blob) for blob in blobs)
         fresh = (await self._fitted(cache_id, b""))[1]  # the pool's curve, widened
         pool_threshold = fresh.curve.serving_threshold(delta, self.z)
         quantiles = np.quantile(thresholds, [0.1, 0.5, 0.9]) if thresholds else [0.0] * 3

@@ -166,3 +166,21 @@ def test_a_cache_that_cannot_be_reached_is_a_logged_miss_unless_asked_to_raise(
         strict.lookup(QUESTION, "llm")
     dead.close()
     strict.close()
+
+
+def test_one_asyncio_run_after_another_leaves_no_client_behind(cache: SemcacheCache) -> None:
+    """Issue 23, finding 8: the cache kept one async client (and its gRPC channel) per event
+    loop for ever: 20 `asyncio.run` look-ups left 20 live channels."""
+    import asyncio
+    import gc
+
+    import grpc
+
+    def live_channels() -> int:
+        gc.collect()
+        return sum(isinstance(o, grpc.aio.Channel) for o in gc.get_objects())
+
+    before = live_channels()
+    for i in range(20):
+        assert asyncio.run(cache.alookup(f"Question {i} never asked?", "llm-a")) is None
+    assert live_channels() - before <= 1  # at most the last loop's, until it is used again

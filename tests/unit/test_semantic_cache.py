@@ -275,3 +275,39 @@ async def test_a_model_change_of_the_same_dimension_is_refused_not_compared(
         with pytest.raises(ModelMismatchError, match="make reindex"):
             await ask
     assert len(upstream.calls) == calls  # refused before paying for an answer
+
+
+async def test_made_up_cache_ids_cannot_grow_the_store_through_policies(
+    tmp_path: Path,
+) -> None:
+    """Issue 23, finding 8: `PUT .../policy` created state for any cache id, held or not."""
+    from cache_server.store.base import CacheLimitError
+
+    store = EmbeddedStore(tmp_path)
+    await store.open()
+    policy = CachePolicy(max_caches=2)
+    cache = SemanticCache(store, FakeEmbedder(), FakeUpstream(), policy, Clock())
+    await cache.set_cache_policy("first", "verified", 0.05)  # before its first entry: fine
+    await cache.set_cache_policy("second", "threshold", None)
+    with pytest.raises(CacheLimitError, match="max_caches"):
+        await cache.set_cache_policy("made-up", "verified", 0.05)
+    await cache.set_cache_policy("first", "verified", 0.1)  # changing one set is fine
+    await cache.set_cache_policy("second", None, None)  # a reset frees its place
+    await cache.set_cache_policy("made-up", "verified", 0.05)
+    assert await store.policy_count() == 2
+    await store.close()
+
+
+async def test_a_miss_before_the_caches_first_entry_is_counted(parts: Parts) -> None:
+    """Issue 23, finding 8: a search (or chat) miss in a cache the store did not hold yet was
+    dropped: the store keeps counters only for the caches it holds."""
+    cache, _, _, _ = parts
+    missed = await cache.search("new-cache", "How do I learn Python?")
+    assert missed.hits == []
+    await cache.set("new-cache", "How do I learn Python?", "Practice.")
+    hit = await cache.search("new-cache", "What is the best way to learn Python?")
+    assert hit.hits
+    counters = (await cache.stats_of("new-cache")).counters
+    assert (counters.misses, counters.hits) == (1, 1)
+    await cache.search("made-up", "How do I cook rice?")  # never stored: nothing kept
+    assert (await cache.stats_of("made-up")).counters.misses == 0

@@ -261,3 +261,37 @@ async def test_an_entry_is_judged_with_its_own_caches_curve_across_refits(tmp_pa
                 stale.append((cache_id, decided.probability, expected.probability))
     await store.close()
     assert stale == []
+
+
+async def test_the_learned_thresholds_of_stats_are_fitted_off_the_event_loop(
+    verified: tuple[SemanticCache, TopicUpstream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23, finding 8: GetStats refitted up to 1,000 entry curves on the event loop that
+    every look-up shares. The fits still give the same thresholds, but in a worker thread."""
+    import threading
+
+    from cache_server.verified import model
+
+    cache, _ = verified
+    for question in ("How do I learn Python?", "How do I cook rice?"):
+        first = await cache.query("c", question)
+        for similarity in (0.91, 0.93, 0.95):
+            await cache.store.observe(
+                "c",
+                first.entry_id,
+                (await cache.store.get("c", first.entry_id, 2e9)).created_at,  # type: ignore[union-attr]
+                evidence.record(similarity, True),
+            )
+    loop_thread = threading.get_ident()
+    fits_on_loop: list[int] = []
+    real_fit = model.fit
+
+    def watched_fit(*args: object, **kwargs: object) -> model.Curve:
+        if threading.get_ident() == loop_thread:
+            fits_on_loop.append(1)
+        return real_fit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "fit", watched_fit)
+    learned = await cache.verified.learned("c", 0.10)
+    assert learned.entries == 2 and learned.observations == 6
+    assert len(fits_on_loop) <= 1  # a fresh entry's under the pool (memoised), not each entry's

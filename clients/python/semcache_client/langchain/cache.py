@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -70,10 +69,10 @@ class SemcacheCache(BaseCache):
         self.raise_errors = raise_errors
         self._client: CacheClient | None = None
         self._lock = threading.Lock()
-        # grpc.aio channels belong to the event loop that made them: one client per loop.
-        self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, AsyncCacheClient
-        ] = weakref.WeakKeyDictionary()
+        # grpc.aio channels belong to the event loop that made them: one client per loop,
+        # dropped once its loop is closed (each `asyncio.run` makes and closes a loop of its
+        # own; a client keeps its loop alive, so a weak key alone never lets either go).
+        self._async_clients: dict[asyncio.AbstractEventLoop, AsyncCacheClient] = {}
 
     def _sync(self) -> CacheClient:
         with self._lock:
@@ -83,10 +82,13 @@ class SemcacheCache(BaseCache):
 
     def _async(self) -> AsyncCacheClient:
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = AsyncCacheClient(config=self.config, cache_id=self.cache_id)
-            self._async_clients[loop] = client
+        with self._lock:
+            for closed in [other for other in self._async_clients if other.is_closed()]:
+                del self._async_clients[closed]  # its channel cannot be closed any more
+            client = self._async_clients.get(loop)
+            if client is None:
+                client = AsyncCacheClient(config=self.config, cache_id=self.cache_id)
+                self._async_clients[loop] = client
         return client
 
     def _scope(self, key: CacheKey) -> dict[str, str]:
