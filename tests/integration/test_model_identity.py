@@ -61,5 +61,7 @@ def test_a_model_change_is_refused_until_the_cache_is_reindexed(
             hit = cache.query(PARAPHRASE)
             assert hit.cache_hit and hit.cached_data is not None
             assert hit.cached_data.cached_query == STORED[0] and llm.calls == calls
+            (again,) = cache.reindex()  # nothing left to do
+            assert again.finished and again.done == again.total == len(STORED)
     finally:
         second.stop()

@@ -31,8 +31,9 @@ async def test_look_ups_use_the_threshold_in_force_and_a_request_still_wins(
     await cache.set("", "How do I learn Python?", "read the tutorial")
     paraphrase = "What is the best way to learn Python?"
     assert (await cache.search("", paraphrase)).hits  # similar enough for 0.85
-    embedder.model = EmbedderModel("tuned", DIM, False, calibrated_threshold=0.9999)
-    assert not (await cache.search("", paraphrase)).hits  # the calibrated one is stricter
+    # The same model, calibrated since (make calibrate): its threshold is stricter.
+    embedder.model = EmbedderModel("fake", DIM, False, calibrated_threshold=0.9999)
+    assert not (await cache.search("", paraphrase)).hits
     loose = await cache.search("", paraphrase, threshold=0.5)
     assert loose.hits and loose.hits[0].strategy is Strategy.SEMANTIC
     assert isinstance(cache.policy, CachePolicy)

@@ -26,6 +26,7 @@ from semcache_client.models import (
     HitPolicy,
     LearnedThresholds,
     QueryResult,
+    ReindexProgress,
     SearchHit,
     SearchResult,
     SearchStrategy,
@@ -75,6 +76,17 @@ SET_CACHE_POLICY = Rpc(
 )
 GET_CACHE_POLICY = Rpc(
     S, "GetCachePolicy", cache_pb.GetCachePolicyRequest, cache_pb.CachePolicy, idempotent=True
+)
+# Progress of a re-embedding; repeating it continues where it stopped, but it is long and
+# heavy: never repeated by the client.
+REINDEX = Rpc(
+    S,
+    "Reindex",
+    cache_pb.ReindexRequest,
+    cache_pb.ReindexProgress,
+    idempotent=False,
+    timeout="bulk",
+    server_streaming=True,
 )
 # A stream of events; a miss asks the upstream LLM (and stores its answer), and events may
 # have reached the caller before a failure: never repeated by the client.
@@ -329,6 +341,10 @@ def feedback_result(pb: cache_pb.SubmitFeedbackResponse) -> FeedbackResult:
         pb.duplicate,
         pb.learned,
     )
+
+
+def reindex_progress(pb: cache_pb.ReindexProgress) -> ReindexProgress:
+    return ReindexProgress(pb.cache_id, pb.done, pb.total, pb.model, pb.finished)
 
 
 def chat_route(metadata: Any) -> ChatRoute:

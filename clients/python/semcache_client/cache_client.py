@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import grpc
+
 from semcache_client import _cache_rpcs as rpcs
 from semcache_client._invokers import SyncInvoker
 from semcache_client._stubs import cache_pb
@@ -23,6 +25,7 @@ from semcache_client.models import (
     FeedbackResult,
     HitPolicy,
     QueryResult,
+    ReindexProgress,
     SearchResult,
     SearchStrategy,
     ServerInfo,
@@ -259,6 +262,31 @@ class CacheClient:
         request = cache_pb.GetCachePolicyRequest(cache_id=self._cache(cache_id))
         reply = self._invoker.call(rpcs.GET_CACHE_POLICY, request, timeout_s, request_id)
         return rpcs.cache_policy(reply)
+
+    def reindex(
+        self,
+        *,
+        cache_id: str | None = None,
+        every_cache: bool = False,
+        batch_size: int = 64,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> list[ReindexProgress]:
+        """Re-embeds the cache's stored prompts (or `every_cache`'s) with the model the
+        embedder serves now: needed after a model change of the same dimension, until which
+        the cache refuses similarity look-ups (FailedPrecondition). Waits until it is done
+        (deadline: `timeouts.bulk_s`, or `timeout_s`) and returns each cache's last progress.
+        A call that stops early is continued by the next. Never retried."""
+        request = cache_pb.ReindexRequest(
+            cache_id="" if every_cache else self._cache(cache_id), batch_size=batch_size
+        )
+        call, plan = self._invoker.stream(rpcs.REINDEX, request, timeout_s, request_id)
+        try:
+            steps = [rpcs.reindex_progress(message) for message in call]
+        except grpc.RpcError as error:
+            raise plan.error(error) from error
+        plan.succeeded()
+        return [step for step in steps if step.finished]
 
     def chat(
         self,

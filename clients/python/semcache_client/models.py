@@ -235,6 +235,18 @@ ChatEvent = ChatHit | ChatChunk | ChatCompletion | ChatUpstreamError | ChatStore
 
 
 @dataclass(frozen=True)
+class ReindexProgress:
+    """Where a re-embedding of one cache stands (CacheClient.reindex): entries done of total,
+    and the identity of the model being reached (its ONNX file's sha256)."""
+
+    cache_id: str
+    done: int
+    total: int
+    model: str
+    finished: bool
+
+
+@dataclass(frozen=True)
 class ChatRoute:
     """How the cache server handled a chat request. `chat_scope`: the digest of all that
     shapes the answer, which the answer is looked up and stored under (attribute
