@@ -1,6 +1,7 @@
-"""SemanticCache's housekeeping: the threshold in force, background work, feedback, deletes,
-flushes, statistics, the cache's hit policy and expiry (a mixin: cache_server.cache holds the
-look-ups and writes)."""
+"""SemanticCache's housekeeping: the embedder's model (its identity, checked against a cache's
+vectors, the dimension answers report) and the threshold in force, background work, feedback,
+deletes, flushes, statistics, the cache's hit policy and expiry (a mixin: cache_server.cache
+holds the look-ups and writes, cache_hit_rules and cache_bookkeeping what they call)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cache_server import metrics
-from cache_server.cache_types import CachePolicy, Embedder, StatsSnapshot
+from cache_server.cache_types import CachePolicy, Embedder, FloatArray, StatsSnapshot
 from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
 from cache_server.entries import (
     CacheEntry,
@@ -27,10 +28,10 @@ from cache_server.entries import (
     prompt_key,
 )
 from cache_server.feedback import Feedback, learned_mark, served_mark, verdict_mark
+from cache_server.learned_thresholds.engine import VerifiedEngine
+from cache_server.learned_thresholds.policy import HitPolicy, check_max_error_rate, resolve
 from cache_server.stats import CacheCounters, LookupLatency
-from cache_server.store.base import CacheLimitError, CacheStore
-from cache_server.verified.engine import VerifiedEngine
-from cache_server.verified.policy import HitPolicy, check_max_error_rate, resolve
+from cache_server.store.base import CacheLimitError, CacheStore, ModelMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class CacheAdmin:
 
     _background: set[asyncio.Task[None]]
 
-    # -- the threshold in force ------------------------------------------------------------
+    # -- the embedder's model and the threshold in force -----------------------------------
 
     def threshold_in_force(self) -> tuple[float, str]:
         """The default hit threshold and where it comes from: the operator's setting, else the
@@ -86,6 +87,38 @@ class CacheAdmin:
         if self.policy.threshold is None:
             await self._model()
         return self.threshold_in_force()
+
+    async def _dimension(self, cache_id: str, vector: FloatArray | None = None) -> int:
+        """The embedding dimension an answer reports: the model's (asked of the embedder if
+        not known yet), else that of the vector just embedded, else that of the vectors the
+        cache holds (an exact repeat answered while no embedder has been reached yet)."""
+        if self.embedder.model is None and vector is not None:
+            return int(vector.shape[0])
+        model = await self._model()
+        if model is not None:
+            return model.dimension
+        return self.store.vector_dimension(cache_id) or 0
+
+    async def _served_model(self) -> str:
+        """The identity of the embedding model served now: its ONNX file's sha256 (its id
+        where the embedder reports none); "" while no embedder has answered."""
+        model = await self._model()
+        return (model.onnx_sha256 or model.model_id) if model is not None else ""
+
+    async def _check_model(self, cache_id: str) -> None:
+        """Refuses a similarity search of a cache whose vectors came from another model than
+        the one that would embed the query (a meaningless comparison, never made silently)."""
+        held = await self.store.vector_model(cache_id)
+        if held is None:
+            return
+        served = await self._served_model()
+        if served and held != served:
+            metrics.MODEL_MISMATCHES.inc()
+            raise ModelMismatchError(cache_id, held, served)
+
+    async def _embed_one(self, text: str) -> FloatArray:
+        vectors = await self.embedder.embed([text])
+        return np.asarray(vectors[0], dtype=np.float32)
 
     # -- background work ---------------------------------------------------------------------
 
@@ -181,6 +214,9 @@ class CacheAdmin:
             await self.store.reset_counters(cache_id)
             self.latency.reset(cache_id)
         return deleted
+
+    async def cache_ids(self) -> list[str]:
+        return await self.store.cache_ids()
 
     # -- housekeeping --------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ import numpy as np
 import numpy.typing as npt
 
 from cache_server.embedder_client import EmbedderModel
+from cache_server.learned_thresholds.engine import Learned
+from cache_server.learned_thresholds.policy import HitPolicy
 from cache_server.lookup import Hit
 from cache_server.stats import CacheCounters
-from cache_server.verified.engine import Learned
-from cache_server.verified.policy import HitPolicy
 
 FloatArray = npt.NDArray[np.float32]
 

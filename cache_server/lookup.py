@@ -3,7 +3,7 @@
 Strategies in the order asked; the first that finds anything answers. Exact: a stored prompt
 equal to this one (surrounding whitespace ignored) in the same scope, similarity 1.0, no
 embedder call. Semantic: the nearest stored prompts by embedding at or above the threshold or,
-with a verifier (cache_server.verification), those its band and verdicts let through. Either
+with a verifier (cache_server.cross_encoder_band), those its band and verdicts let through. Either
 way, an entry the application reported wrong for this prompt (cache_server.feedback) is
 skipped, and the next-best ones are searched for instead.
 """
@@ -17,10 +17,10 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
+from cache_server.cross_encoder_band import Band, Verifier
 from cache_server.entries import CacheEntry, prompt_key
 from cache_server.feedback import is_excluded
 from cache_server.store.base import CacheStore
-from cache_server.verification import Band, Verifier
 
 FloatArray = npt.NDArray[np.float32]
 Rule = tuple[float, Band | None]  # the similarity threshold, and the verifier's band if any

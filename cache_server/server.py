@@ -15,17 +15,17 @@ from collections.abc import Sequence
 from cache_server import metrics
 from cache_server.cache import CachePolicy, SemanticCache
 from cache_server.chat import ChatCompletions
+from cache_server.cross_encoder_band import Verifier, VerifierSettings
 from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableError
+from cache_server.learned_thresholds.engine import VerifiedEngine
+from cache_server.learned_thresholds.judge import EmbeddingJudge, ExactJudge, Judge, LlmJudge
+from cache_server.learned_thresholds.policy import VerifiedSettings
 from cache_server.service import CacheServicer
 from cache_server.settings import CacheSettings
 from cache_server.store.base import CacheStore
 from cache_server.store.embedded import EmbeddedStore
 from cache_server.store.redis_store import RedisStore, redacted_url
 from cache_server.upstream import DemoResponder, OpenAICompatibleUpstream, Upstream
-from cache_server.verification import Verifier, VerifierSettings
-from cache_server.verified.engine import VerifiedEngine
-from cache_server.verified.judge import EmbeddingJudge, ExactJudge, Judge, LlmJudge
-from cache_server.verified.policy import VerifiedSettings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal

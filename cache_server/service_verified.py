@@ -7,7 +7,7 @@ from typing import Any
 
 from cache_server.cache_types import StatsSnapshot
 from cache_server.entries import DEFAULT_CACHE_ID, InvalidInputError
-from cache_server.verified.policy import HitPolicy
+from cache_server.learned_thresholds.policy import HitPolicy
 from protos.semcache.cache.v1 import cache_pb2 as pb
 
 _NAMES: dict[int, str] = {

@@ -215,11 +215,11 @@ class CacheStore(Protocol):
         """Whether the cache's set holds `mark`."""
         ...
 
-    # -- the verified hit policy (cache_server.verified) ----------------------------------
+    # -- the verified hit policy (cache_server.learned_thresholds) -----------------------
 
     async def evidence(self, cache_id: str, entry_id: str) -> bytes:
-        """The entry's observations (cache_server.verified.evidence records, oldest first);
-        b"" for an entry without any, or no such entry."""
+        """The entry's observations (cache_server.learned_thresholds.evidence records, oldest
+        first); b"" for an entry without any, or no such entry."""
         ...
 
     async def observe(

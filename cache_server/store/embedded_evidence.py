@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from cache_server.verified import evidence
+from cache_server.learned_thresholds import evidence
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS verified (

@@ -46,7 +46,8 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from cache_server.vector_index import FloatArray, GraphLabels, VectorIndex
+from cache_server.vector_graph import GraphLabels
+from cache_server.vector_index import FloatArray, VectorIndex
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from cache_server.learned_thresholds import evidence
 from cache_server.store import embedded_evidence, redis_scripts
 from cache_server.store.redis_connection import RedisConnection
-from cache_server.verified import evidence
 
 
 class RedisEvidence(RedisConnection):

@@ -14,7 +14,7 @@ Redis Cluster hash tag, so that every key of one cache lies in one hash slot. Un
 - `{token}:e:{entry_id}` — a hash per entry (prompt, response, attributes, times, float32
   vector); an entry with a TTL carries a Redis expiry (PEXPIRE), so Redis itself drops it.
   Its field `ev` holds the entry's observations for the verified hit policy (packed records,
-  `cache_server.verified.evidence`), so they go with the hash (delete, eviction, expiry,
+  `cache_server.learned_thresholds.evidence`), so they go with the hash (delete, eviction, expiry,
   flush), and a re-put (which DELs the hash first) starts the new answer with none. `ev` is
   not in the index schema and not in ENTRY_FIELDS, so searches neither filter on it nor
   return it; RediSearch (2.10) does re-index the document on any HSET, so each observation

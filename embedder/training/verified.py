@@ -1,7 +1,7 @@
 """Hit quality of an embedder with a verifier, as a cache sees it, and the band that gives it.
 
 The protocol is the cache benchmark's (embedder.training.evaluate): store every `text_a`, look
-up each `text_b`. With a verifier, the cache server's rule (cache_server/verification.py) is:
+up each `text_b`. With a verifier, the cache server's rule (cache_server/cross_encoder_band.py) is:
 take the nearest `candidates` stored questions; one is a hit when its similarity is at or above
 the band's `high`, or when it is in the band (>= `low`) and the verifier gives the pair a
 probability >= `threshold`; the answer is the first hit in order of similarity. Here every

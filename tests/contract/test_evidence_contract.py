@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cache_server.learned_thresholds import evidence
 from cache_server.store import embedded_feedback, redis_evidence
 from cache_server.store.base import CacheStore
 from cache_server.store.embedded import EmbeddedStore
 from cache_server.store.redis_store import RedisStore
-from cache_server.verified import evidence
 from tests.contract.stores import NOW, StoreFactory, entry, put, redis_factory, redis_server, vec
 
 

@@ -120,8 +120,8 @@ def test_hnsw_bookkeeping_stays_the_size_of_the_live_ids_under_churn() -> None:
             index.add(entry_id, vectors[step])  # new or replaced
             live[entry_id] = step
     assert index.approximate and len(index) == len(live)
-    assert set(index._label) == set(live) and len(index._id_of_label) == len(live)
-    assert set(index._id_of_label.values()) == set(live)
+    assert set(index._labels.of_id) == set(live) and len(index._labels.id_of) == len(live)
+    assert set(index._labels.id_of.values()) == set(live)
     # Every live id is found by its current vector, never by a replaced one.
     for entry_id, step in list(live.items())[:50]:
         assert index.search(vectors[step], 1, 0.999)[0][0] == entry_id

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from cache_server.cross_encoder_band import NEVER, Verifier, VerifierSettings
 from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError, VerifierModel
-from cache_server.verification import NEVER, Verifier, VerifierSettings
 from embedder.training.verified import Candidates, choose_band, measure
 
 

@@ -13,12 +13,12 @@ import pytest
 
 from cache_server.cache import CachePolicy, SemanticCache
 from cache_server.entries import InvalidInputError
+from cache_server.learned_thresholds import evidence
+from cache_server.learned_thresholds.engine import VerifiedEngine
+from cache_server.learned_thresholds.judge import ExactJudge
+from cache_server.learned_thresholds.policy import VerifiedSettings
 from cache_server.lookup import Strategy
 from cache_server.store.embedded import EmbeddedStore
-from cache_server.verified import evidence
-from cache_server.verified.engine import VerifiedEngine
-from cache_server.verified.judge import ExactJudge
-from cache_server.verified.policy import VerifiedSettings
 from tests.unit.fakes import DIM, GROUPS, Clock, FakeEmbedder, FakeUpstream
 
 ASKED = "How do I learn Python?"
@@ -234,7 +234,7 @@ async def test_an_entry_is_judged_with_its_own_caches_curve_across_refits(tmp_pa
     cache's curve (P 0.996 where its own pool gave 0.003). Two caches with opposite pools,
     refitted before every look-up: each decision must equal a fresh engine's."""
     from cache_server.entries import CacheEntry, entry_id
-    from cache_server.verified.engine import POOL_REFRESH_S
+    from cache_server.learned_thresholds.engine import POOL_REFRESH_S
 
     store = EmbeddedStore(tmp_path)
     await store.open()
@@ -270,7 +270,7 @@ async def test_the_learned_thresholds_of_stats_are_fitted_off_the_event_loop(
     every look-up shares. The fits still give the same thresholds, but in a worker thread."""
     import threading
 
-    from cache_server.verified import model
+    from cache_server.learned_thresholds import model
 
     cache, _ = verified
     for question in ("How do I learn Python?", "How do I cook rice?"):

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 
 from cache_server.entries import InvalidInputError
-from cache_server.verified import evidence, model
-from cache_server.verified.judge import ExactJudge, normalise
-from cache_server.verified.policy import HitPolicy, VerifiedSettings, decode, encode, resolve
+from cache_server.learned_thresholds import evidence, model
+from cache_server.learned_thresholds.judge import ExactJudge, normalise
+from cache_server.learned_thresholds.policy import (
+    HitPolicy,
+    VerifiedSettings,
+    decode,
+    encode,
+    resolve,
+)
 
 Z = model.z_for(0.95)
 

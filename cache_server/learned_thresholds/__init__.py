@@ -7,4 +7,7 @@ hit only while the chance that it is wrong stays below the error rate the user c
 - `judge`: how an exploration decides whether the cached answer was right.
 - `policy`: which policy a request runs under (request, cache, server default).
 - `engine`: what SemanticCache calls: decisions, observations, statistics.
+
+The package is named for what it does (per-entry thresholds, learned); the policy, its settings,
+metrics and API fields keep the name `verified`.
 """

@@ -15,6 +15,9 @@ similarity threshold replaces the low edge for that request.
 
 When the verifier cannot be reached, a candidate in the band is not served (a miss: the
 upstream answers) and the failure is counted: a cache serves no answer it could not check.
+
+Not to be confused with the `verified` hit policy (cache_server.learned_thresholds), which
+learns per-entry thresholds from judged answers and asks no cross-encoder.
 """
 
 from __future__ import annotations

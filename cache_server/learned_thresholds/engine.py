@@ -22,10 +22,16 @@ import numpy as np
 
 from cache_server import metrics
 from cache_server.entries import CacheEntry, prompt_key
+from cache_server.learned_thresholds import evidence, model
+from cache_server.learned_thresholds.judge import Judge
+from cache_server.learned_thresholds.policy import (
+    HitPolicy,
+    VerifiedSettings,
+    decode,
+    encode,
+    resolve,
+)
 from cache_server.store.base import CacheStore
-from cache_server.verified import evidence, model
-from cache_server.verified.judge import Judge
-from cache_server.verified.policy import HitPolicy, VerifiedSettings, decode, encode, resolve
 
 log = logging.getLogger(__name__)
 

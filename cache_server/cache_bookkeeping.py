@@ -1,0 +1,90 @@
+"""SemanticCache's bookkeeping around look-ups and writes: admitting a cache (at most
+max_caches), counting each look-up (hits, misses, latency; the misses of a cache not held yet
+are kept until its first entry is stored), and what is written once the answer has gone
+(recency, and the marks that make feedback on a served answer evidence). A mixin, like
+cache_admin: cache_server.cache holds the look-ups and writes that call these."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Mapping
+
+from cache_server import metrics
+from cache_server.cache_admin import CacheAdmin
+from cache_server.entries import CacheEntry, prompt_key
+from cache_server.feedback import served_mark
+from cache_server.store.base import CacheLimitError
+
+log = logging.getLogger(__name__)
+# Caches not held yet whose misses wait for their first entry to be counted.
+MAX_PENDING_CACHES = 1024
+
+
+class LookupBookkeeping(CacheAdmin):
+    """What SemanticCache counts and records; it provides these attributes."""
+
+    _pending_counts: collections.OrderedDict[str, collections.Counter[str]]
+
+    async def _admit(self, cache_id: str) -> None:
+        limit = self.policy.max_caches
+        if not await self.store.admits(cache_id, limit):
+            raise CacheLimitError(
+                f"cache {cache_id!r} would be one cache too many: this deployment holds at most "
+                f"{limit} caches (max_caches); flush caches no longer used, or raise the limit"
+            )
+
+    async def _record_lookup(
+        self, cache_id: str, hit: bool, seconds: float, more: Mapping[str, int] | None = None
+    ) -> None:
+        """Counts a look-up. Never raises: an answer already obtained (and stored) is not
+        turned into an error because a counter could not be written."""
+        self.latency.record(cache_id, hit, seconds)
+        try:
+            counts = {"hits" if hit else "misses": 1, **(more or {})}
+            if not hit and not await self.store.admits(cache_id, 0):
+                # A miss in a cache the store does not hold yet (a chat or search miss before
+                # its answer is stored): the store keeps counters only for caches it holds, so
+                # it is counted when the cache's first entry is (bounded: made-up ids are
+                # forgotten first).
+                pending = self._pending_counts.setdefault(cache_id, collections.Counter())
+                pending.update(counts)
+                self._pending_counts.move_to_end(cache_id)
+                if len(self._pending_counts) > MAX_PENDING_CACHES:
+                    self._pending_counts.popitem(last=False)
+                return
+            await self.store.add_counters(cache_id, counts)
+        except Exception as exc:
+            metrics.COUNTER_WRITE_FAILURES.inc()
+            log.warning(
+                "counting a %s in cache %r failed: %s", "hit" if hit else "miss", cache_id, exc
+            )
+
+    def _served_later(self, cache_id: str, prompt: str, served: list[CacheEntry]) -> None:
+        """After the answer has gone: refreshes LRU recency (a hint for eviction, not data, so
+        the caller does not wait for the store's write) and marks each answer served for this
+        prompt (what makes feedback on it evidence: cache_server.feedback)."""
+        if not served:
+            return
+        now = self._clock()
+        key = prompt_key(prompt)
+
+        async def touch() -> None:
+            try:
+                for entry in served:
+                    await self.store.touch(cache_id, entry.id, now)
+                await self.store.mark(cache_id, [served_mark(e, key) for e in served], now)
+            except Exception:
+                log.exception("refreshing recency failed")
+
+        self._later(touch())
+
+    async def _count_pending(self, cache_id: str) -> None:
+        """Counts the misses kept for a cache not held before, now that it is."""
+        pending = self._pending_counts.pop(cache_id, None)
+        if pending:
+            try:
+                await self.store.add_counters(cache_id, pending)
+            except Exception as exc:
+                metrics.COUNTER_WRITE_FAILURES.inc()
+                log.warning("counting misses in cache %r failed: %s", cache_id, exc)
