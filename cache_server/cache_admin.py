@@ -167,6 +167,9 @@ class CacheAdmin:
         if not fresh:
             metrics.FEEDBACK_REPORTS.labels("duplicate").inc()
             return FeedbackOutcome(report, duplicate=True, learned=False)
+        # A reporter who changes their mind is heard (the latest verdict rules exclusions),
+        # and may change it back again later.
+        await self.store.unmark(cache_id, [verdict_mark(entry, key, reporter, not correct)])
         await self.store.add_feedback(report)
         await self.store.add_counters(
             cache_id, {"reported_right" if correct else "reported_wrong": 1}

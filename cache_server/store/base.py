@@ -215,6 +215,10 @@ class CacheStore(Protocol):
         """Whether the cache's set holds `mark`."""
         ...
 
+    async def unmark(self, cache_id: str, marks: Sequence[str]) -> None:
+        """Removes the marks from the cache's set (those absent: nothing)."""
+        ...
+
     # -- the verified hit policy (cache_server.learned_thresholds) -----------------------
 
     async def evidence(self, cache_id: str, entry_id: str) -> bytes:

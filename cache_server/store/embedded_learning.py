@@ -41,6 +41,9 @@ class EmbeddedLearning(EmbeddedConnection):
     async def marked(self, cache_id: str, mark: str) -> bool:
         return await self._run(embedded_marks.has, self.db, cache_id, mark)
 
+    async def unmark(self, cache_id: str, marks: Sequence[str]) -> None:
+        await self._run(embedded_marks.remove, self.db, cache_id, list(marks))
+
     # -- the verified hit policy (embedded_evidence) ----------------------------------------
 
     async def evidence(self, cache_id: str, entry_id: str) -> bytes:

@@ -40,6 +40,13 @@ def has(db: sqlite3.Connection, cache_id: str, mark: str) -> bool:
     return row is not None
 
 
+def remove(db: sqlite3.Connection, cache_id: str, marks: Sequence[str]) -> None:
+    with db:
+        db.executemany(
+            "DELETE FROM marks WHERE cache_id = ? AND mark = ?", [(cache_id, m) for m in marks]
+        )
+
+
 def trim(db: sqlite3.Connection) -> None:
     """Keeps the newest MAX_MARKS_PER_CACHE marks of each cache."""
     crowded = db.execute(

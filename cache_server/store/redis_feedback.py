@@ -36,6 +36,11 @@ class RedisFeedback(RedisConnection):
         key = self.layout.cache(cache_id).marks
         return await self._call(lambda: self._redis.zscore(key, mark)) is not None
 
+    async def unmark(self, cache_id: str, marks: Sequence[str]) -> None:
+        if marks:
+            key = self.layout.cache(cache_id).marks
+            await self._call(lambda: self._redis.zrem(key, *marks))
+
     async def add_feedback(self, report: Feedback) -> None:
         keys = self.layout.cache(report.cache_id)
         args = [

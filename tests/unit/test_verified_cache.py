@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cache_server.cache import CachePolicy, SemanticCache
-from cache_server.entries import InvalidInputError
+from cache_server.entries import InvalidInputError, prompt_key
 from cache_server.learned_thresholds import evidence
 from cache_server.learned_thresholds.engine import VerifiedEngine
 from cache_server.learned_thresholds.judge import ExactJudge
@@ -223,6 +223,11 @@ async def test_feedback_is_evidence_not_votes(
     assert other.learned and not other.duplicate
     flipped = await cache.feedback("c", rice.entry_id, asked_for, correct=False, reporter="b")
     assert not flipped.duplicate and not flipped.learned  # kept (exclusion), learned once
+    back = await cache.feedback("c", rice.entry_id, asked_for, correct=True, reporter="b")
+    wrong = await cache.feedback("c", rice.entry_id, asked_for, correct=False, reporter="b")
+    assert not back.duplicate and not wrong.duplicate  # a change of mind, each time heard
+    excluded = await cache.store.excluded("c", prompt_key(asked_for))
+    assert rice.entry_id in excluded  # the latest verdict rules: wrong
     await cache.drain()
     _, labels = evidence.decode(await cache.store.evidence("c", rice.entry_id))
     assert labels.tolist() == [1.0, 1.0]
