@@ -9,13 +9,7 @@ import numpy as np
 import pytest
 
 from cache_server.entries import CacheEntry
-from cache_server.store.base import (
-    CacheLimitError,
-    CacheStore,
-    ModelMismatchError,
-    PutOutcome,
-    StoreConflictError,
-)
+from cache_server.store.base import CacheLimitError, CacheStore, PutOutcome, StoreConflictError
 from tests.contract.stores import (
     ADVERSARIAL_CACHE_IDS,
     NOW,
@@ -341,6 +335,8 @@ async def test_a_cache_records_its_embedding_model_and_refuses_another(
 ) -> None:
     """Issue 23, finding 6: only the dimension was checked, so a same-size model's vectors were
     silently compared with the old model's. The first put naming a model records it."""
+    from cache_server.store.base import ModelMismatchError
+
     assert await store.vector_model("c1") is None
     await store.put(entry("first"), vec(1), 10, NOW, max_caches=10, model="model-a")
     assert await store.vector_model("c1") == "model-a"

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from cache_server import reindex
 from semcache_client import CacheClient, ErrorReason, FailedPrecondition
 from tests.fake_llm import FakeLLM
 from tests.integration.conftest import start_cache_server
@@ -37,6 +36,8 @@ def other_embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_a_model_change_is_refused_until_the_cache_is_reindexed(
     tmp_path: Path, embedder_process: str, other_embedder: str, llm: FakeLLM
 ) -> None:
+    from cache_server import reindex
+
     first = start_cache_server(tmp_path, embedder_process, llm)
     try:
         with CacheClient(first.address) as cache:

@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletion
 
 from tests.fake_llm import FakeLLM
 from tests.integration.conftest import start_cache_server
-from tests.processes import GatewayProcess, ServiceProcess
+from tests.processes import GatewayProcess, ServiceProcess, cache_server_process
 
 MODEL = "gpt-test"
 QUESTION = "How do I learn Python quickly?"
@@ -321,7 +321,6 @@ def test_a_chat_answer_is_never_served_to_query_or_langcache_search(
         ],
     )
     assert chat.headers["x-semcache-cache"] == "miss" and chat.headers["x-semcache-cache-id"]
-    scope = chat.headers["x-semcache-chat-scope"]
     calls = upstream.calls
     query = httpx.post(f"{root}/query", json={"query": question}, timeout=30).json()
     assert query["cache_hit"] is False and upstream.calls == calls + 1
@@ -329,6 +328,7 @@ def test_a_chat_answer_is_never_served_to_query_or_langcache_search(
     found = httpx.post(search, json={"prompt": question}, timeout=30).json()
     assert [e["response"] for e in found["data"]] == [query["response"]]  # /query's own only
     # Asked for explicitly, by its scope: there it is.
+    scope = chat.headers["x-semcache-chat-scope"]
     named = {"prompt": question, "attributes": {"chat_scope": scope}}
     found = httpx.post(search, json=named, timeout=30).json()
     assert [e["id"] for e in found["data"]] == [chat.headers["x-semcache-entry-id"]]
@@ -360,3 +360,31 @@ def test_a_long_rag_prompt_is_passed_through_not_refused(
     assert reply.headers["x-semcache-cache"] == "uncacheable"
     assert "longer than" in reply.headers["x-semcache-uncacheable"]
     assert reply.parse().choices[0].message.content
+
+
+def test_a_completion_longer_than_the_call_deadlines_is_not_thrown_away(
+    tmp_path_factory: pytest.TempPathFactory, embedder_process: str
+) -> None:
+    """Issue 23, finding 8: the gateway's deadline for every cache-server call (60 s) and the
+    upstream's 30 s read timeout cut off long completions and threw the paid-for answer
+    away. Here both short deadlines are 1 s and the upstream takes 2 s: the completion still
+    arrives, and is stored."""
+    with FakeLLM(delay_s=2.0) as slow:
+        server = cache_server_process(
+            tmp_path_factory.mktemp("slow-chat"),
+            embedder_process,
+            "--upstream-base-url",
+            slow.base_url,
+            "--upstream-timeout-s",
+            "1",
+        ).start()
+        try:
+            env = {"GATEWAY_REQUEST_TIMEOUT_S": "1"}
+            with GatewayProcess(server.address, env=env) as gateway:
+                sdk = OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+                reply = ask(sdk, "slow", "Explain caching at length, please?")
+                assert reply.headers["x-semcache-cache"] == "miss"
+                assert reply.headers.get("x-semcache-entry-id")  # stored
+                assert reply.parse().choices[0].message.content
+        finally:
+            server.stop()

@@ -403,7 +403,9 @@ class ScopeModel(RuleBasedStateMachine):
         cache_id = self.caches[cache]
         body = chat_body(system, model, extra, question)  # the call's flag decides the stream
         events = list(
-            self.client.chat("", body, cache_id=cache_id, attributes=attributes, stream=stream)
+            self.client.chat(
+                question, body, cache_id=cache_id, attributes=attributes, stream=stream
+            )
         )
         shape = chat_shape(system, model, extra)
         self.tally[f"grpc chat {type(events[0]).__name__}"] += 1

@@ -654,13 +654,14 @@ def test_long_prompts_and_a_cache_that_is_down_are_passed_through_uncached(
     try:
         with CacheClient(server.address, timeouts=Timeouts(query_s=20)) as cache:
             calls = llm.calls
-            with cache.chat("", body("Is the cache down?")) as down:
+            down_prompt = "Is the cache down?"
+            with cache.chat(down_prompt, body(down_prompt)) as down:
                 events = list(down)
             assert kinds(events) == ["ChatCompletion", "ChatStored"]
             assert events[1] == ChatStored(None)
             assert down.route is not None and down.route.uncacheable == "the cache is unavailable"
             long = "Context: " + "lorem ipsum " * 1000 + "\nQuestion: what is it about?"
-            with cache.chat("", body(long)) as passed:
+            with cache.chat(long, body(long)) as passed:
                 events = list(passed)
             assert kinds(events) == ["ChatCompletion", "ChatStored"] and llm.calls == calls + 2
             assert passed.route is not None and "longer than" in (passed.route.uncacheable or "")

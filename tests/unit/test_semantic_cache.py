@@ -259,7 +259,7 @@ async def test_a_model_change_of_the_same_dimension_is_refused_not_compared(
     """Issue 23, finding 6: after `make finetune` (still 384 dims) vectors of the old model were
     compared with queries of the new one, silently."""
     from cache_server.embedder_client import EmbedderModel
-    from cache_server.store.base import ModelMismatchError
+    from cache_server.store.base import StoreConflictError
 
     cache, embedder, upstream, _ = parts
     await cache.query("", "How do I learn Python?")
@@ -272,7 +272,7 @@ async def test_a_model_change_of_the_same_dimension_is_refused_not_compared(
         cache.search("", "What is the best way to learn Python?"),
         cache.set("", "How do I cook rice?", "Boil it."),
     ):
-        with pytest.raises(ModelMismatchError, match="make reindex"):
+        with pytest.raises(StoreConflictError, match="make reindex"):  # ModelMismatchError
             await ask
     assert len(upstream.calls) == calls  # refused before paying for an answer
 

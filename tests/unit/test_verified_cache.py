@@ -196,14 +196,15 @@ async def test_feedback_is_evidence_not_votes(
     counts once per (answer, prompt, reporter), and moves the policy only when served."""
     cache, upstream = verified
     first = await cache.query("c", ASKED)
-    for _ in range(150):
-        outcome = await cache.feedback("c", first.entry_id, PARAPHRASE, correct=True)
-        assert not outcome.learned  # never served for PARAPHRASE
+    outcomes = [
+        await cache.feedback("c", first.entry_id, PARAPHRASE, correct=True) for _ in range(150)
+    ]
     await cache.drain()
-    assert await cache.store.evidence("c", first.entry_id) == b""
     asked = len(upstream.calls)
     again = await cache.query("c", PARAPHRASE)
     assert again.hit is None and len(upstream.calls) == asked + 1  # still not sure: explored
+    assert not any(o.learned for o in outcomes)  # never served for PARAPHRASE
+    assert [o.duplicate for o in outcomes] == [False] + [True] * 149
     # One reporter's verdict counts once; another reporter's is its own.
     rice = await cache.query("c", "How do I cook rice?")
     served = await cache.query("c", "How to cook rice properly", policy="threshold")
