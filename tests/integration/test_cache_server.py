@@ -502,7 +502,7 @@ def test_slow_upstream_times_out_clearly_and_stores_nothing(
             embedder_process,
             "--upstream-base-url",
             llm.base_url,
-            "--upstream-timeout-s",
+            "--upstream-read-timeout-s",
             "0.5",
         ) as server,
     ):

@@ -27,9 +27,9 @@ import collections
 import itertools
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import pytest
@@ -119,6 +119,22 @@ def chat_body(
     return {**body, **extra}
 
 
+# Each step is one action drawn by weight. One rule that draws its action, rather than a
+# rule per action: Hypothesis's stateful runner switches rules off at random per example
+# ("swarm testing"), which left whole surfaces (chat) unexercised in some runs.
+ACTIONS: dict[str, tuple[int, dict[str, Any]]] = {}
+DATA = object()  # an action's parameter that is the step's own data object (later draws)
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def action(weight: int = 1, **strategies: Any) -> Callable[[F], F]:
+    def register(method: F) -> F:
+        ACTIONS[method.__name__] = (weight, strategies)
+        return method
+
+    return register
+
+
 class ScopeModel(RuleBasedStateMachine):
     stack: Stack
     tally: ClassVar[collections.Counter[str]] = collections.Counter()
@@ -179,9 +195,20 @@ class ScopeModel(RuleBasedStateMachine):
     def empty_the_default_cache(self) -> None:
         assert self.http.post("/v1/caches/default/flush").status_code == 204
 
+    @rule(data=st.data())
+    def step(self, data: st.DataObject) -> None:
+        names = [name for name, (weight, _) in sorted(ACTIONS.items()) for _ in range(weight)]
+        name = data.draw(st.sampled_from(names), label="action")
+        kwargs = {
+            key: data if strategy is DATA else data.draw(strategy, label=key)
+            for key, strategy in ACTIONS[name][1].items()
+        }
+        self.tally[name] += 1
+        getattr(self, name)(**kwargs)
+
     # -- REST ----------------------------------------------------------------------------
 
-    @rule(question=st.sampled_from(QUESTIONS), use_cache=st.booleans())
+    @action(question=st.sampled_from(QUESTIONS), use_cache=st.booleans())
     def rest_query(self, question: str, use_cache: bool) -> None:
         body = {"query": question, "use_cache": use_cache}
         reply = self.http.post("/query", json=body)
@@ -192,7 +219,7 @@ class ScopeModel(RuleBasedStateMachine):
         else:
             self._stored(data["response"], Record("default", question, {}, None))
 
-    @rule(
+    @action(
         cache=CACHES,
         question=st.sampled_from(QUESTIONS),
         attributes=st.sampled_from(ATTRIBUTES),
@@ -210,7 +237,7 @@ class ScopeModel(RuleBasedStateMachine):
         entry_id = reply.json()["entryId"]
         self._stored(text, Record(self.caches[cache], question, attributes, None, entry_id))
 
-    @rule(
+    @action(
         cache=CACHES,
         question=st.sampled_from(QUESTIONS),
         attributes=st.sampled_from(ATTRIBUTES),
@@ -239,7 +266,7 @@ class ScopeModel(RuleBasedStateMachine):
         for entry in reply.json()["data"]:
             self.serve(entry["response"], cache_id, asked, attributes, None)
 
-    @rule(cache=CACHES, data=st.data())
+    @action(cache=CACHES, data=DATA)
     def langcache_delete_one(self, cache: int, data: st.DataObject) -> None:
         cache_id = self.caches[cache]
         known = sorted(
@@ -254,7 +281,7 @@ class ScopeModel(RuleBasedStateMachine):
             if record.cache_id == cache_id and record.entry_id == entry_id:
                 record.alive = False
 
-    @rule(cache=CACHES, attributes=st.sampled_from(ATTRIBUTES[1:]))
+    @action(cache=CACHES, attributes=st.sampled_from(ATTRIBUTES[1:]))
     def langcache_delete_by_attributes(self, cache: int, attributes: dict[str, str]) -> None:
         cache_id = self.caches[cache]
         reply = self.http.request(
@@ -266,7 +293,7 @@ class ScopeModel(RuleBasedStateMachine):
             if record.cache_id == cache_id and carried:
                 record.alive = False
 
-    @rule(cache=CACHES)
+    @action(cache=CACHES)
     def langcache_flush(self, cache: int) -> None:
         cache_id = self.caches[cache]
         assert self.http.post(f"/v1/caches/{cache_id}/flush").status_code == 204
@@ -274,7 +301,8 @@ class ScopeModel(RuleBasedStateMachine):
             if record.cache_id == cache_id:
                 record.alive = False
 
-    @rule(
+    @action(
+        weight=3,
         cache=CACHES,
         question=st.sampled_from(QUESTIONS),
         scope=st.sampled_from(CHAT_SCOPES),
@@ -317,7 +345,7 @@ class ScopeModel(RuleBasedStateMachine):
             entry_id = reply.headers.get("x-semcache-entry-id")
             self._stored(text, Record(cache_id, question, attributes, shape, entry_id))
 
-    @rule(cache=CACHES, data=st.data(), correct=st.booleans())
+    @action(cache=CACHES, data=DATA, correct=st.booleans())
     def feedback(self, cache: int, data: st.DataObject, correct: bool) -> None:
         cache_id = self.caches[cache]
         known = [
@@ -341,7 +369,7 @@ class ScopeModel(RuleBasedStateMachine):
                 if same.entry_id == record.entry_id and same.cache_id == cache_id:
                     same.excluded_for.discard(prompt.strip())
 
-    @rule(cache=CACHES, policy=st.sampled_from([None, "threshold", "verified"]))
+    @action(cache=CACHES, policy=st.sampled_from([None, "threshold", "verified"]))
     def cache_policy(self, cache: int, policy: str | None) -> None:
         body: dict[str, Any] = {"policy": policy}
         if policy == "verified":
@@ -351,7 +379,7 @@ class ScopeModel(RuleBasedStateMachine):
 
     # -- gRPC, through the client library -------------------------------------------------
 
-    @rule(
+    @action(
         cache=CACHES,
         question=st.sampled_from(QUESTIONS),
         attributes=st.sampled_from(ATTRIBUTES),
@@ -365,7 +393,7 @@ class ScopeModel(RuleBasedStateMachine):
             record = Record(cache_id, question, attributes, None, result.entry_id)
             self._stored(result.response, record)
 
-    @rule(
+    @action(
         cache=CACHES,
         question=st.sampled_from(QUESTIONS),
         attributes=st.sampled_from(ATTRIBUTES),
@@ -386,7 +414,8 @@ class ScopeModel(RuleBasedStateMachine):
             entry_id = self.client.set(question, text, cache_id=cache_id, attributes=attributes)
             self._stored(text, Record(cache_id, question, attributes, None, entry_id))
 
-    @rule(
+    @action(
+        weight=3,
         cache=CACHES,
         question=st.sampled_from(QUESTIONS),
         scope=st.sampled_from(CHAT_SCOPES),
