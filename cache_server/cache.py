@@ -121,7 +121,7 @@ class SemanticCache(HitRules, LookupBookkeeping):
             if hits:
                 await self._record_lookup(cache_id, True, time.perf_counter() - started, counts)
                 hit = hits[0]
-                self._served_later(cache_id, query, [hit.entry])
+                self._served_later(cache_id, query, [hit])
                 return QueryResult(
                     query=query,
                     response=hit.entry.response,
@@ -221,7 +221,7 @@ class SemanticCache(HitRules, LookupBookkeeping):
                     cache_id, prompt, attributes, top.entry, top.similarity
                 )
         await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started, counts)
-        self._served_later(cache_id, prompt, [hit.entry for hit in hits])
+        self._served_later(cache_id, prompt, hits)
         dimension = await self._dimension(cache_id, vector_box[0] if vector_box else None)
         return SearchResult(hits, dimension, time.perf_counter() - started)
 

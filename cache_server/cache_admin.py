@@ -25,6 +25,7 @@ from cache_server.entries import (
     check_cache_id,
     check_entry_id,
     check_text,
+    normalize_prompt,
     prompt_key,
 )
 from cache_server.feedback import Feedback, learned_mark, served_mark, verdict_mark
@@ -175,7 +176,10 @@ class CacheAdmin:
             cache_id, {"reported_right" if correct else "reported_wrong": 1}
         )
         learned = False
-        if await self.store.marked(cache_id, served_mark(entry, key)):
+        # Served for it: an exact repeat of the entry's prompt always is (no mark needed),
+        # anything else when a hit left its mark.
+        own_prompt = normalize_prompt(prompt) == normalize_prompt(entry.prompt)
+        if own_prompt or await self.store.marked(cache_id, served_mark(entry, key)):
             (learned,) = await self.store.mark(cache_id, [learned_mark(entry, key, reporter)], now)
         if learned:
             self._learn_from_feedback_later(cache_id, entry, prompt, correct)

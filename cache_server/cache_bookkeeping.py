@@ -12,8 +12,9 @@ from collections.abc import Mapping
 
 from cache_server import metrics
 from cache_server.cache_admin import CacheAdmin
-from cache_server.entries import CacheEntry, prompt_key
+from cache_server.entries import prompt_key
 from cache_server.feedback import served_mark
+from cache_server.lookup import Hit, Strategy
 from cache_server.store.base import CacheLimitError
 
 log = logging.getLogger(__name__)
@@ -60,20 +61,24 @@ class LookupBookkeeping(CacheAdmin):
                 "counting a %s in cache %r failed: %s", "hit" if hit else "miss", cache_id, exc
             )
 
-    def _served_later(self, cache_id: str, prompt: str, served: list[CacheEntry]) -> None:
+    def _served_later(self, cache_id: str, prompt: str, served: list[Hit]) -> None:
         """After the answer has gone: refreshes LRU recency (a hint for eviction, not data, so
         the caller does not wait for the store's write) and marks each answer served for this
-        prompt (what makes feedback on it evidence: cache_server.feedback)."""
+        prompt by similarity (what makes feedback on it evidence: cache_server.feedback; an
+        exact repeat needs no mark, it is served whenever its prompt is asked, and leaves
+        the store's one thread free for the next hit)."""
         if not served:
             return
         now = self._clock()
         key = prompt_key(prompt)
+        marks = [served_mark(h.entry, key) for h in served if h.strategy is Strategy.SEMANTIC]
 
         async def touch() -> None:
             try:
-                for entry in served:
-                    await self.store.touch(cache_id, entry.id, now)
-                await self.store.mark(cache_id, [served_mark(e, key) for e in served], now)
+                for hit in served:
+                    await self.store.touch(cache_id, hit.entry.id, now)
+                if marks:
+                    await self.store.mark(cache_id, marks, now)
             except Exception:
                 log.exception("refreshing recency failed")
 
