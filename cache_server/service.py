@@ -19,20 +19,14 @@ from cache_server.entry_pb import STRATEGY_FROM_PB, STRATEGY_TO_PB, entry_pb
 from cache_server.lookup import Strategy
 from cache_server.service_chat import chat_events
 from cache_server.service_verified import policy_name, policy_pb, stats_fields
-from cache_server.statuses import status_of
+from cache_server.statuses import abort, abort_failed, elapsed_ms
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
-from service_runtime.error_reasons import REASON_KEY, ErrorReason
+from service_runtime.error_reasons import ErrorReason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[object, object]
-
-
-async def _abort(
-    context: Context, code: grpc.StatusCode, reason: ErrorReason, message: str
-) -> None:
-    await context.abort(code, message, trailing_metadata=((REASON_KEY, reason.value),))
 
 
 async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]]) -> T:
@@ -47,7 +41,7 @@ async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]
         # gets an answer, and a retryable one.
         metrics.RPCS.labels(method, grpc.StatusCode.UNAVAILABLE.name).inc()
         log.warning("%s interrupted by a cancellation it did not ask for", method)
-        await _abort(
+        await abort(
             context,
             grpc.StatusCode.UNAVAILABLE,
             ErrorReason.INTERRUPTED,
@@ -55,21 +49,11 @@ async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]
         )
         raise  # unreachable: abort raises
     except Exception as exc:
-        code, reason = status_of(exc)
-        metrics.RPCS.labels(method, code.name).inc()
-        if code is grpc.StatusCode.INTERNAL:
-            log.exception("%s failed", method)
-            await _abort(context, code, reason, f"internal error: {type(exc).__name__}")
-        log.info("%s %s in %.1f ms: %s", method, code.name, _ms(started), exc)
-        await _abort(context, code, reason, str(exc))
+        await abort_failed(method, exc, context, started)
         raise  # unreachable: abort raises
     metrics.RPCS.labels(method, "OK").inc()
-    log.info("%s OK in %.1f ms", method, _ms(started))
+    log.info("%s OK in %.1f ms", method, elapsed_ms(started))
     return result
-
-
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1e3
 
 
 class CacheServicer(pb_grpc.CacheServiceServicer):
@@ -141,7 +125,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         strategies = []
         for value in request.strategies:
             if value not in STRATEGY_FROM_PB:
-                await _abort(
+                await abort(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     ErrorReason.INVALID_INPUT,
@@ -351,12 +335,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                         finished=step.finished,
                     )
         except Exception as exc:
-            code, reason = status_of(exc)
-            metrics.RPCS.labels("Reindex", code.name).inc()
-            message = str(exc) if code is not grpc.StatusCode.INTERNAL else type(exc).__name__
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("Reindex failed")
-            await context.abort(code, message, trailing_metadata=((REASON_KEY, reason.value),))
+            await abort_failed("Reindex", exc, context, started)
         metrics.RPCS.labels("Reindex", "OK").inc()
         log.info("Reindex OK in %.1f s", time.perf_counter() - started)
 

@@ -23,9 +23,8 @@ from cache_server.chat import (
 from cache_server.entries import InvalidInputError
 from cache_server.entry_pb import STRATEGY_TO_PB, entry_pb
 from cache_server.lookup import Hit
-from cache_server.statuses import status_of
+from cache_server.statuses import abort_failed, elapsed_ms
 from protos.semcache.cache.v1 import cache_pb2 as pb
-from service_runtime.error_reasons import REASON_KEY
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -90,18 +89,6 @@ async def chat_events(
                 continue
             yield event_pb(event)
     except Exception as exc:
-        code, reason = status_of(exc)
-        metrics.RPCS.labels("Chat", code.name).inc()
-        if code is grpc.StatusCode.INTERNAL:
-            log.exception("Chat failed")
-            message = f"internal error: {type(exc).__name__}"
-        else:
-            log.info("Chat %s in %.1f ms: %s", code.name, _ms(started), exc)
-            message = str(exc)
-        await context.abort(code, message, trailing_metadata=((REASON_KEY, reason.value),))
+        await abort_failed("Chat", exc, context, started)
     metrics.RPCS.labels("Chat", "OK").inc()
-    log.info("Chat OK in %.1f ms", _ms(started))
-
-
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1e3
+    log.info("Chat OK in %.1f ms", elapsed_ms(started))
