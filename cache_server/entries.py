@@ -9,8 +9,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service_runtime.cache_ids import CACHE_ID_PATTERN
+
 DEFAULT_CACHE_ID = "default"
-_CACHE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_CACHE_ID = re.compile(CACHE_ID_PATTERN)
 _ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _ENTRY_ID = re.compile(r"^[0-9a-f]{32}$")
 # Caches the gateway keeps for itself (the rewrites of conversational search). Accepted beside

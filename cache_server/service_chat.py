@@ -25,13 +25,10 @@ from cache_server.entry_pb import STRATEGY_TO_PB, entry_pb
 from cache_server.lookup import Hit
 from cache_server.statuses import abort_failed, elapsed_ms
 from protos.semcache.cache.v1 import cache_pb2 as pb
+from service_runtime.chat_route import CHAT_SCOPE_KEY, UNCACHEABLE_KEY
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
-# Initial metadata of a Chat call: the scope its answer is looked up and stored under (absent
-# when not cached), and why it is passed to the upstream uncached (absent when cached).
-CHAT_SCOPE_KEY = "semcache-chat-scope"
-UNCACHEABLE_KEY = "semcache-uncacheable"
 
 
 def chat_call(request: pb.ChatRequest) -> ChatCall:

@@ -17,11 +17,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from service_runtime.cache_ids import CACHE_ID_PATTERN
+
 SCOPE_ATTRIBUTE = "chat_scope"  # the cache server's (entries.CHAT_SCOPE_ATTRIBUTE)
 HEADER_PREFIX = "x-semcache-"
-# The cache id rule of the REST API (gateway.routes.deps.CACHE_ID_PATTERN): no caller names a
-# cache the cache server keeps for itself (those start with "_").
-_CACHE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# The cache id rule of the REST API: no caller names a cache the cache server keeps for itself
+# (those start with "_").
+_CACHE_ID = re.compile(CACHE_ID_PATTERN)
 
 
 class ChatRequestError(ValueError):

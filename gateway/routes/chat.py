@@ -23,11 +23,8 @@ from gateway import openai_wire as wire
 from gateway.errors import CacheCallError, ProblemError
 from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings
 from protos.semcache.cache.v1 import cache_pb2 as pb
+from service_runtime.chat_route import CHAT_SCOPE_KEY, UNCACHEABLE_KEY
 from service_runtime.logs import outgoing_metadata, request_id
-
-# The initial metadata of a Chat call (cache_server.service_chat).
-CHAT_SCOPE_KEY = "semcache-chat-scope"
-UNCACHEABLE_KEY = "semcache-uncacheable"
 
 log = logging.getLogger("gateway")
 router = APIRouter(tags=["OpenAI-compatible"])

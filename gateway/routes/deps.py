@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from gateway.errors import CacheCallError
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+from service_runtime import cache_ids
 
 if TYPE_CHECKING:  # the generated .pyi types the grpc.aio flavour of the stub separately
     from protos.semcache.cache.v1.cache_pb2_grpc import CacheServiceAsyncStub as CacheClient
@@ -19,9 +20,9 @@ else:
 
 T = TypeVar("T")
 
-# The cache server's rule for cache ids (cache_server/entries.py), checked here too so that a
-# bad id is a 400/422 from the schema, before any gRPC call.
-CACHE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+# The cache server's rule for cache ids, checked here too so that a bad id is a 400/422 from
+# the schema, before any gRPC call.
+CACHE_ID_PATTERN = cache_ids.CACHE_ID_PATTERN
 
 
 async def _cache(request: Request) -> CacheClient:
