@@ -43,7 +43,7 @@ class LookupBookkeeping(CacheAdmin):
         self.latency.record(cache_id, hit, seconds)
         try:
             counts = {"hits" if hit else "misses": 1, **(more or {})}
-            if not hit and not await self.store.admits(cache_id, 0):
+            if not await self.store.add_counters(cache_id, counts) and not hit:
                 # A miss in a cache the store does not hold yet (a chat or search miss before
                 # its answer is stored): the store keeps counters only for caches it holds, so
                 # it is counted when the cache's first entry is (bounded: made-up ids are
@@ -53,8 +53,6 @@ class LookupBookkeeping(CacheAdmin):
                 self._pending_counts.move_to_end(cache_id)
                 if len(self._pending_counts) > MAX_PENDING_CACHES:
                     self._pending_counts.popitem(last=False)
-                return
-            await self.store.add_counters(cache_id, counts)
         except Exception as exc:
             metrics.COUNTER_WRITE_FAILURES.inc()
             log.warning(

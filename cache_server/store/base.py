@@ -159,10 +159,11 @@ class CacheStore(Protocol):
         """Removes expired entries (counted in the `expirations` counter of their cache)."""
         ...
 
-    async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> None:
+    async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> bool:
         """Adds to the cache's counters (hits, misses...). `put` counts `evictions` itself.
         Only for a cache the store holds: a look-up under an unknown cache id leaves nothing
-        behind (else any caller could grow the store with made-up ids)."""
+        behind (else any caller could grow the store with made-up ids). True when counted,
+        False when the store does not hold the cache."""
         ...
 
     async def counters(self, cache_id: str) -> dict[str, int]: ...

@@ -142,9 +142,11 @@ class EmbeddedStore(EmbeddedLearning):
     async def admits(self, cache_id: str, max_caches: int) -> bool:
         return cache_id in self._caches or len(self._caches) < max_caches
 
-    async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> None:
-        if cache_id in self._caches:
-            self._counters[cache_id].update(counts)
+    async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> bool:
+        if cache_id not in self._caches:
+            return False
+        self._counters[cache_id].update(counts)
+        return True
 
     async def counters(self, cache_id: str) -> dict[str, int]:
         return dict(self._counters.get(cache_id, {}))

@@ -263,10 +263,13 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
         member, count = await self._call(ask)
         return bool(member) or int(count) < max_caches
 
-    async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> None:
+    async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> bool:
         keys = self.layout.cache(cache_id)
         args: list[Any] = [item for pair in counts.items() for item in pair]
-        await self._call(lambda: self._add_counters(keys=[keys.meta, keys.stats], args=args))
+        counted = await self._call(
+            lambda: self._add_counters(keys=[keys.meta, keys.stats], args=args)
+        )
+        return bool(counted)
 
     async def reset_counters(self, cache_id: str) -> None:
         stats = self.layout.cache(cache_id).stats

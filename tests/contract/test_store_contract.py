@@ -177,8 +177,8 @@ async def test_a_vector_of_another_dimension_is_refused(factory: StoreFactory) -
 
 async def test_counters_are_kept_by_the_store(store: CacheStore) -> None:
     await put(store, entry("first"), vec(1), 10, NOW)
-    await store.add_counters("c1", {"hits": 2, "misses": 1})
-    await store.add_counters("c1", {"hits": 1})
+    assert await store.add_counters("c1", {"hits": 2, "misses": 1})
+    assert await store.add_counters("c1", {"hits": 1})
     counts = await store.counters("c1")
     assert (counts.get("hits"), counts.get("misses")) == (3, 1)
     for i in range(3):
@@ -192,7 +192,7 @@ async def test_counters_are_kept_by_the_store(store: CacheStore) -> None:
 async def test_unknown_cache_ids_leave_nothing_behind(store: CacheStore) -> None:
     # Look-ups under made-up cache ids must not grow the store.
     for i in range(50):
-        await store.add_counters(f"made-up-{i}", {"misses": 1})
+        assert not await store.add_counters(f"made-up-{i}", {"misses": 1})
         assert await store.search(f"made-up-{i}", vec(1), 1, 0.5, {}, NOW) == []
     assert await store.counters("made-up-7") == {}
     assert await store.admits("made-up-7", 1)  # no cache is held yet

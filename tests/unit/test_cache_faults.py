@@ -17,7 +17,7 @@ async def test_an_answer_is_not_lost_because_its_hit_or_miss_could_not_be_counte
 ) -> None:
     cache, _, upstream, _ = parts
 
-    async def no_counting(cache_id: str, counts: Mapping[str, int]) -> None:
+    async def no_counting(cache_id: str, counts: Mapping[str, int]) -> bool:
         raise StoreUnavailableError("Redis is unreachable (counters)")
 
     cache.store.add_counters = no_counting  # type: ignore[method-assign]
