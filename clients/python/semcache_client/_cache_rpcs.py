@@ -343,8 +343,18 @@ def feedback_result(pb: cache_pb.SubmitFeedbackResponse) -> FeedbackResult:
     )
 
 
+def reindex_request(cache_id: str, batch_size: int) -> cache_pb.ReindexRequest:
+    """`cache_id` "": every cache."""
+    return cache_pb.ReindexRequest(cache_id=cache_id, batch_size=batch_size)
+
+
 def reindex_progress(pb: cache_pb.ReindexProgress) -> ReindexProgress:
     return ReindexProgress(pb.cache_id, pb.done, pb.total, pb.model, pb.finished)
+
+
+def reindexed(steps: Sequence[ReindexProgress]) -> list[ReindexProgress]:
+    """Each cache's last progress: the finished steps."""
+    return [step for step in steps if step.finished]
 
 
 def chat_route(metadata: Any) -> ChatRoute:

@@ -277,16 +277,14 @@ class CacheClient:
         the cache refuses similarity look-ups (FailedPrecondition). Waits until it is done
         (deadline: `timeouts.bulk_s`, or `timeout_s`) and returns each cache's last progress.
         A call that stops early is continued by the next. Never retried."""
-        request = cache_pb.ReindexRequest(
-            cache_id="" if every_cache else self._cache(cache_id), batch_size=batch_size
-        )
+        request = rpcs.reindex_request("" if every_cache else self._cache(cache_id), batch_size)
         call, plan = self._invoker.stream(rpcs.REINDEX, request, timeout_s, request_id)
         try:
             steps = [rpcs.reindex_progress(message) for message in call]
         except grpc.RpcError as error:
             raise plan.error(error) from error
         plan.succeeded()
-        return [step for step in steps if step.finished]
+        return rpcs.reindexed(steps)
 
     def chat(
         self,
