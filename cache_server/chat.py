@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache_server import metrics
+from cache_server.access import NotPermittedError, caller
 from cache_server.cache import SemanticCache
 from cache_server.chat_scope import ChatScope, scope_of
 from cache_server.embedder_client import EmbedderUnavailableError
@@ -32,6 +33,7 @@ from cache_server.entries import (
 )
 from cache_server.lookup import Hit, Strategy
 from cache_server.single_flight import Broadcast, SingleFlight
+from cache_server.spending import Spending
 from cache_server.store.base import ModelMismatchError, StoreUnavailableError
 from cache_server.upstream import ChatUpstream, UpstreamError, UpstreamHTTPError
 
@@ -72,6 +74,10 @@ class Completion:
 
 @dataclass(frozen=True)
 class Failed:
+    """The upstream failed, in words fit for the client: the status to answer (0: it could
+    not be reached, timed out or broke off), an error in OpenAI's shape (empty with status 0)
+    and a message; never the upstream's own body (cache_server.upstream.UpstreamHTTPError)."""
+
     status: int
     body: str
     message: str
@@ -116,10 +122,33 @@ class _Answer:
 
 
 class ChatCompletions:
-    def __init__(self, cache: SemanticCache, upstream: ChatUpstream) -> None:
+    def __init__(
+        self,
+        cache: SemanticCache,
+        upstream: ChatUpstream,
+        allowed_models: frozenset[str] = frozenset({"*"}),
+        spending: Spending | None = None,
+    ) -> None:
         self.cache = cache
         self.upstream = upstream
+        self.spending = spending
+        self.allowed_models = allowed_models  # what the upstream may be asked for; "*": any
         self._flights = SingleFlight()
+
+    def _check_allowed(self, body: Mapping[str, Any], uncacheable: str | None) -> None:
+        """No open proxy: only the operator's models, and a request that would not be cached
+        only for a key that may pass requests through (service_runtime.tenants)."""
+        model = body.get("model")
+        if "*" not in self.allowed_models and model not in self.allowed_models:
+            offered = ", ".join(sorted(self.allowed_models))
+            raise NotPermittedError(f"model {str(model)[:80]!r} is not offered here: {offered}")
+        tenant = caller().tenant
+        if uncacheable is not None and not tenant.passthrough:
+            who = f"key {tenant.id!r}" if tenant.keyed else "a caller without a key"
+            raise NotPermittedError(
+                f"{who} may not pass uncached requests to the upstream LLM ({uncacheable}); "
+                "only cacheable requests are served"
+            )
 
     @property
     def in_flight(self) -> int:
@@ -138,6 +167,7 @@ class ChatCompletions:
             cacheable=call.cacheable,
             max_prompt_chars=self.cache.policy.max_prompt_chars,
         )
+        self._check_allowed(call.body, scope.uncacheable)
         if scope.uncacheable is None and call.use_cache:
             try:
                 found = await self.cache.search(
@@ -165,6 +195,10 @@ class ChatCompletions:
                     return
         elif scope.uncacheable is not None:
             metrics.CHAT_PASSED_THROUGH.labels("uncacheable" if call.cacheable else "asked").inc()
+        if self.spending is not None:
+            # Before any answer starts: a key that spent its budget gets a plain refusal (429
+            # with Retry-After) rather than an upstream failure mid-stream.
+            await self.spending.check()
         yield Routed(scope.digest, scope.uncacheable)
         cached = scope.uncacheable is None
         # Everything that shapes the stored entry or the relayed answer is in the key; a
@@ -199,15 +233,19 @@ class ChatCompletions:
                 broadcast.publish(Completion(whole))
                 for choice in _choices(whole):
                     answer.take(choice, "message")
-        except UpstreamHTTPError as exc:
-            metrics.UPSTREAM_CALLS.labels("error").inc()
-            broadcast.publish(Failed(exc.status, exc.body, str(exc)))
-            broadcast.close()
-            return
         except UpstreamError as exc:
+            # What the client is told was decided with the error (cache_server.upstream); the
+            # log keeps what the upstream said, or why it could not be asked.
             metrics.UPSTREAM_CALLS.labels("error").inc()
-            log.warning("chat completion upstream failed: %s", exc)
-            broadcast.publish(Failed(0, "", str(exc)))
+            log.warning("chat completion upstream failed: %s", exc.detail)
+            failed = (
+                Failed(exc.client_status, exc.client_body, str(exc))
+                if isinstance(exc, UpstreamHTTPError)
+                else Failed(0, "", str(exc))
+            )
+            # The marker that tests/processes.py scans for, as statuses.abort logs it.
+            log.info("error answered: upstream-error %d %s", failed.status, failed.message)
+            broadcast.publish(failed)
             broadcast.close()
             return
         except BaseException:

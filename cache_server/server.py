@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 
 from cache_server import metrics
+from cache_server.access import AccessGate, DefaultLimits
 from cache_server.cache import CachePolicy, SemanticCache
 from cache_server.chat import ChatCompletions
 from cache_server.cross_encoder_band import Verifier, VerifierSettings
@@ -20,8 +21,10 @@ from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableErro
 from cache_server.learned_thresholds.engine import VerifiedEngine
 from cache_server.learned_thresholds.judge import EmbeddingJudge, ExactJudge, Judge, LlmJudge
 from cache_server.learned_thresholds.policy import VerifiedSettings
+from cache_server.limits import Limiter, MemoryLimiter, RedisLimiter
 from cache_server.service import CacheServicer
 from cache_server.settings import CacheSettings
+from cache_server.spending import Spending
 from cache_server.store.base import CacheStore
 from cache_server.store.embedded import EmbeddedStore
 from cache_server.store.redis_store import RedisStore, redacted_url
@@ -31,6 +34,7 @@ from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 from service_runtime.grpc_service import GrpcService, serve_until_signal
 from service_runtime.metrics import serve_metrics
 from service_runtime.settings import start_service
+from service_runtime.tenants import KeyFileError, KeyRing
 from service_runtime.tls import ClientTls
 
 log = logging.getLogger("cache_server")
@@ -38,7 +42,7 @@ log = logging.getLogger("cache_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CacheService"].full_name
 
 
-def make_upstream(settings: CacheSettings) -> Upstream:
+def make_upstream(settings: CacheSettings, spending: Spending | None = None) -> Upstream:
     if settings.upstream_base_url is None:
         log.warning(
             "no upstream LLM configured (CACHE_UPSTREAM_BASE_URL): misses are answered by the "
@@ -53,6 +57,7 @@ def make_upstream(settings: CacheSettings) -> Upstream:
         api_key=key,
         timeout_s=settings.upstream_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
+        spending=spending,
     )
 
 
@@ -119,7 +124,29 @@ class CacheServer:
                 settings.embedder_tls_server_name,
             ),
         )
-        self.upstream = make_upstream(settings)
+        self.keys = KeyRing.configured(
+            api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            keys_file=settings.keys_file,
+            reload_s=settings.keys_reload_s,
+        )
+        # Limits and spending: in the shared Redis when the store is Redis (every replica
+        # counts the same), else in this process (the only one holding the caches).
+        limiter: Limiter = (
+            RedisLimiter(self.store.client, settings.redis_prefix)
+            if isinstance(self.store, RedisStore)
+            else MemoryLimiter()
+        )
+        defaults = DefaultLimits(
+            rate_per_s=settings.rate_limit_per_s,
+            burst=settings.rate_limit_burst,
+            concurrency=settings.concurrency_limit,
+            upstream_requests_per_day=settings.upstream_requests_per_day,
+            upstream_tokens_per_day=settings.upstream_tokens_per_day,
+            open_passthrough=settings.chat_passthrough,
+        )
+        self.gate = AccessGate(self.keys, limiter, defaults)
+        self.spending = Spending(limiter, defaults)
+        self.upstream = make_upstream(settings, self.spending)
         policy = CachePolicy(
             threshold=settings.similarity_threshold,
             max_cache_size=settings.max_cache_size,
@@ -146,8 +173,9 @@ class CacheServer:
         self.cache = SemanticCache(
             self.store, self.embedder, self.upstream, policy, verifier=verifier, verified=verified
         )
+        host = settings.listen_host(open_to_all=not self.keys.keyed)
         self.service = GrpcService(
-            host=settings.host,
+            host=host,
             port=settings.port,
             service_names=[SERVICE_NAME],
             port_file=settings.port_file,
@@ -155,14 +183,27 @@ class CacheServer:
             tls=settings.server_tls,
             max_connection_age_s=settings.max_connection_age_s,
             connection_age_grace_s=settings.grace_period_s,
+            gate=self.gate,
         )
+        if self.keys.keyed:
+            log.info("API keys: %d (%s)", len(self.keys.tenants), settings.keys_file or "one key")
+        else:
+            log.warning(
+                "no API key configured: every caller may use every cache; listening on %s%s",
+                host,
+                " only (set CACHE_HOST=0.0.0.0 to listen on all interfaces)"
+                if settings.host is None
+                else "",
+            )
         pb_grpc.add_CacheServiceServicer_to_server(
             CacheServicer(
                 self.cache,
                 self.embedder,
                 self.store.backend,
                 settings.log_prompts,
-                chat=ChatCompletions(self.cache, self.upstream)
+                chat=ChatCompletions(
+                    self.cache, self.upstream, settings.allowed_models, self.spending
+                )
                 if isinstance(self.upstream, DemoResponder | OpenAICompatibleUpstream)
                 else None,
             ),
@@ -171,7 +212,7 @@ class CacheServer:
         self._background: list[asyncio.Task[None]] = []
 
     async def prepare(self) -> None:
-        serve_metrics(metrics.REGISTRY, self.settings.host, self.settings.metrics_port)
+        serve_metrics(metrics.REGISTRY, self.service.host, self.settings.metrics_port)
         await self.store.open()
         self._background.append(
             asyncio.create_task(self.cache.run_purger(self.settings.purge_interval_s))
@@ -222,4 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = start_service(CacheSettings, argv, "cache_server")
     if settings is None:
         return 2
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except KeyFileError as exc:
+        log.error("cannot start: %s", exc)
+        return 2

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import grpc
 
-from cache_server import metrics
+from cache_server import access, metrics
 from cache_server.cache import SemanticCache
 from cache_server.chat import ChatCompletions
 from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableError
@@ -194,7 +194,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 request.entry_id,
                 request.prompt,
                 correct=request.correct,
-                reporter=request.reporter or _peer_host(context),
+                reporter=access.reporter(request.reporter, _peer_host(context)),
             ),
         )
         report = outcome.report
@@ -308,12 +308,15 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             max_cache_size=self.cache.policy.max_cache_size,
             embedder_serving=serving,
             store_serving=store_serving,
-            embedder_addresses=self.embedder.addresses,
+            # Internal addresses: for an operator (a key holding every cache, or no keys).
+            embedder_addresses=self.embedder.addresses if access.sees_everything() else [],
         )
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatEvent]:
         if self.chat is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "chat completions are off here")
+            await abort(
+                context, grpc.StatusCode.UNIMPLEMENTED, None, "chat completions are off here"
+            )
             return
         async for event in chat_events(self.chat, request, context):
             yield event

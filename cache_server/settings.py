@@ -197,6 +197,51 @@ class CacheSettings(GrpcServiceSettings):
     log_prompts: bool = Field(
         False, description="Include prompts in the per-request log lines (off: ids and figures)"
     )
+    upstream_models: str = Field(
+        "",
+        description="Comma-separated models the chat route may ask the upstream for, beside "
+        "upstream_model ('*': any); a request naming another is refused (403)",
+    )
+    # Tenants (service_runtime.tenants): read by the gateway too, under the SEMCACHE_ names.
+    api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("CACHE_API_KEY", "SEMCACHE_API_KEY"),
+        description="One key that may do everything (env SEMCACHE_API_KEY, shared with the "
+        "gateway); every call then needs 'authorization: Bearer <key>'",
+    )
+    keys_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("CACHE_KEYS_FILE", "SEMCACHE_KEYS_FILE"),
+        description="JSON file of API keys (their SHA-256), each granting caches and actions "
+        "(env SEMCACHE_KEYS_FILE); wins over api_key",
+    )
+    keys_reload_s: float = Field(
+        5.0,
+        gt=0,
+        validation_alias=AliasChoices("CACHE_KEYS_RELOAD_S", "SEMCACHE_KEYS_RELOAD_S"),
+        description="Read keys_file again this often: a revoked key stops working within it",
+    )
+    chat_passthrough: bool = Field(
+        False,
+        description="With no keys configured: may uncacheable chat requests go to the upstream "
+        "(with keys, each key's 'passthrough' decides; the single api_key may)",
+    )
+    rate_limit_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Requests per second per key (or client address without keys), unless the "
+        "key sets its own; beyond it RESOURCE_EXHAUSTED / 429 with Retry-After. None: no limit",
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a client may send at once")
+    concurrency_limit: int | None = Field(
+        None, ge=1, description="Requests one key (or address) may have in flight. None: any"
+    )
+    upstream_requests_per_day: int | None = Field(
+        None, ge=1, description="Upstream LLM calls per key per UTC day, unless the key says"
+    )
+    upstream_tokens_per_day: int | None = Field(
+        None, ge=1, description="Upstream tokens (from its usage) per key per UTC day"
+    )
 
     @property
     def redis_access(self) -> RedisAccess:
@@ -207,6 +252,11 @@ class CacheSettings(GrpcServiceSettings):
             tls_cert_file=self.redis_tls_cert_file,
             tls_key_file=self.redis_tls_key_file,
         )
+
+    @property
+    def allowed_models(self) -> frozenset[str]:
+        listed = {m.strip() for m in self.upstream_models.split(",") if m.strip()}
+        return frozenset({self.upstream_model, *listed})
 
     @property
     def embedder_address_list(self) -> list[str]:

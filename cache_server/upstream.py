@@ -6,8 +6,10 @@ cache_server.single_flight).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -15,20 +17,99 @@ from typing import Any, Protocol
 
 import httpx
 
+from cache_server.spending import Spending, usage_in
+
 log = logging.getLogger(__name__)
 
 
 class UpstreamError(RuntimeError):
-    """The upstream LLM failed or timed out; nothing was stored."""
+    """The upstream LLM failed or timed out; nothing was stored. The message is what a client
+    is told, in fixed words (no address, no exception text); `detail` is what the log is told."""
+
+    @property
+    def detail(self) -> str:
+        """The message and the cause it was raised from: its type, its text, the URL asked."""
+        cause = self.__cause__
+        if cause is None:
+            return str(self)
+        where = ""
+        if isinstance(cause, httpx.RequestError):
+            with contextlib.suppress(RuntimeError):  # no request attached
+                where = f" ({cause.request.method} {cause.request.url})"
+        return f"{self}: {type(cause).__name__}: {cause}{where}"
+
+
+CREDENTIALS_REFUSED = "the upstream refused the gateway's credentials"
+RATE_LIMITED = "the upstream LLM is rate limiting; retry later"
+# The upstream's errors about the request it was sent (the caller's, on the chat route): passed
+# on with their status and the upstream's own `error.message`, when it answered in OpenAI's
+# shape. Any other error is the deployment's, not the caller's.
+_ABOUT_THE_REQUEST = frozenset({400, 404, 413, 422})
+_WORD = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,100}")
+_SECRET = re.compile(r"\bsk-|bearer ", re.IGNORECASE)
 
 
 class UpstreamHTTPError(UpstreamError):
-    """The upstream answered with an error status; its body is passed on as it came."""
+    """The upstream answered with an error status. What a client is told is decided here:
+    `client_status`, the message and `client_body` (an error in OpenAI's shape). A 401 or 403
+    (the operator's key refused) is a 502 that says so and no more; a 429 stays a 429; an error
+    about the request (400, 404, 413, 422) keeps its status and the upstream's own message;
+    any other is a 502. The upstream's `status` and `body` are for the log only (`detail`)."""
 
     def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"upstream LLM answered HTTP {status}: {body[:200]}")
         self.status = status
         self.body = body
+        self.client_status, message, error = _client_view(status, body)
+        self.client_body = json.dumps({"error": error})
+        super().__init__(message)
+
+    @property
+    def detail(self) -> str:
+        return f"{self}: the upstream answered HTTP {self.status}: {self.body[:4000]}"
+
+
+def _client_view(status: int, body: str) -> tuple[int, str, dict[str, Any]]:
+    """What a client is told of the upstream's error answer: status, message, error object."""
+    if status in (401, 403):
+        error = _error(CREDENTIALS_REFUSED, "server_error", "upstream_auth_failed")
+        return 502, CREDENTIALS_REFUSED, error
+    if status == 429:
+        return 429, RATE_LIMITED, _error(RATE_LIMITED, "rate_limit_error", "rate_limit_exceeded")
+    own = _own_error(body) if status in _ABOUT_THE_REQUEST else None
+    if own is not None:
+        return (
+            status,
+            f"the upstream LLM refused the request (HTTP {status}): {own['message']}",
+            own,
+        )
+    what = "refused the request" if 400 <= status < 500 else "failed"
+    message = f"the upstream LLM {what} (HTTP {status})"
+    return 502, message, _error(message, "server_error", "upstream_error")
+
+
+def _error(message: str, kind: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"message": message, "type": kind, "param": param, "code": code}
+
+
+def _own_error(body: str) -> dict[str, Any] | None:
+    """The upstream's error in OpenAI's shape, its message and short names only (none of the
+    rest of its body); None when it has none, or when its message names a key."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message.strip() or _SECRET.search(message):
+        return None
+    assert isinstance(error, dict)
+
+    def word(key: str) -> str | None:
+        value = error.get(key)
+        return value if isinstance(value, str) and _WORD.fullmatch(value) else None
+
+    kind = word("type") or "invalid_request_error"
+    return _error(message.strip()[:1000], kind, word("code"), word("param"))
 
 
 class ChatUpstream(Protocol):
@@ -135,11 +216,14 @@ class OpenAICompatibleUpstream:
         timeout_s: float = 30.0,
         read_timeout_s: float = 600.0,
         max_tokens: int | None = None,
+        spending: Spending | None = None,
     ) -> None:
         """`timeout_s` bounds connecting and sending; `read_timeout_s` the wait for the answer
-        (a whole completion, or each chunk of a stream), which a long completion needs."""
+        (a whole completion, or each chunk of a stream), which a long completion needs.
+        `spending`: every call is checked against, and counted to, the caller's key."""
         self.model = model
         self._max_tokens = max_tokens
+        self.spending = spending
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(timeout_s, read=read_timeout_s)
         self._client = httpx.AsyncClient(
@@ -162,18 +246,29 @@ class OpenAICompatibleUpstream:
             raise UpstreamError("upstream LLM returned an empty answer")
         return content
 
+    async def _spend(self, requests: int, text: str = "") -> None:
+        if self.spending is not None:
+            if requests:
+                await self.spending.check()  # raises BudgetSpentError: the call is not made
+            await self.spending.record(requests, usage_in(text) if text else 0)
+
     async def chat(self, body: Mapping[str, Any]) -> str:
+        await self._spend(1)
         try:
             reply = await self._client.post("/chat/completions", json=dict(body))
         except httpx.TimeoutException as exc:
-            raise UpstreamError(f"upstream LLM timed out ({type(exc).__name__})") from exc
+            raise UpstreamError("the upstream LLM timed out") from exc
+        except httpx.ConnectError as exc:
+            raise UpstreamError("the upstream LLM is unreachable") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream LLM unreachable: {exc}") from exc
+            raise UpstreamError("the upstream LLM broke off the connection") from exc
         if reply.status_code != 200:
             raise UpstreamHTTPError(reply.status_code, reply.text)
+        await self._spend(0, reply.text)
         return reply.text
 
     async def chat_stream(self, body: Mapping[str, Any]) -> AsyncIterator[str]:
+        await self._spend(1)
         try:
             async with self._client.stream("POST", "/chat/completions", json=dict(body)) as reply:
                 if reply.status_code != 200:
@@ -184,11 +279,15 @@ class OpenAICompatibleUpstream:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
+                    if '"usage"' in data:  # the last chunk, when asked with include_usage
+                        await self._spend(0, data)
                     yield data
         except httpx.TimeoutException as exc:
-            raise UpstreamError(f"upstream LLM timed out ({type(exc).__name__})") from exc
+            raise UpstreamError("the upstream LLM timed out") from exc
+        except httpx.ConnectError as exc:
+            raise UpstreamError("the upstream LLM is unreachable") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream LLM stream broke off: {exc}") from exc
+            raise UpstreamError("the upstream LLM stream broke off") from exc
         # The connection closed before [DONE]: the answer may be cut short.
         raise UpstreamError("upstream LLM stream ended without [DONE]")
 

@@ -35,7 +35,7 @@ class Embedder:
     def __init__(self, settings: EmbedderSettings) -> None:
         self.settings = settings
         self.service = GrpcService(
-            host=settings.host,
+            host=settings.listen_host(),
             port=settings.port,
             service_names=[SERVICE_NAME],
             port_file=settings.port_file,
@@ -63,7 +63,7 @@ class Embedder:
 
     async def load_model(self) -> None:
         s = self.settings
-        serve_metrics(metrics.REGISTRY, s.host, s.metrics_port)
+        serve_metrics(metrics.REGISTRY, s.listen_host(), s.metrics_port)
         started = time.perf_counter()
         encoder = await asyncio.to_thread(
             partial(OnnxEncoder, s.model_dir, truncate=s.truncate, **self._runtime())

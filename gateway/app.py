@@ -23,10 +23,11 @@ from gateway.errors import (
 )
 from gateway.metrics import REGISTRY
 from gateway.middleware import GuardMiddleware
-from gateway.rate_limit import RateLimiter
 from gateway.routes import chat, conversations, feedback, langcache, original, policy
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
+from service_runtime.tenants import KeyRing
 from service_runtime.tls import ClientTls
 
 log = logging.getLogger("gateway")
@@ -77,21 +78,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    expected_key = (
-        settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+    app.state.keys = keys = KeyRing.configured(
+        api_key=settings.api_key.get_secret_value() if settings.api_key is not None else None,
+        keys_file=settings.keys_file,
+        reload_s=settings.keys_reload_s,
     )
-
-    limiter = (
-        RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-        if settings.rate_limit_per_s is not None
-        else None
-    )
-    app.add_middleware(
-        GuardMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        api_key=expected_key,
-        limiter=limiter,
-    )
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, keys=keys)
 
     @app.exception_handler(ProblemError)
     async def on_problem(request: Request, error: ProblemError) -> JSONResponse:
@@ -122,11 +114,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
-        # The last resort: a bug still answers with a Problem (and is logged with its trace).
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
-        return problem_response(
-            request, ProblemError(500, f"internal error: {type(error).__name__}")
+        # The last resort: a bug still answers with a Problem (and is logged with its trace);
+        # the caller is told only the request id, which the log line names. The guard's own
+        # request id is gone here (this runs outside it): the caller's, or a new one.
+        rid = request_id.get() or clean_request_id(request.headers.get(REQUEST_ID_HEADER))
+        log.error(
+            "unexpected error on %s %s (request id %s)",
+            request.method,
+            request.url.path,
+            rid,
+            exc_info=error,
         )
+        problem = ProblemError(
+            500, f"internal error (request id {rid})", headers={REQUEST_ID_HEADER: rid}
+        )
+        return problem_response(request, problem)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:

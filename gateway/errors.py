@@ -28,7 +28,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from gateway import openai_wire
-from service_runtime.error_reasons import ErrorReason, reason_of
+from service_runtime.error_reasons import ErrorReason, reason_of, retry_after_of
 from service_runtime.logs import request_id
 
 log = logging.getLogger("gateway")
@@ -70,6 +70,7 @@ PROBLEM_TYPES: dict[int, str] = {
 OUT_OF_MEMORY_TYPE = "/errors/database-out-of-memory"
 _OPENAI_CODES = {
     401: "invalid_api_key",
+    403: "permission_denied",
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -94,6 +95,17 @@ _CALLER_FACING = {
     ErrorReason.NOT_FOUND,
     ErrorReason.CACHE_LIMIT,
     ErrorReason.STORE_CONFLICT,
+    ErrorReason.UNAUTHENTICATED,
+    ErrorReason.NOT_PERMITTED,
+    ErrorReason.RATE_LIMITED,
+    ErrorReason.BUDGET_SPENT,
+}
+# The caller's key and limits, as the cache server judged them: the same status in every API.
+_CALLER_STATUS: dict[ErrorReason, int] = {
+    ErrorReason.UNAUTHENTICATED: 401,
+    ErrorReason.NOT_PERMITTED: 403,
+    ErrorReason.RATE_LIMITED: 429,
+    ErrorReason.BUDGET_SPENT: 429,
 }
 
 
@@ -162,6 +174,12 @@ def from_grpc(error: grpc.aio.AioRpcError, *, langcache: bool = False) -> Proble
             error.details(),
         )
         detail = f"{detail} (request id {request_id.get()})"
+    if reason in _CALLER_STATUS:
+        status = _CALLER_STATUS[reason]
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if (wait := retry_after_of(error.trailing_metadata())) is not None:
+            headers = {"Retry-After": wait}
+        return ProblemError(status, detail, headers=headers)
     if langcache:
         return _langcache_problem(code, reason, detail)
     status = GRPC_TO_HTTP.get(code, 500)
@@ -192,8 +210,15 @@ def langcache_status(status: int) -> int:
     return 400 if status in (415, 422) else status
 
 
+def answered(status: int, detail: str) -> None:
+    """Logs what a client was told of an error (every error body the gateway sends passes
+    here), so that operators see it; tests/processes.py scans these lines for leaks."""
+    log.info("error answered: %d %s", status, detail.replace("\n", "\\n"))
+
+
 def problem_response(request: Request, error: ProblemError) -> JSONResponse:
     status = error.status
+    answered(status, error.detail)
     if is_openai(request.url.path):
         status = 400 if status == 422 else status  # OpenAI calls a malformed request a 400
         param = error.fields[0].get("field") if error.fields else None

@@ -1,10 +1,10 @@
-"""The gateway's pure-ASGI guard: body-size limit, API key, rate limit, JSON bodies only, and
-per-route metrics (labelled by route template), in front of every request."""
+"""The gateway's pure-ASGI guard: body-size limit, API key, JSON bodies only, and per-route
+metrics (labelled by route template), in front of every request. It forwards the caller's key
+and address on every call made for the request (service_runtime.tenants.forwarded): the cache
+server decides what the key may do and applies its limits."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import time
@@ -17,8 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ProblemError, problem_response
 from gateway.metrics import LATENCY, REQUESTS
-from gateway.rate_limit import RateLimiter, retry_after_header
 from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
+from service_runtime.tenants import CLIENT_METADATA, KEY_METADATA, KeyRing, forwarded
 
 log = logging.getLogger("gateway")
 
@@ -41,49 +41,29 @@ def _is_json(content_type: str | None) -> bool:
 
 
 class GuardMiddleware:
-    """Pure ASGI (no per-request task or stream wrapping): body-size limit, API key, rate
-    limit, JSON bodies only, metrics."""
+    """Pure ASGI (no per-request task or stream wrapping): body-size limit, API key, JSON
+    bodies only, metrics."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_body_bytes: int,
-        api_key: bytes | None,
-        limiter: RateLimiter | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, keys: KeyRing) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.api_key = api_key
-        self.limiter = limiter
+        self.keys = keys
         self.routes = RouteTemplates()
 
     def _refusal(self, scope: Scope, headers: Headers) -> ProblemError | None:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return ProblemError(413, f"request body over {self.max_body_bytes} bytes")
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            # Constant-time comparison: the time taken says nothing about the key.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), self.api_key
-            ):
-                return ProblemError(
-                    401,
-                    "missing or wrong API key (Authorization: Bearer <key>)",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        if self.limiter is not None and scope["path"] not in OPEN_PATHS:
-            token = headers.get("authorization", "").partition(" ")[2].strip()
-            client = scope.get("client") or ("unknown", 0)
-            # Keyed by a digest of the key, so the limiter's memory never holds keys.
-            who = hashlib.sha256(token.encode()).hexdigest() if token else f"ip:{client[0]}"
-            wait = self.limiter.acquire(who)
-            if wait > 0:
-                return ProblemError(
-                    429,
-                    f"rate limit of {self.limiter.rate:g} requests/s exceeded; retry later",
-                    headers={"Retry-After": retry_after_header(wait)},
-                )
+        if (
+            self.keys.keyed
+            and scope["path"] not in OPEN_PATHS
+            and self.keys.authenticate(headers.get("authorization")) is None
+        ):
+            return ProblemError(
+                401,
+                "missing or unknown API key (Authorization: Bearer <key>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if _has_body(headers) and not _is_json(headers.get("content-type")):
             return ProblemError(
                 415,
@@ -131,6 +111,11 @@ class GuardMiddleware:
         headers = Headers(scope=scope)
         rid = clean_request_id(headers.get(REQUEST_ID_HEADER))
         token = request_id.set(rid)
+        client = scope.get("client") or ("unknown", 0)
+        caller: tuple[tuple[str, str], ...] = ((CLIENT_METADATA, str(client[0])),)
+        if "authorization" in headers:
+            caller += ((KEY_METADATA, headers["authorization"]),)
+        forwarding = forwarded.set(caller)
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
@@ -154,6 +139,7 @@ class GuardMiddleware:
             LATENCY.labels(route, scope["method"]).observe(elapsed)
             REQUESTS.labels(route, scope["method"], str(status)).inc()
             log.info("%s %s %d in %.1f ms", scope["method"], route, status, elapsed * 1e3)
+            forwarded.reset(forwarding)
             request_id.reset(token)
 
 

@@ -29,6 +29,6 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 # The original API: FastAPI's 422 for bad input, statuses by gRPC code (gateway.errors).
-ORIGINAL = problem_responses(400, 401, 404, 409, 413, 415, 422, 429, 500, 503, 504)
+ORIGINAL = problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503, 504)
 # The LangCache-compatible API: exactly the error statuses its SDK models.
 LANGCACHE = problem_responses(400, 401, 403, 404, 413, 424, 429, 500)

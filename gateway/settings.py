@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from service_runtime.settings import ServiceSettings
@@ -13,7 +13,9 @@ from service_runtime.tls import ClientTls
 
 
 class GatewaySettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_ignore_empty=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_ignore_empty=True, populate_by_name=True, extra="forbid"
+    )
 
     port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     cache_server_address: str = Field(
@@ -38,18 +40,27 @@ class GatewaySettings(ServiceSettings):
         description="Deadline of a chat completion through the cache server, seconds: a long "
         "completion is paid for, so it is not cut off at request_timeout_s",
     )
+    # Tenants (service_runtime.tenants): the cache server enforces what each key may do and
+    # its limits; the gateway turns away a request without a valid key before any work.
     api_key: SecretStr | None = Field(
         None,
-        description="When set, every route but /health needs 'Authorization: Bearer <key>'",
+        validation_alias=AliasChoices("GATEWAY_API_KEY", "SEMCACHE_API_KEY"),
+        description="One key that may do everything: every route but /health needs "
+        "'Authorization: Bearer <key>' (env SEMCACHE_API_KEY, shared with the cache server)",
+    )
+    keys_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("GATEWAY_KEYS_FILE", "SEMCACHE_KEYS_FILE"),
+        description="JSON file of API keys (their SHA-256) with their grants (env "
+        "SEMCACHE_KEYS_FILE, shared with the cache server); wins over api_key",
+    )
+    keys_reload_s: float = Field(
+        5.0,
+        gt=0,
+        validation_alias=AliasChoices("GATEWAY_KEYS_RELOAD_S", "SEMCACHE_KEYS_RELOAD_S"),
+        description="Read keys_file again this often",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted")
-    rate_limit_per_s: float | None = Field(
-        None,
-        gt=0,
-        description="Requests per second per API key (or per client address without a key); "
-        "beyond it 429 with Retry-After. None: no limit",
-    )
-    rate_limit_burst: int = Field(20, ge=1, description="Requests a client may send at once")
 
     @model_validator(mode="after")
     def _safe(self) -> Self:

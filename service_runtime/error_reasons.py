@@ -13,6 +13,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 REASON_KEY = "semcache-error-reason"
+# Beside a refusal that may be retried later (a limit reached): whole seconds to wait.
+RETRY_AFTER_KEY = "retry-after"
 
 
 class ErrorReason(StrEnum):
@@ -26,6 +28,18 @@ class ErrorReason(StrEnum):
     CACHE_LIMIT = "cache-limit"  # RESOURCE_EXHAUSTED: one cache more than max_caches
     INTERRUPTED = "interrupted"  # UNAVAILABLE: cut short by a cancellation it shared; retry
     INTERNAL = "internal"  # INTERNAL: a bug; the cache server's log has the trace
+    UNAUTHENTICATED = "unauthenticated"  # UNAUTHENTICATED: no valid API key
+    NOT_PERMITTED = "not-permitted"  # PERMISSION_DENIED: the key does not grant this
+    RATE_LIMITED = "rate-limited"  # RESOURCE_EXHAUSTED: the client's limits; retry-after
+    BUDGET_SPENT = "budget-spent"  # RESOURCE_EXHAUSTED: the key's upstream budget for today
+
+
+def retry_after_of(trailing_metadata: object) -> str | None:
+    """The whole seconds to wait that a refusal's trailing metadata names, if any."""
+    for key, value in trailing_metadata or ():  # type: ignore[attr-defined]
+        if key == RETRY_AFTER_KEY and isinstance(value, str) and value.isdigit():
+            return value
+    return None
 
 
 def reason_of(trailing_metadata: object) -> ErrorReason | None:

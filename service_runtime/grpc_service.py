@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service_runtime.error_reasons import REASON_KEY, ErrorReason
+from service_runtime.error_reasons import REASON_KEY, RETRY_AFTER_KEY, ErrorReason
 from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
 from service_runtime.tls import ServerTls
 
@@ -35,12 +36,75 @@ class _Malformed:
     reason: str
 
 
+class CallRefused(Exception):
+    """Raised by a CallGate: the call is answered with this status and reason, unserved."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: ErrorReason,
+        message: str,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        reason = ((REASON_KEY, self.reason.value),)
+        if self.retry_after_s is None:
+            return reason
+        return (*reason, (RETRY_AFTER_KEY, str(max(1, math.ceil(self.retry_after_s)))))
+
+
+class CallGate(Protocol):
+    """Decides, before a method runs, whether its caller may call it (raises CallRefused);
+    what `admit` returns is handed back to `release` when the call has ended."""
+
+    async def admit(
+        self, method: str, request: object, metadata: Mapping[str, str], peer: str
+    ) -> object | None: ...
+
+    async def release(self, admission: object, code: grpc.StatusCode | None) -> None: ...
+
+
+def _ended_with(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+
+
+async def _admitted(
+    gate: CallGate | None,
+    method: str,
+    request: object,
+    metadata: Mapping[str, str],
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> object | None:
+    if gate is None:
+        return None
+    try:
+        return await gate.admit(method, request, metadata, context.peer() or "")
+    except CallRefused as refused:
+        await context.abort(
+            refused.code, refused.message, trailing_metadata=refused.trailing_metadata()
+        )
+        raise  # unreachable: abort raises
+
+
 class UnaryCallInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary method once, for two things:
+    """Wraps every method once, for three things:
     - each call is served with its caller's request id (`x-request-id` metadata, or a new id)
       in the `request_id` context variable, so that log lines carry it;
     - a request that does not parse (invalid UTF-8 in a string, corrupt wire format) is
-      INVALID_ARGUMENT with the reason, instead of grpc's UNKNOWN."""
+      INVALID_ARGUMENT with the reason, instead of grpc's UNKNOWN;
+    - the service's gate, if it has one, admits the call (or refuses it) before it runs."""
+
+    def __init__(self, gate: CallGate | None = None) -> None:
+        self.gate = gate
 
     async def intercept_service(
         self,
@@ -52,10 +116,13 @@ class UnaryCallInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        given = dict(handler_call_details.invocation_metadata or ()).get(REQUEST_ID_HEADER)
-        rid = clean_request_id(given if isinstance(given, str) else None)
+        metadata = {
+            k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)
+        }
+        rid = clean_request_id(metadata.get(REQUEST_ID_HEADER))
+        method, gate = handler_call_details.method, self.gate
         if handler.unary_stream is not None:
-            return _streaming_with_request_id(handler, rid)
+            return _streaming_with_request_id(handler, rid, method, metadata, gate)
         if handler.unary_unary is None:
             return handler
         deserialize, behaviour = handler.request_deserializer, handler.unary_unary
@@ -68,6 +135,8 @@ class UnaryCallInterceptor(grpc.aio.ServerInterceptor):
 
         async def guarded(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             token = request_id.set(rid)
+            admission = None
+            failed = True
             try:
                 if isinstance(request, _Malformed):
                     await context.abort(
@@ -75,8 +144,13 @@ class UnaryCallInterceptor(grpc.aio.ServerInterceptor):
                         f"malformed request: {request.reason}",
                         trailing_metadata=((REASON_KEY, ErrorReason.INVALID_INPUT.value),),
                     )
-                return await behaviour(request, context)  # type: ignore[arg-type]  # sync ctx
+                admission = await _admitted(gate, method, request, metadata, context)
+                reply = await behaviour(request, context)  # type: ignore[arg-type]  # sync ctx
+                failed = False
+                return reply
             finally:
+                if gate is not None and admission is not None:
+                    await gate.release(admission, _ended_with(context, failed))
                 request_id.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -85,18 +159,29 @@ class UnaryCallInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _streaming_with_request_id(
-    handler: grpc.RpcMethodHandler[Any, Any], rid: str
+    handler: grpc.RpcMethodHandler[Any, Any],
+    rid: str,
+    method: str,
+    metadata: Mapping[str, str],
+    gate: CallGate | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """A server-streaming method served with its caller's request id, as unary ones are."""
+    """A server-streaming method served with its caller's request id and admitted by the
+    gate, as unary ones are."""
     # An aio server's streaming behaviour: an async generator of replies.
     behaviour = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
 
     async def streamed(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         token = request_id.set(rid)
+        admission = None
+        failed = True
         try:
+            admission = await _admitted(gate, method, request, metadata, context)
             async for reply in behaviour(request, context):
                 yield reply
+            failed = False
         finally:
+            if gate is not None and admission is not None:
+                await gate.release(admission, _ended_with(context, failed))
             request_id.reset(token)
 
     return grpc.unary_stream_rpc_method_handler(
@@ -119,6 +204,7 @@ class GrpcService:
         tls: ServerTls | None = None,
         max_connection_age_s: float = 0.0,
         connection_age_grace_s: float = 10.0,
+        gate: CallGate | None = None,
     ) -> None:
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -131,7 +217,7 @@ class GrpcService:
                 ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(connection_age_grace_s * 1000)),
             ]
-        self.server = grpc.aio.server(interceptors=[UnaryCallInterceptor()], options=options)
+        self.server = grpc.aio.server(interceptors=[UnaryCallInterceptor(gate)], options=options)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)

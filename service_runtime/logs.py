@@ -10,6 +10,8 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+from service_runtime.tenants import forwarded
+
 REQUEST_ID_HEADER = "x-request-id"
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -26,9 +28,11 @@ def clean_request_id(value: str | None) -> str:
 
 
 def outgoing_metadata() -> tuple[tuple[str, str], ...]:
-    """gRPC metadata that carries the current request id to the next service."""
+    """gRPC metadata that carries the current request id to the next service, and the
+    credentials of the caller it serves (service_runtime.tenants.forwarded)."""
     current = request_id.get()
-    return ((REQUEST_ID_HEADER, current),) if current else ()
+    own = ((REQUEST_ID_HEADER, current),) if current else ()
+    return own + forwarded.get()
 
 
 class _RequestIdFilter(logging.Filter):
@@ -52,6 +56,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # a structured line (e.g. the audit log): its own keys
+            entry.update({k: v for k, v in fields.items() if k not in entry})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

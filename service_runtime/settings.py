@@ -22,7 +22,18 @@ from service_runtime.tls import ServerTls
 class ServiceSettings(BaseSettings):
     """What every service is configured with; each adds its own fields and env prefix."""
 
-    host: str = Field("0.0.0.0", description="Interface to listen on")
+    host: str | None = Field(
+        None,
+        description="Interface to listen on (default 0.0.0.0; for the gateway and the cache "
+        "server, 127.0.0.1 while no API key is configured)",
+    )
+
+    def listen_host(self, *, open_to_all: bool = False) -> str:
+        """The interface to listen on: `host` if set; else every interface, or loopback only
+        for a service that anyone reaching it could use (`open_to_all`: no keys)."""
+        if self.host is not None:
+            return self.host
+        return "127.0.0.1" if open_to_all else "0.0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per line (with the request id)"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +21,56 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
+
+# What a process told a client on each error it answered, logged at INFO at the one point
+# where it answers errors (gateway.errors.problem_response and the OpenAI route's upstream
+# failures; cache_server.statuses.abort and the Chat RPC's upstream failures): "error
+# answered: <status> <detail>". Every process a test starts is scanned when it stops: each
+# such detail is checked for anything internal, and a finding fails the test that started it.
+ANSWERED_MARKER = "error answered: "
+_LEAKS: list[tuple[str, re.Pattern[str]]] = [
+    ("an IPv4 address", re.compile(r"\b\d{1,3}(\.\d{1,3}){3}(:\d+)?\b")),
+    ("an IPv6 address", re.compile(r"\[[0-9A-Fa-f]*:[0-9A-Fa-f:.]*\]")),
+    ("a host and port", re.compile(r"\blocalhost:\d+|\b(ipv4|ipv6):|\bunix:/")),
+    ("a stack trace", re.compile(r'Traceback|File "')),
+    ("an OS error", re.compile(r"Errno")),
+    ("an exception's name", re.compile(r"\b[A-Z][A-Za-z]+(Error|Exception)\b")),
+    # A key itself (OpenAI's sk-..., semcache's sc_...), not the words of an instruction.
+    ("an API key", re.compile(r"\bsk-[A-Za-z0-9*_-]|\bsc_[A-Za-z0-9_-]{8}|Bearer (?!<key>)\S")),
+]
+# Details that may match a pattern above and are still fit for a client, with why. Kept
+# tight: a caller's own input said back to it is not a leak, but no test needs one yet.
+_ALLOWED: list[re.Pattern[str]] = []
+
+
+def answer_leaks(log: str) -> list[str]:
+    """The lines of `log` (text or JSON lines) where a process told a client something
+    internal: an address, a stack trace, an OS error, an exception's name, an API key."""
+    found = []
+    for line in log.splitlines():
+        message = line
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError, AttributeError):  # not a JSON object
+                message = str(json.loads(line).get("message", ""))
+        at = message.find(ANSWERED_MARKER)
+        if at < 0:
+            continue
+        told = message[at + len(ANSWERED_MARKER) :]
+        if any(allowed.search(told) for allowed in _ALLOWED):
+            continue
+        if any(pattern.search(told) for _, pattern in _LEAKS):
+            found.append(line)
+    return found
+
+
+def check_answers(name: str, log: str) -> None:
+    """Raises AssertionError naming each line where `name` told a client something internal."""
+    found = answer_leaks(log)
+    if found:
+        raise AssertionError(
+            f"{name} told a client something internal (an address, a trace, an exception's "
+            "name or a key):\n" + "\n".join(found)
+        )
 
 
 class ServiceProcess:
@@ -40,6 +93,7 @@ class ServiceProcess:
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self._scanned = False
 
     @property
     def address(self) -> str:
@@ -47,6 +101,7 @@ class ServiceProcess:
 
     def start(self, timeout: float = 90.0, wait_serving: bool = True) -> ServiceProcess:
         self._log = self.log_path.open("wb")
+        self._scanned = False
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
             cwd=REPO,
@@ -115,6 +170,9 @@ class ServiceProcess:
             self.process.wait(10)
         if hasattr(self, "_log"):
             self._log.close()
+            if not self._scanned:  # once, whether stopped again or terminated first
+                self._scanned = True
+                check_answers(f"{self.module} (log {self.log_path})", self.log())
 
     def __enter__(self) -> ServiceProcess:
         return self.start()
@@ -125,8 +183,10 @@ class ServiceProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
-        self._dir.cleanup()
+        try:
+            self.stop()
+        finally:
+            self._dir.cleanup()
 
 
 def run_module(
@@ -164,12 +224,13 @@ class GatewayProcess:
             "--cache-server-address",
             cache_server,
             "--log-level",
-            "WARNING",
+            "INFO",  # the errors it answers are scanned when it stops (check_answers)
             *args,
         ]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+        self._scanned = False
 
     @property
     def url(self) -> str:
@@ -209,6 +270,9 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        if self.process is not None and not self._log.closed and not self._scanned:
+            self._scanned = True
+            check_answers("gateway", self.log())
 
     def __enter__(self) -> GatewayProcess:
         return self.start()
@@ -219,8 +283,10 @@ class GatewayProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
-        self._log.close()
+        try:
+            self.stop()
+        finally:
+            self._log.close()
 
 
 @dataclass(frozen=True)

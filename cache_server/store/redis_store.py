@@ -67,6 +67,11 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
         self._replace_vectors = self._redis.register_script(redis_scripts.REPLACE_VECTORS)
         self._set_model = self._redis.register_script(redis_scripts.SET_MODEL)
 
+    @property
+    def client(self) -> Any:
+        """The Redis client, for state that lives beside the caches (cache_server.limits)."""
+        return self._redis
+
     # -- re-embedding (cache_server.reindex) ------------------------------------------------
 
     async def cache_ids(self) -> list[str]:

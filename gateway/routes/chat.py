@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import openai_wire as wire
-from gateway.errors import CacheCallError, ProblemError
+from gateway.errors import CacheCallError, ProblemError, answered
 from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.chat_route import CHAT_SCOPE_KEY, UNCACHEABLE_KEY
@@ -77,11 +77,15 @@ class OpenAIErrorResponse(BaseModel):
 ERRORS: dict[int | str, str] = {
     400: "Invalid request, or steering out of range",
     401: "Missing or wrong API key",
+    403: "The key does not hold this cache, may not pass uncached requests through, or the "
+    "model is not offered here",
     413: "Request body too large",
     415: "Not JSON",
-    429: "Rate limit, or one cache more than max_caches (or the upstream's own 429)",
+    429: "The key's rate limit or daily upstream budget, or one cache more than max_caches (or "
+    "the upstream's own 429)",
     500: "A bug in the gateway",
-    502: "The upstream LLM could not be reached or broke off",
+    502: "The upstream LLM could not be reached, failed, broke off, or refused the gateway's "
+    "credentials",
     503: "The cache server or the embedder is unavailable",
     504: "The upstream LLM or the cache server timed out",
 }
@@ -201,8 +205,25 @@ def _hit(
 def _upstream_error(error: pb.ChatUpstreamError, headers: dict[str, str]) -> JSONResponse:
     if not error.status:
         log.warning("chat completion: upstream failed: %s", error.message)
-    status, content = wire.upstream_error_body(error.status, error.body, error.message)
+    status, content = _upstream_failure(error)
     return JSONResponse(content, status_code=status, headers=headers)
+
+
+def _upstream_failure(error: pb.ChatUpstreamError) -> tuple[int, dict[str, Any]]:
+    """The answer to an upstream failure, as the cache server worded it for the client (it
+    owns the upstream call: an error in OpenAI's shape with the status to answer, or status 0
+    when the upstream could not be reached, timed out or broke off), in OpenAI's four fields."""
+    status = error.status or (504 if "timed out" in error.message else 502)
+    try:
+        given = json.loads(error.body) if error.body else None
+    except ValueError:
+        given = None
+    fields = given.get("error") if isinstance(given, dict) else None
+    if not isinstance(fields, dict) or not isinstance(fields.get("message"), str):
+        fields = wire.error_body(status, error.message, code="upstream_error")["error"]
+    content = {"error": {key: fields.get(key) for key in ("message", "type", "param", "code")}}
+    answered(status, fields["message"])
+    return status, content
 
 
 async def _relay(
@@ -222,11 +243,7 @@ async def _relay(
                 log.warning(
                     "chat completion: upstream failed mid-stream: %s", event.upstream_error.message
                 )
-                _, content = wire.upstream_error_body(
-                    event.upstream_error.status,
-                    event.upstream_error.body,
-                    event.upstream_error.message,
-                )
+                _, content = _upstream_failure(event.upstream_error)
                 yield wire.sse(json.dumps(content))
                 return
             elif kind == "stored":

@@ -10,7 +10,6 @@ from pydantic import Field
 from gateway.problems import LANGCACHE
 from gateway.routes.deps import CacheStub, Settings, call
 from gateway.routes.langcache import CacheIdPath, Camel, EntryIdPath
-from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
@@ -72,7 +71,7 @@ async def submit_feedback(
                 entry_id=entry_id,
                 prompt=body.prompt,
                 correct=body.correct,
-                reporter=reporter_of(request, settings),
+                reporter=reporter_of(request),
             ),
             timeout=settings.request_timeout_s,
             metadata=outgoing_metadata(),
@@ -89,11 +88,12 @@ async def submit_feedback(
     )
 
 
-def reporter_of(request: Request, settings: GatewaySettings) -> str:
-    """Who reports, as far as the gateway can vouch for it: holders of the gateway's API key
-    are one reporter; without a key, each client address is one. Never a header or a token the
-    gateway did not check (made-up tokens would make one client many reporters)."""
-    if settings.api_key is not None:
-        return "gateway-key"
+def reporter_of(request: Request) -> str:
+    """Who reports, as far as the gateway can vouch for it. With keys, nothing: the cache
+    server names the reporter by the key it checked. Without, each client address is one
+    reporter. Never a header or a token nobody checked (made-up tokens would make one client
+    many reporters)."""
+    if request.app.state.keys.keyed:
+        return ""
     client = request.client
     return f"ip:{client.host if client is not None else 'unknown'}"

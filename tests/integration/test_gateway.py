@@ -212,15 +212,22 @@ def test_api_key(secured: str, gateway: str) -> None:
     assert httpx.get(f"{gateway}/cache/stats").status_code == 200  # no key configured: open
 
 
-def test_rate_limit_per_key(cache_server: ServiceProcess) -> None:
-    with GatewayProcess(
-        cache_server.address,
-        env={
-            "GATEWAY_API_KEY": API_KEY,
-            "GATEWAY_RATE_LIMIT_PER_S": "0.5",
-            "GATEWAY_RATE_LIMIT_BURST": "3",
-        },
-    ) as gw:
+def test_rate_limit_per_key(tmp_path: Path, embedder_process: str) -> None:
+    """The cache server limits each key (here the single key's holder); the gateway answers
+    its refusal as a 429 with Retry-After."""
+    env = {"SEMCACHE_API_KEY": API_KEY}
+    with (
+        cache_server_process(
+            tmp_path,
+            embedder_process,
+            "--rate-limit-per-s",
+            "0.5",
+            "--rate-limit-burst",
+            "3",
+            env=env,
+        ) as cache,
+        GatewayProcess(cache.address, env=env) as gw,
+    ):
         auth = {"Authorization": f"Bearer {API_KEY}"}
         codes = [httpx.get(f"{gw.url}/cache/stats", headers=auth).status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429]

@@ -5,12 +5,13 @@ too large or of the wrong type, a missing key, a rate limit. Over the real proce
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.integration.conftest import API_KEY
-from tests.processes import GatewayProcess, ServiceProcess
+from tests.processes import GatewayProcess, cache_server_process
 
 pytestmark = pytest.mark.slow
 
@@ -151,15 +152,20 @@ def test_a_body_that_is_not_json_is_415(gateway: str) -> None:
     assert httpx.post(f"{gateway}/v1/caches/c415/flush").status_code == 204
 
 
-def test_refusals_before_routing_are_problems(cache_server: ServiceProcess) -> None:
-    with GatewayProcess(
-        cache_server.address,
-        env={
-            "GATEWAY_API_KEY": API_KEY,
-            "GATEWAY_RATE_LIMIT_PER_S": "0.1",
-            "GATEWAY_RATE_LIMIT_BURST": "2",
-        },
-    ) as gw:
+def test_refusals_before_routing_are_problems(tmp_path: Path, embedder_process: str) -> None:
+    env = {"SEMCACHE_API_KEY": API_KEY}
+    with (
+        cache_server_process(
+            tmp_path,
+            embedder_process,
+            "--rate-limit-per-s",
+            "0.1",
+            "--rate-limit-burst",
+            "2",
+            env=env,
+        ) as cache,
+        GatewayProcess(cache.address, env=env) as gw,
+    ):
         assert_problem(httpx.get(f"{gw.url}/cache/stats"), 401, "/errors/authentication-failed")
         # Unknown routes and wrong methods still ask for the key first: nothing is revealed.
         assert_problem(httpx.get(f"{gw.url}/no/such/route"), 401)
@@ -178,11 +184,11 @@ def test_the_schema_declares_the_problem_of_every_error(gateway: str) -> None:
             statuses: tuple[str, ...] = (
                 ("400", "401", "403", "404", "413", "424", "429", "500")  # the SDK's set
                 if path.startswith("/v1/")
-                else ("400", "401", "404", "409", "413", "415", "422", "429", "503", "504")
+                else ("400", "401", "403", "404", "409", "413", "415", "422", "429", "503", "504")
             )
             expected = "/Problem"
             if path == "/v1/chat/completions":  # OpenAI's shape, for the OpenAI SDK
-                statuses = ("400", "401", "413", "415", "429", "500", "502", "503", "504")
+                statuses = ("400", "401", "403", "413", "415", "429", "500", "502", "503", "504")
                 expected = "/OpenAIErrorResponse"
             for status in statuses:
                 assert status in declared, f"{method.upper()} {path} does not declare {status}"

@@ -113,12 +113,12 @@ def test_every_error_is_the_sdks_own_exception(limited: str) -> None:
         expect(401, lambda: lc.search(prompt="first cache"))
 
 
-def test_a_rate_limit_is_the_sdks_too_many_requests(cache_server: ServiceProcess) -> None:
+def test_a_rate_limit_is_the_sdks_too_many_requests(tmp_path: Path, embedder_process: str) -> None:
     with (
-        GatewayProcess(
-            cache_server.address,
-            env={"GATEWAY_RATE_LIMIT_PER_S": "0.1", "GATEWAY_RATE_LIMIT_BURST": "2"},
-        ) as gateway,
+        cache_server_process(
+            tmp_path, embedder_process, "--rate-limit-per-s", "0.1", "--rate-limit-burst", "2"
+        ) as cache,
+        GatewayProcess(cache.address) as gateway,
         LangCache(server_url=gateway.url, cache_id="sdk-rate", api_key="unused") as lc,
     ):
         for _ in range(2):

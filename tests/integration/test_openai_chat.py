@@ -276,13 +276,13 @@ def test_errors_keep_the_openai_shape(
         headers={"content-type": "application/json"},
     )
     assert raw.status_code == 400 and set(raw.json()["error"]) >= {"message", "type", "code"}
-    # The upstream's own error, passed through with its status and body.
+    # The upstream's own 429 stays a 429, in the cache server's words (not the upstream's).
     upstream.fail_status = 429
     upstream.fail_body = (
         b'{"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}'
     )
     try:
-        with pytest.raises(openai.RateLimitError, match="slow down"):
+        with pytest.raises(openai.RateLimitError, match="rate limiting; retry later"):
             ask(client, cache_id, "Something never asked before?")
     finally:
         upstream.fail_status = None

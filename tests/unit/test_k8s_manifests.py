@@ -2,8 +2,9 @@
 installs, hold what a user relies on: every embedder and cache server is reached through a
 headless Service's DNS name, probes ask the standard gRPC health service on the port the
 service listens on, pods run non-root on a read-only root file system, secrets come from a
-Secret only, the embedded store has exactly one owner, and every environment variable is a
-setting the services read."""
+Secret only, the gateway and the cache server read the same API keys file from a mounted Secret
+(updated in place), the embedded store has exactly one owner, and every environment variable is
+a setting the services read."""
 
 from __future__ import annotations
 
@@ -47,11 +48,15 @@ PROCESS_ENV = {"OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"}
 # right shape for validating the settings.
 SECRET_NAME = "semcache-secrets"
 SECRET_STAND_INS = {
-    "gateway-api-key": "k" * 32,
     "upstream-api-key": "sk-stand-in",
     "redis-password": "stand-in-password",
     "redis-url": "redis://redis.example:6379/0",
 }
+# The API keys: a second Secret the user creates from a keys file (service_runtime.tenants),
+# mounted whole as a directory by the gateway and the cache server.
+KEYS_SECRET = "semcache-keys"
+KEYS_SECRET_KEY = "keys.json"
+KEYED_COMPONENTS = ("gateway", "cache-server")
 
 Obj = dict[str, Any]
 
@@ -269,16 +274,77 @@ def test_every_container_is_non_root_on_a_read_only_root_fs(overlay: str) -> Non
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_no_secret_value_is_in_the_manifests(overlay: str) -> None:
     objects = render(overlay)
-    assert of_kind(objects, "Secret") == []  # the user creates semcache-secrets
+    assert of_kind(objects, "Secret") == []  # the user creates semcache-secrets, semcache-keys
     for config_map in of_kind(objects, "ConfigMap"):
         for key, value in config_map.get("data", {}).items():
-            assert not re.search(r"PASSWORD|API_KEY|TOKEN", key), key
+            # TOKEN as a word of the name: CACHE_UPSTREAM_TOKENS_PER_DAY is a count, not one.
+            assert not re.search(r"PASSWORD|API_KEY|(^|_)TOKEN($|_)", key), key
             assert "@" not in str(value), f"{key} holds credentials"
     for _, c in semcache_containers(objects):
         for var in c.get("env", []):
             if re.search(r"PASSWORD|API_KEY|REDIS_URL", var["name"]):
                 assert "value" not in var, var
                 assert var["valueFrom"]["secretKeyRef"]["name"] == SECRET_NAME
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("name", KEYED_COMPONENTS)
+def test_api_keys_come_from_the_keys_secret_mounted_whole(overlay: str, name: str) -> None:
+    """Both services read SEMCACHE_KEYS_FILE from the Secret semcache-keys, mounted read-only
+    as a directory: a subPath mount would never see an updated Secret, so a revoked key would
+    keep working until the pod restarts."""
+    objects = render(overlay)
+    workload = component(objects, name)
+    c = container(workload)
+    env = env_of(objects, c)
+    keys_file = env["SEMCACHE_KEYS_FILE"]
+    assert not {"GATEWAY_API_KEY", "CACHE_API_KEY", "SEMCACHE_API_KEY"} & set(env)  # one way
+    assert not {"GATEWAY_KEYS_FILE", "CACHE_KEYS_FILE"} & set(env)  # the shared name only
+    mounts = [
+        m
+        for m in c.get("volumeMounts", [])
+        if keys_file.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    assert len(mounts) == 1, f"{name}: nothing mounted above {keys_file}"
+    [mount] = mounts
+    assert "subPath" not in mount and "subPathExpr" not in mount, mount
+    assert mount.get("readOnly") is True
+    [volume] = [v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    assert secret["secretName"] == KEYS_SECRET
+    assert secret.get("optional") is not True  # no Secret: the pod waits, never runs keyless
+    file_name = keys_file[len(mount["mountPath"].rstrip("/")) + 1 :]
+    # Without items, every key of the Secret is a file of its own name.
+    projected = {item["path"]: item["key"] for item in secret.get("items", [])}
+    assert (projected[file_name] if projected else file_name) == KEYS_SECRET_KEY
+    # Readable by the services' user through the pod's fsGroup, by nobody else.
+    assert secret.get("defaultMode", 0o644) & 0o007 == 0
+    assert pod_spec(workload)["securityContext"]["fsGroup"] == SEMCACHE_USER
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_and_the_cache_server_read_the_same_keys(overlay: str) -> None:
+    objects = render(overlay)
+    seen = set()
+    for name in KEYED_COMPONENTS:
+        workload = component(objects, name)
+        keys_file = env_of(objects, container(workload))["SEMCACHE_KEYS_FILE"]
+        secrets = {
+            v["secret"]["secretName"] for v in pod_spec(workload)["volumes"] if "secret" in v
+        }
+        seen.add((keys_file, frozenset(secrets)))
+    assert len(seen) == 1, seen
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("name", KEYED_COMPONENTS)
+def test_keyed_services_listen_on_every_interface(overlay: str, name: str) -> None:
+    """Without a key the gateway and the cache server default to 127.0.0.1: the manifests say
+    0.0.0.0, so the pods stay reachable whatever the keys."""
+    objects = render(overlay)
+    env = env_of(objects, container(component(objects, name)))
+    prefix = str(SETTINGS[name].model_config.get("env_prefix", ""))
+    assert env[f"{prefix}HOST"] == "0.0.0.0"
 
 
 # -- probes -------------------------------------------------------------------------------------
@@ -573,12 +639,18 @@ def test_a_kustomization_on_top_sets_registry_digest_and_namespace(tmp_path: Pat
 def test_the_docs_create_every_secret_key_the_manifests_need() -> None:
     docs = (REPO / "docs" / "kubernetes.md").read_text()
     for overlay in OVERLAYS:
-        for _, c in semcache_containers(render(overlay)):
+        objects = render(overlay)
+        for w, c in semcache_containers(objects):
             for var in c.get("env", []):
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
                 if ref is not None:
                     assert ref["key"] in SECRET_STAND_INS
                     assert f"--from-literal={ref['key']}=" in docs, ref["key"]
+            for volume in pod_spec(w).get("volumes", []):
+                if "secret" in volume:
+                    assert volume["secret"]["secretName"] == KEYS_SECRET
+    assert "python -m service_runtime.tenants new" in docs
+    assert f"create secret generic {KEYS_SECRET} --from-file={KEYS_SECRET_KEY}" in docs
 
 
 def test_the_docs_example_kustomization_renders_as_described(
@@ -601,8 +673,7 @@ def test_the_docs_example_kustomization_renders_as_described(
     cache_env = env_of(objects, container(component(objects, "cache-server")))
     assert cache_env["SIMILARITY_THRESHOLD"] == "0.9"
     assert cache_env["CACHE_STORE_BACKEND"] == "redis"  # the overlay's values are kept
-    gateway_env = env_of(objects, container(component(objects, "gateway")))
-    assert gateway_env["GATEWAY_RATE_LIMIT_PER_S"] == "50"
+    assert cache_env["CACHE_RATE_LIMIT_PER_S"] == "50"
     for _, c in semcache_containers(objects):
         for name in list(os.environ):
             if name.upper() in settings_env_names(SETTINGS[c["name"]]):

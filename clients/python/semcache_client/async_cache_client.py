@@ -40,9 +40,10 @@ class AsyncCacheClient:
     `timeouts`) and `request_id` (sent as `x-request-id`; default: `request_id_factory()`, else
     a new one) and raises a `semcache_client.errors.SemcacheError` subclass on failure.
     `cache_id` names the cache (namespace) a call works in; the client's own `cache_id` when
-    not given, and the server's "default" cache when neither is. Its connections are opened by
-    the first call, in the running event loop, and belong to that loop: use one client per
-    loop. Close it (or use `async with`) to release them.
+    not given, and the server's "default" cache when neither is. `api_key`: the key the
+    operator gave this application, when the server has keys (sent as `authorization`).
+    Its connections are opened by the first call, in the running event loop, and belong to that
+    loop: use one client per loop. Close it (or use `async with`) to release them.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class AsyncCacheClient:
         metadata: Sequence[tuple[str, str]] = (),
         request_id_factory: RequestIdFactory | None = None,
         channel_options: Sequence[ChannelOption] = (),
+        api_key: str | None = None,
         config: ClientConfig | None = None,
     ) -> None:
         self.config = config or ClientConfig.build(
@@ -66,6 +68,7 @@ class AsyncCacheClient:
             metadata=metadata,
             request_id_factory=request_id_factory,
             channel_options=channel_options,
+            api_key=api_key,
         )
         self.cache_id = cache_id
         self._invoker = AsyncInvoker(self.config)

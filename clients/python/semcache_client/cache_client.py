@@ -40,8 +40,9 @@ class CacheClient:
     `timeouts`) and `request_id` (sent as `x-request-id`; default: `request_id_factory()`, else
     a new one) and raises a `semcache_client.errors.SemcacheError` subclass on failure.
     `cache_id` names the cache (namespace) a call works in; the client's own `cache_id` when
-    not given, and the server's "default" cache when neither is. Thread-safe; close it (or use
-    `with`) to release its connections.
+    not given, and the server's "default" cache when neither is. `api_key`: the key the
+    operator gave this application, when the server has keys (sent as `authorization`).
+    Thread-safe; close it (or use `with`) to release its connections.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class CacheClient:
         metadata: Sequence[tuple[str, str]] = (),
         request_id_factory: RequestIdFactory | None = None,
         channel_options: Sequence[ChannelOption] = (),
+        api_key: str | None = None,
         config: ClientConfig | None = None,
     ) -> None:
         self.config = config or ClientConfig.build(
@@ -65,6 +67,7 @@ class CacheClient:
             metadata=metadata,
             request_id_factory=request_id_factory,
             channel_options=channel_options,
+            api_key=api_key,
         )
         self.cache_id = cache_id
         self._invoker = SyncInvoker(self.config)

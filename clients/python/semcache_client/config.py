@@ -175,16 +175,24 @@ class ClientConfig:
         metadata: Sequence[tuple[str, str]] = (),
         request_id_factory: RequestIdFactory | None = None,
         channel_options: Sequence[ChannelOption] = (),
+        api_key: str | None = None,
     ) -> ClientConfig:
+        """`api_key`: the key the cache server's operator gave this application, sent on
+        every call as `authorization: Bearer <key>`."""
         for key, _ in metadata:
             if key.lower() == "x-request-id":
                 raise ValueError("pass request ids per call (request_id=), not as metadata")
+            if key.lower() == "authorization" and api_key is not None:
+                raise ValueError("pass the key as api_key= or as metadata, not both")
+        if api_key is not None and (not api_key.strip() or any(c in api_key for c in "\r\n")):
+            raise ValueError("api_key is empty or not a single line")
+        credentials = (("authorization", f"Bearer {api_key}"),) if api_key is not None else ()
         return cls(
             tuple(parse_addresses(addresses)),
             tls,
             timeouts or Timeouts(),
             retry or RetryPolicy(),
-            tuple(metadata),
+            (*metadata, *credentials),
             request_id_factory,
             tuple(channel_options),
         )

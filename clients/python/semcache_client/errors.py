@@ -31,6 +31,10 @@ class ErrorReason(StrEnum):
     CACHE_LIMIT = "cache-limit"  # RESOURCE_EXHAUSTED: one cache more than max_caches
     INTERRUPTED = "interrupted"  # UNAVAILABLE: cut short by a cancellation it shared; retry
     INTERNAL = "internal"  # INTERNAL: a bug; the cache server's log has the trace
+    UNAUTHENTICATED = "unauthenticated"  # UNAUTHENTICATED: no valid API key (api_key=)
+    NOT_PERMITTED = "not-permitted"  # PERMISSION_DENIED: the key does not grant this
+    RATE_LIMITED = "rate-limited"  # RESOURCE_EXHAUSTED: the key's limits; see retry_after_s
+    BUDGET_SPENT = "budget-spent"  # RESOURCE_EXHAUSTED: the key's upstream budget for today
 
 
 class FailedCall(Protocol):
@@ -56,8 +60,10 @@ class SemcacheError(Exception):
         method: str = "",
         address: str = "",
         attempts: int = 1,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
+        self.retry_after_s = retry_after_s  # a limit's refusal: when to try again
         self.code = code
         self.message = message
         self.reason = reason
@@ -148,6 +154,16 @@ def error_class(code: grpc.StatusCode) -> type[SemcacheError]:
     return _BY_CODE.get(code, SemcacheError)
 
 
+def retry_after_in(trailing_metadata: object) -> float | None:
+    """The seconds a refusal asks to wait (trailing metadata `retry-after`), if any."""
+    if not isinstance(trailing_metadata, Iterable):
+        return None
+    for key, value in trailing_metadata:
+        if key == "retry-after" and isinstance(value, str) and value.isdigit():
+            return float(value)
+    return None
+
+
 def reason_in(trailing_metadata: object) -> ErrorReason | None:
     """The cache server's reason in a call's trailing metadata (key/value pairs), if any."""
     if not isinstance(trailing_metadata, Iterable):
@@ -174,4 +190,5 @@ def from_failed_call(
         method=method,
         address=address,
         attempts=attempts,
+        retry_after_s=retry_after_in(error.trailing_metadata()),
     )
