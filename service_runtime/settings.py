@@ -34,6 +34,7 @@ class ServiceSettings(BaseSettings):
         if self.host is not None:
             return self.host
         return "127.0.0.1" if open_to_all else "0.0.0.0"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per line (with the request id)"
