@@ -3,7 +3,7 @@
 One deployment serves several applications (tenants). Each holds a key; the operator lists the
 keys in a JSON file (or a Kubernetes Secret mounted as one), never the keys themselves but
 their SHA-256 digests, so a leaked file grants nothing (keys are long random tokens, so a fast
-digest is enough: nothing to brute-force). `python -m service_runtime.tenants new` mints a key
+digest is enough: nothing to brute-force). `python -m service_runtime.keys new` mints a key
 and prints the file's entry for it. The file is read again every `reload_s` seconds: a key
 added, changed or revoked takes effect within that interval, without a restart.
 
@@ -32,15 +32,11 @@ reads the same file only to turn away a request with no valid key before doing a
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import re
-import secrets
-import sys
 import time
-from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -56,7 +52,6 @@ CLIENT_METADATA = "x-semcache-client"
 forwarded: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("forwarded", default=())
 
 DEFAULT_CACHE = "default"
-KEY_PREFIX = "sc_"  # minted keys start with this, so that secret scanners can spot them
 MIN_KEY_CHARS = 16
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -128,7 +123,7 @@ def _positive(entry: dict[str, object], name: str, kind: type) -> float | int | 
     return kind(value)  # type: ignore[no-any-return]
 
 
-def _tenant(entry: object) -> tuple[str, Tenant]:
+def parse_entry(entry: object) -> tuple[str, Tenant]:
     if not isinstance(entry, dict):
         raise KeyFileError("each key must be an object")
     known = {
@@ -193,7 +188,7 @@ def parse_keys(text: str) -> dict[str, Tenant]:
     tenants: dict[str, Tenant] = {}
     ids: set[str] = set()
     for entry in document["keys"]:
-        sha, tenant = _tenant(entry)
+        sha, tenant = parse_entry(entry)
         if sha in tenants or tenant.id in ids:
             raise KeyFileError(f"key {tenant.id!r} is listed twice (same id or same key)")
         tenants[sha] = tenant
@@ -278,76 +273,3 @@ class KeyRing:
             return None
         # By digest: how long the look-up takes says nothing about the keys.
         return self._tenants.get(digest(token.strip()))
-
-
-def mint_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def entry_for(
-    key: str,
-    key_id: str,
-    caches: Iterable[str],
-    actions: Iterable[str],
-    *,
-    passthrough: bool = False,
-) -> dict[str, object]:
-    return {
-        "id": key_id,
-        "sha256": digest(key),
-        "caches": list(caches),
-        "actions": list(actions),
-        "passthrough": passthrough,
-    }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m service_runtime.tenants",
-        description="Mint an API key and print its entry for the keys file (SEMCACHE_KEYS_FILE)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    new = sub.add_parser("new", help="a new random key and its entry")
-    new.add_argument("--id", required=True, help="the key's name in logs and metrics")
-    new.add_argument("--caches", required=True, help="comma-separated ids or prefixes*")
-    new.add_argument("--actions", default="read,write", help="comma-separated read,write,admin")
-    new.add_argument("--passthrough", action="store_true", help="may pass uncacheable chats")
-    new.add_argument("--file", type=Path, help="append the entry to this keys file")
-    check = sub.add_parser("check", help="validate a keys file")
-    check.add_argument("file", type=Path)
-    args = parser.parse_args(argv)
-    if args.command == "check":
-        try:
-            tenants = parse_keys(args.file.read_text())
-        except (OSError, KeyFileError) as exc:
-            print(f"{args.file}: {exc}", file=sys.stderr)
-            return 1
-        print(f"{args.file}: {len(tenants)} key(s): {', '.join(t.id for t in tenants.values())}")
-        return 0
-    key = mint_key()
-    entry = entry_for(
-        key,
-        args.id,
-        [c.strip() for c in args.caches.split(",") if c.strip()],
-        [a.strip() for a in args.actions.split(",") if a.strip()],
-        passthrough=args.passthrough,
-    )
-    try:
-        _, _ = _tenant(entry)
-    except KeyFileError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if args.file is not None:
-        document = json.loads(args.file.read_text()) if args.file.exists() else {"keys": []}
-        document["keys"].append(entry)
-        parse_keys(json.dumps(document))  # refuse to write a file that would not load
-        args.file.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"added key {args.id!r} to {args.file}", file=sys.stderr)
-    else:
-        print(json.dumps(entry))
-    print(f"the key (shown once; the file keeps only its digest): {key}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

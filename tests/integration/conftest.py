@@ -67,9 +67,14 @@ def verifier(
     return output
 
 
-def start_cache_server(data_dir: Path, embedder: str, llm: FakeLLM) -> ServiceProcess:
+# The chat route as an operator opens it to its own applications: any model the upstream
+# offers, and uncacheable requests passed through (off by default: no open proxy).
+CHAT_OPEN = ("--chat-passthrough", "true", "--upstream-models", "*")
+
+
+def start_cache_server(data_dir: Path, embedder: str, llm: FakeLLM, *args: str) -> ServiceProcess:
     return cache_server_process(
-        data_dir, embedder, "--upstream-base-url", llm.base_url, "--embedder-timeout-s", "2"
+        data_dir, embedder, "--upstream-base-url", llm.base_url, "--embedder-timeout-s", "2", *args
     ).start()
 
 

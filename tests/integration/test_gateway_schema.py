@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.fake_llm import FakeLLM
+from tests.integration.conftest import API_KEY
 from tests.processes import GatewayProcess, cache_server_process
 
 pytestmark = pytest.mark.slow
@@ -30,20 +31,28 @@ PHASES = "examples,coverage,fuzzing,stateful"
 
 
 def test_schemathesis_cli_finds_no_failures(tmp_path: Path, embedder_process: str) -> None:
+    """With a key, as a deployment runs: every case carries it, and the cache server checks it
+    on every call the gateway makes."""
     cli = Path(sys.executable).with_name("schemathesis")
+    keyed = {"SEMCACHE_API_KEY": API_KEY}
+    auth = f"Authorization: Bearer {API_KEY}"
     with (
         FakeLLM() as llm,
         cache_server_process(
-            tmp_path / "data", embedder_process, "--upstream-base-url", llm.base_url
+            tmp_path / "data", embedder_process, "--upstream-base-url", llm.base_url, env=keyed
         ) as cache,
-        GatewayProcess(cache.address) as gateway,
+        GatewayProcess(cache.address, env=keyed) as gateway,
     ):
-        schema = httpx.get(f"{gateway.url}/openapi.json").json()
+        schema = httpx.get(
+            f"{gateway.url}/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"}
+        ).json()
         result = subprocess.run(
             [
                 str(cli),
                 "run",
                 f"{gateway.url}/openapi.json",
+                "--header",
+                auth,
                 "--checks",
                 CHECKS,
                 "--phases",

@@ -16,7 +16,7 @@ from openai._legacy_response import LegacyAPIResponse
 from openai.types.chat import ChatCompletion
 
 from tests.fake_llm import FakeLLM
-from tests.integration.conftest import start_cache_server
+from tests.integration.conftest import CHAT_OPEN, start_cache_server
 from tests.processes import GatewayProcess, ServiceProcess, cache_server_process
 
 MODEL = "gpt-test"
@@ -34,7 +34,9 @@ def upstream() -> Iterator[FakeLLM]:
 def chat_server(
     tmp_path_factory: pytest.TempPathFactory, embedder_process: str, upstream: FakeLLM
 ) -> Iterator[ServiceProcess]:
-    server = start_cache_server(tmp_path_factory.mktemp("chat-data"), embedder_process, upstream)
+    server = start_cache_server(
+        tmp_path_factory.mktemp("chat-data"), embedder_process, upstream, *CHAT_OPEN
+    )
     yield server
     server.stop()
 
@@ -377,6 +379,7 @@ def test_a_completion_longer_than_the_call_deadlines_is_not_thrown_away(
             slow.base_url,
             "--upstream-timeout-s",
             "1",
+            *CHAT_OPEN,
         ).start()
         try:
             env = {"GATEWAY_REQUEST_TIMEOUT_S": "1"}

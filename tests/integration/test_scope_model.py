@@ -39,6 +39,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from semcache_client import CacheClient, ChatHit, ChatStored, SearchStrategy
 from tests.fake_llm import FakeLLM
+from tests.integration.conftest import CHAT_OPEN
 from tests.processes import (
     GatewayProcess,
     RedisProcess,
@@ -471,7 +472,8 @@ def stack(
     embedder_process: str,
     model_llm: FakeLLM,
 ) -> Iterator[Stack]:
-    upstream = ("--upstream-base-url", model_llm.base_url)
+    # model-x and model-y (and uncacheable bodies, if a step makes one) reach the upstream.
+    upstream = ("--upstream-base-url", model_llm.base_url, *CHAT_OPEN)
     if request.param == "embedded":
         data = tmp_path_factory.mktemp("scope-model")
         with cache_server_process(data, embedder_process, *upstream) as server:

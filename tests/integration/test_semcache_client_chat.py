@@ -37,9 +37,22 @@ from semcache_client import (
     Unavailable,
 )
 from tests.fake_llm import FakeLLM
+from tests.integration.conftest import CHAT_OPEN, start_cache_server
 from tests.processes import ServiceProcess, cache_server_process, free_port
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_server(
+    tmp_path_factory: pytest.TempPathFactory, embedder_process: str, llm: FakeLLM
+) -> Iterator[ServiceProcess]:
+    """The module's cache server, its chat route open as an operator opens it to its own
+    applications (any model, uncacheable requests passed through)."""
+    server = start_cache_server(tmp_path_factory.mktemp("chat"), embedder_process, llm, *CHAT_OPEN)
+    yield server
+    server.stop()
+
 
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "What's the capital city of France?"
@@ -308,6 +321,7 @@ def second_server(
         embedder_process,
         "--upstream-base-url",
         llm.base_url,
+        *CHAT_OPEN,
     )
     server.start()
     yield server
@@ -653,6 +667,7 @@ def test_long_prompts_and_a_cache_that_is_down_are_passed_through_uncached(
         llm.base_url,
         "--embedder-timeout-s",
         "1",
+        *CHAT_OPEN,
     ).start(wait_serving=False)
     try:
         with CacheClient(server.address, timeouts=Timeouts(query_s=20)) as cache:

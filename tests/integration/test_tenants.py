@@ -18,7 +18,7 @@ from langcache import LangCache
 
 from semcache_client import CacheClient
 from semcache_client import errors as client_errors
-from service_runtime.tenants import entry_for, mint_key
+from service_runtime.keys import entry_for, mint_key
 from tests.fake_llm import FakeLLM
 from tests.integration.test_langcache_sdk_errors import expect
 from tests.processes import GatewayProcess, ServiceProcess, cache_server_process

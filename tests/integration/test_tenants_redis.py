@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from service_runtime.tenants import entry_for, mint_key
+from service_runtime.keys import entry_for, mint_key
 from tests.fake_llm import FakeLLM
 from tests.processes import GatewayProcess, RedisProcess, redis_cache_server
 

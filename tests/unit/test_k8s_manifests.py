@@ -649,7 +649,7 @@ def test_the_docs_create_every_secret_key_the_manifests_need() -> None:
             for volume in pod_spec(w).get("volumes", []):
                 if "secret" in volume:
                     assert volume["secret"]["secretName"] == KEYS_SECRET
-    assert "python -m service_runtime.tenants new" in docs
+    assert "python -m service_runtime.keys new" in docs
     assert f"create secret generic {KEYS_SECRET} --from-file={KEYS_SECRET_KEY}" in docs
 
 

@@ -11,17 +11,8 @@ from pathlib import Path
 import pytest
 
 from cache_server.limits import MemoryLimiter
-from service_runtime.tenants import (
-    OPEN,
-    Action,
-    KeyFileError,
-    KeyRing,
-    Tenant,
-    entry_for,
-    main,
-    mint_key,
-    parse_keys,
-)
+from service_runtime.keys import entry_for, main, mint_key
+from service_runtime.tenants import OPEN, Action, KeyFileError, KeyRing, Tenant, parse_keys
 
 
 def test_burst_then_refill_at_the_rate() -> None:
@@ -120,8 +111,7 @@ def test_a_revoked_key_is_refused_after_the_reload_and_a_bad_edit_keeps_the_old_
             "actions",
         ),
         (
-            '{"keys": [{"id": "a", "sha256": "' + "0" * 64 + '", "caches": ["a"], '
-            '"burst": 0}]}',
+            '{"keys": [{"id": "a", "sha256": "' + "0" * 64 + '", "caches": ["a"], "burst": 0}]}',
             "positive",
         ),
     ],
