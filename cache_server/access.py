@@ -22,6 +22,7 @@ from prometheus_client import Counter
 
 from cache_server.limits import Limiter
 from cache_server.metrics import REGISTRY
+from service_runtime.cache_ids import RESERVED_SCOPES
 from service_runtime.error_reasons import ErrorReason
 from service_runtime.grpc_service import CallRefused
 from service_runtime.tenants import (
@@ -139,6 +140,26 @@ class Admission:
     token: Token[Caller | None] | None = None
 
 
+def _permits(tenant: Tenant, name: str, request: object, cache_id: str, action: Action) -> bool:
+    """Whether the key grants the call: `action` on its cache. Two exceptions: a call whose
+    empty cache id means every cache needs a key holding every cache; and in a cache the server
+    keeps for others (service_runtime.cache_ids.RESERVED_SCOPES), a look-up or a store is a
+    read of the application cache its scope attribute names, the deletion of one entry by its
+    id (an id only that scope's look-ups return) is a read of any cache, and anything else
+    there (flush, statistics) is for a key holding every cache."""
+    if name in EVERY_CACHE_WHEN_EMPTY and not cache_id:
+        return action in tenant.actions and tenant.holds_every_cache
+    scope = RESERVED_SCOPES.get(cache_id)
+    if scope is None:
+        return tenant.may(action, cache_id)
+    if name in ("Search", "Query"):
+        served = dict(getattr(request, "attributes", None) or {}).get(scope)
+        return bool(served) and tenant.may(Action.READ, str(served))
+    if name == "Delete":
+        return Action.READ in tenant.actions and bool(tenant.caches)
+    return action in tenant.actions and tenant.holds_every_cache
+
+
 def _client_of(metadata: Mapping[str, str], peer: str) -> str:
     forwarded = metadata.get(CLIENT_METADATA)
     if forwarded:
@@ -181,18 +202,15 @@ class AccessGate:
                     ErrorReason.UNAUTHENTICATED,
                     "missing or unknown API key (send 'authorization: Bearer <key>')",
                 )
-        if action is not None:
+        if action is not None and not _permits(tenant, name, request, cache_id, action):
             every = name in EVERY_CACHE_WHEN_EMPTY and not cache_id
-            if action not in tenant.actions or not (
-                tenant.holds_every_cache if every else tenant.holds(cache_id)
-            ):
-                REFUSED.labels(tenant.id, "not-permitted").inc()
-                what = "every cache" if every else f"cache {cache_id or 'default'!r}"
-                raise CallRefused(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    ErrorReason.NOT_PERMITTED,
-                    f"key {tenant.id!r} may not {action.value} {what} ({name})",
-                )
+            REFUSED.labels(tenant.id, "not-permitted").inc()
+            what = "every cache" if every else f"cache {cache_id or 'default'!r}"
+            raise CallRefused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                ErrorReason.NOT_PERMITTED,
+                f"key {tenant.id!r} may not {action.value} {what} ({name})",
+            )
         client = f"key:{tenant.id}" if tenant.keyed else _client_of(metadata, peer)
         admission = Admission(Caller(tenant, client), name, cache_id)
         if action is not None:

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service_runtime import cache_ids
 from service_runtime.cache_ids import CACHE_ID_PATTERN
 
 DEFAULT_CACHE_ID = "default"
@@ -18,7 +19,7 @@ _ENTRY_ID = re.compile(r"^[0-9a-f]{32}$")
 # Caches the gateway keeps for itself (the rewrites of conversational search). Accepted beside
 # the rule above, which no id starting with "_" passes, and neither does the REST API's
 # pattern: no REST client can read, fill or flush them; gRPC callers can, deliberately.
-RESERVED_CACHE_IDS = frozenset({"__reformulations__"})
+RESERVED_CACHE_IDS = frozenset(cache_ids.RESERVED_SCOPES)
 # Scope attributes mark an entry as written for one surface: an entry carrying one is found
 # only by a look-up that names it with the same value (every other attribute merely filters:
 # an entry carrying more attributes than a look-up names is still found). `chat_scope` is the

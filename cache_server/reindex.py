@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -128,13 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default="127.0.0.1:50051", help="the cache server")
     parser.add_argument("--cache-id", default="", help="one cache (default: every cache)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SEMCACHE_API_KEY"),
+        help="an admin key of the cache(s), when the server has keys (env SEMCACHE_API_KEY)",
+    )
     args = parser.parse_args(argv)
+    metadata = (("authorization", f"Bearer {args.api_key}"),) if args.api_key else ()
     with grpc.insecure_channel(args.address) as channel:
         stub = cache_pb2_grpc.CacheServiceStub(channel)
         request = pb.ReindexRequest(cache_id=args.cache_id, batch_size=args.batch_size)
         bars: dict[str, tqdm] = {}
         try:
-            for step in stub.Reindex(request):
+            for step in stub.Reindex(request, metadata=metadata):
                 bar = bars.get(step.cache_id)
                 if bar is None:
                     bar = bars[step.cache_id] = tqdm(total=step.total, desc=step.cache_id)

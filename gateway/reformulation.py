@@ -15,14 +15,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from service_runtime import cache_ids
+
 # The cache that holds the rewrites, in the cache server's store. The cache server accepts
 # this one id beyond its rule for cache ids (cache_server/entries.py RESERVED_CACHE_IDS); the
 # REST API's pattern refuses any id that starts with "_", so no REST client can read, fill or
 # flush it by mistake. gRPC callers can (GetStats, Flush), deliberately.
-REFORMULATION_CACHE_ID = "__reformulations__"
+REFORMULATION_CACHE_ID = cache_ids.REFORMULATIONS
 
-# The rewrites of one application cache are kept apart from another's by this attribute.
-SCOPE_ATTRIBUTE = "cache"
+# The rewrites of one application cache are kept apart from another's by this attribute (and
+# a key may use them only where it holds that cache: cache_server.access).
+SCOPE_ATTRIBUTE = cache_ids.RESERVED_SCOPES[REFORMULATION_CACHE_ID]
 
 # Earlier questions accepted, at most.
 MAX_CONTEXT_ITEMS = 20

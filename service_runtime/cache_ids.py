@@ -6,3 +6,9 @@ a reserved one: those start with "_")."""
 from __future__ import annotations
 
 CACHE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+# The caches the cache server keeps for others, each with the attribute that names, in every
+# entry and look-up, the application cache it serves: the gateway's conversational search
+# keeps its question rewrites in REFORMULATIONS, one scope per application cache.
+REFORMULATIONS = "__reformulations__"
+RESERVED_SCOPES: dict[str, str] = {REFORMULATIONS: "cache"}

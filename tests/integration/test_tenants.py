@@ -157,6 +157,28 @@ def test_the_langcache_sdk_raises_its_own_forbidden_error(stack: Stack) -> None:
         expect(401, lambda: lc.search(prompt="What is alpha's secret?"))
 
 
+def test_conversational_search_keeps_its_rewrites_within_the_key_s_caches(stack: Stack) -> None:
+    """The rewrites live in a cache the server keeps for others (`__reformulations__`), one
+    scope per application cache: a key reaches the rewrites of the caches it holds only."""
+    context = ["What is the capital of France?"]
+    with LangCache(server_url=stack.url, cache_id="alpha", api_key=stack.keys["alpha"]) as lc:
+        found = lc.conversational_search(prompt="And its population?", context=context)
+        assert found.actual_prompt  # rewritten by the upstream, the rewrite kept
+    with LangCache(server_url=stack.url, cache_id="alpha", api_key=stack.keys["beta"]) as lc:
+        expect(403, lambda: lc.conversational_search(prompt="And its population?", context=context))
+    with CacheClient(stack.cache.address, api_key=stack.keys["beta"]) as beta:
+        for call in (
+            lambda: beta.search("x", cache_id="__reformulations__", attributes={"cache": "alpha"}),
+            lambda: beta.search("x", cache_id="__reformulations__"),  # no scope: not beta's
+            lambda: beta.flush(cache_id="__reformulations__"),
+        ):
+            with pytest.raises(client_errors.PermissionDenied):
+                call()
+        assert (
+            beta.search("x", cache_id="__reformulations__", attributes={"cache": "beta"}).hits == []
+        )
+
+
 def _chat(stack: Stack, key_id: str, cache_id: str, **extra: Any) -> Any:
     with openai.OpenAI(
         base_url=f"{stack.url}/v1", api_key=stack.keys[key_id], max_retries=0
