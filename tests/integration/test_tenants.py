@@ -5,6 +5,9 @@ stops working within the reload interval; the operator's upstream is no open pro
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from semcache_client import errors as client_errors
 from service_runtime.keys import entry_for, mint_key
 from tests.fake_llm import FakeLLM
 from tests.integration.test_langcache_sdk_errors import expect
-from tests.processes import GatewayProcess, ServiceProcess, cache_server_process
+from tests.processes import REPO, GatewayProcess, ServiceProcess, cache_server_process, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -256,6 +259,13 @@ def test_a_noisy_key_is_limited_and_a_quiet_one_is_not(stack: Stack) -> None:
     assert quiet == [200] * 12
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code > 0
+    except httpx.HTTPError:
+        return False
+
+
 def _until(check: Callable[[], bool], timeout_s: float) -> float:
     started = time.monotonic()
     while not check():
@@ -328,3 +338,42 @@ def test_a_client_without_keys_is_limited_by_its_address(
             for i in range(4)
         ]
         assert codes == [200, 200, 429, 429]
+
+
+@pytest.mark.parametrize(
+    ("env", "listens_on"),
+    [
+        ({}, "127.0.0.1"),
+        ({"SEMCACHE_API_KEY": "k" * 24}, "0.0.0.0"),
+        ({"GATEWAY_HOST": "0.0.0.0"}, "0.0.0.0"),
+    ],
+)
+def test_without_a_key_the_gateway_listens_on_loopback_and_says_so(
+    env: dict[str, str], listens_on: str
+) -> None:
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "SEMCACHE_"))}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--port",
+            str(port),
+            "--cache-server-address",
+            "127.0.0.1:1",
+        ],
+        cwd=REPO,
+        env={**clean, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _until(lambda: _answers(f"http://127.0.0.1:{port}/health"), 30)
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert f"Uvicorn running on http://{listens_on}:{port}" in output, output
+    warned = "no API key configured" in output and "127.0.0.1 only" in output
+    assert warned == (listens_on == "127.0.0.1"), output
