@@ -22,6 +22,7 @@ from prometheus_client import Counter
 
 from cache_server.limits import Limiter
 from cache_server.metrics import REGISTRY
+from cache_server.store.base import StoreUnavailableError
 from service_runtime.cache_ids import RESERVED_SCOPES
 from service_runtime.error_reasons import ErrorReason
 from service_runtime.grpc_service import CallRefused
@@ -214,7 +215,15 @@ class AccessGate:
         client = f"key:{tenant.id}" if tenant.keyed else _client_of(metadata, peer)
         admission = Admission(Caller(tenant, client), name, cache_id)
         if action is not None:
-            await self._limit(admission)
+            try:
+                await self._limit(admission)
+            except StoreUnavailableError as exc:  # Redis down: so is every cache it holds
+                log.warning("limits of %s not checked: %s", client, exc)
+                raise CallRefused(
+                    grpc.StatusCode.UNAVAILABLE,
+                    ErrorReason.STORE_UNAVAILABLE,
+                    "the cache store is unavailable; retry shortly",
+                ) from exc
         admission.token = current_caller.set(admission.caller)
         return admission
 
@@ -251,7 +260,10 @@ class AccessGate:
         if admission.token is not None:
             current_caller.reset(admission.token)
         if admission.slot is not None:
-            await self.limiter.leave(admission.caller.client, admission.slot)
+            try:
+                await self.limiter.leave(admission.caller.client, admission.slot)
+            except StoreUnavailableError as exc:  # the slot's lease frees it in time
+                log.warning("slot of %s not freed: %s", admission.caller.client, exc)
         if admission.method in AUDITED:
             self._audit(admission, code)
 

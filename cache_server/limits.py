@@ -132,9 +132,7 @@ class RedisLimiter:
         try:
             return await operation
         except Exception as exc:  # redis errors: the store is unavailable, so are its limits
-            raise StoreUnavailableError(
-                f"limits in Redis unavailable: {type(exc).__name__}"
-            ) from exc
+            raise StoreUnavailableError("the limits kept in Redis are unavailable") from exc
 
     async def take(self, client: str, rate_per_s: float, burst: int) -> float:
         key = f"{self._prefix}:rate:{client}"

@@ -9,7 +9,6 @@ is the cache server's to say (cache_server.chat_scope), for every caller of its 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -183,20 +182,3 @@ def error_body(
 ) -> dict[str, Any]:
     kind = _ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "server_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def upstream_error_body(status: int, body: str, message: str) -> tuple[int, dict[str, Any]]:
-    """An upstream's own error, passed through with its status; an upstream that could not be
-    reached, timed out or broke off is 502 (504 for a timeout)."""
-    if status:
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            return status, parsed
-        return status, error_body(status, body[:500] or message, code="upstream_error")
-    status = 504 if "timed out" in message else 502
-    # The cause is logged with the request id; a client is not told internal addresses.
-    what = "timed out" if status == 504 else "could not be reached or broke off"
-    return status, error_body(status, f"the upstream LLM {what}", code="upstream_error")

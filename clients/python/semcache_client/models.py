@@ -215,8 +215,10 @@ class ChatCompletion:
 @dataclass(frozen=True)
 class ChatUpstreamError:
     """The upstream LLM failed (an event, not an exception: the call itself went well).
-    `status` and `body` are its HTTP status and body as it answered; status 0 when it could
-    not be reached, timed out or broke off a stream. Nothing was stored."""
+    `status` and `body` are what to answer with: a refused operator key is 502, the
+    upstream's 429 a 429, an error about the request its own status and message, never the
+    upstream's own body; status 0 when it could not be reached, timed out or broke off a
+    stream. Nothing was stored."""
 
     status: int
     body: str
