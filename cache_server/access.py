@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
@@ -174,17 +174,22 @@ class AccessGate:
         self.keys = keys
         self.limiter = limiter
         self.defaults = defaults
+        # Every caller when there are no keys: it may pass chats through only if told so.
+        self._open = Tenant(OPEN.id, keyed=False, passthrough=defaults.open_passthrough)
 
-    def tenant_for(self, metadata: Mapping[str, str]) -> Tenant | None:
-        tenant = self.keys.authenticate(metadata.get(KEY_METADATA))
-        if tenant is OPEN and self.defaults.open_passthrough:
-            return Tenant(OPEN.id, keyed=False, passthrough=True)
-        if tenant is OPEN:
-            return Tenant(OPEN.id, keyed=False, passthrough=False)
-        return tenant
+    def tenant_for(
+        self, metadata: Mapping[str, str], certificates: Sequence[str] = ()
+    ) -> Tenant | None:
+        tenant = self.keys.authenticate(metadata.get(KEY_METADATA), certificates)
+        return self._open if tenant is OPEN else tenant
 
     async def admit(
-        self, method: str, request: object, metadata: Mapping[str, str], peer: str
+        self,
+        method: str,
+        request: object,
+        metadata: Mapping[str, str],
+        peer: str,
+        certificates: Sequence[str] = (),
     ) -> Admission | None:
         """Raises CallRefused; None for a method the gate does not guard (health, reflection)."""
         if not method.startswith(SERVICE):
@@ -192,7 +197,7 @@ class AccessGate:
         name = method[len(SERVICE) :]
         action = METHOD_ACTIONS.get(name, Action.ADMIN)
         cache_id = str(getattr(request, "cache_id", "") or "")
-        tenant = self.tenant_for(metadata)
+        tenant = self.tenant_for(metadata, certificates)
         if tenant is None:
             if action is None:  # open to anyone: served as to a caller with no grants
                 tenant = Tenant("-", caches=(), actions=frozenset(), passthrough=False)

@@ -12,7 +12,15 @@ import asyncio
 import logging
 import math
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -64,8 +72,16 @@ class CallGate(Protocol):
     what `admit` returns is handed back to `release` when the call has ended."""
 
     async def admit(
-        self, method: str, request: object, metadata: Mapping[str, str], peer: str
-    ) -> object | None: ...
+        self,
+        method: str,
+        request: object,
+        metadata: Mapping[str, str],
+        peer: str,
+        certificates: Sequence[str],
+    ) -> object | None:
+        """`certificates`: the names of the caller's verified client certificate (mutual
+        TLS; its common name and DNS SANs), empty without one."""
+        ...
 
     async def release(self, admission: object, code: grpc.StatusCode | None) -> None: ...
 
@@ -75,6 +91,13 @@ def _ended_with(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> gr
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+
+
+def _certificate_names(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
+    """The names a verified client certificate gives its caller (empty without mutual TLS)."""
+    auth = context.auth_context() or {}
+    names = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
+    return [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
 
 
 async def _admitted(
@@ -87,7 +110,9 @@ async def _admitted(
     if gate is None:
         return None
     try:
-        return await gate.admit(method, request, metadata, context.peer() or "")
+        return await gate.admit(
+            method, request, metadata, context.peer() or "", _certificate_names(context)
+        )
     except CallRefused as refused:
         await context.abort(
             refused.code, refused.message, trailing_metadata=refused.trailing_metadata()

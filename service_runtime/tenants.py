@@ -21,6 +21,8 @@ added, changed or revoked takes effect within that interval, without a restart.
 - limits: requests per second (a token bucket of `burst`), requests at once, and what the key
   may spend upstream per UTC day; an absent limit is the server's default (its settings).
 - `passthrough`: whether the key's uncacheable chat requests may go to the upstream LLM.
+- `certificates`: client certificate names (common name or DNS SAN) that, over mutual TLS,
+  stand for this key on gRPC without sending it (`sha256` may then be left out).
 
 Three modes: a keys file (tenants); a single key (`SEMCACHE_API_KEY`: one tenant, "default",
 holding everything); or none (`make run`'s default: every caller may do everything, so the
@@ -37,6 +39,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -123,7 +126,9 @@ def _positive(entry: dict[str, object], name: str, kind: type) -> float | int | 
     return kind(value)  # type: ignore[no-any-return]
 
 
-def parse_entry(entry: object) -> tuple[str, Tenant]:
+def parse_entry(entry: object) -> tuple[list[str], Tenant]:
+    """One key's entry -> the credentials that name it (its key's digest, and "cert:<name>"
+    for each client certificate name mapped to it) and what it may do."""
     if not isinstance(entry, dict):
         raise KeyFileError("each key must be an object")
     known = {
@@ -137,6 +142,7 @@ def parse_entry(entry: object) -> tuple[str, Tenant]:
         "concurrency",
         "upstream_requests_per_day",
         "upstream_tokens_per_day",
+        "certificates",
         "comment",
     }
     if unknown := sorted(set(entry) - known):
@@ -145,8 +151,14 @@ def parse_entry(entry: object) -> tuple[str, Tenant]:
     if not isinstance(key_id, str) or not _ID.match(key_id):
         raise KeyFileError(f"key id {key_id!r}: 1-64 letters, digits and _ . : -")
     sha = entry.get("sha256")
-    if not isinstance(sha, str) or not _DIGEST.match(sha):
+    names = entry.get("certificates", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise KeyFileError(f"key {key_id!r}: certificates must be a list of names")
+    if sha is None and not names:
+        raise KeyFileError(f"key {key_id!r}: give its sha256, or certificates, or both")
+    if sha is not None and (not isinstance(sha, str) or not _DIGEST.match(sha)):
         raise KeyFileError(f"key {key_id!r}: sha256 must be 64 lowercase hex digits")
+    credentials = ([sha] if isinstance(sha, str) else []) + [f"cert:{n}" for n in names]
     caches = entry.get("caches")
     if (
         not isinstance(caches, list)
@@ -174,11 +186,12 @@ def parse_entry(entry: object) -> tuple[str, Tenant]:
         passthrough,
         limits,
     )
-    return sha, tenant
+    return credentials, tenant
 
 
 def parse_keys(text: str) -> dict[str, Tenant]:
-    """The keys file's text -> tenants by key digest. Raises KeyFileError naming the fault."""
+    """The keys file's text -> tenants by credential (a key's digest, or "cert:<name>").
+    Raises KeyFileError naming the fault."""
     try:
         document = json.loads(text)
     except ValueError as exc:
@@ -188,10 +201,12 @@ def parse_keys(text: str) -> dict[str, Tenant]:
     tenants: dict[str, Tenant] = {}
     ids: set[str] = set()
     for entry in document["keys"]:
-        sha, tenant = parse_entry(entry)
-        if sha in tenants or tenant.id in ids:
-            raise KeyFileError(f"key {tenant.id!r} is listed twice (same id or same key)")
-        tenants[sha] = tenant
+        credentials, tenant = parse_entry(entry)
+        if tenant.id in ids or any(c in tenants for c in credentials):
+            raise KeyFileError(
+                f"key {tenant.id!r} is listed twice (same id, key or certificate name)"
+            )
+        tenants.update(dict.fromkeys(credentials, tenant))
         ids.add(tenant.id)
     return tenants
 
@@ -233,7 +248,7 @@ class KeyRing:
 
     @property
     def tenants(self) -> list[Tenant]:
-        return list((self._tenants or {}).values())
+        return list({t.id: t for t in (self._tenants or {}).values()}.values())
 
     def _read(self, *, first: bool = False) -> dict[str, Tenant]:
         assert self.path is not None
@@ -262,14 +277,21 @@ class KeyRing:
             self._read_at = now
             self._tenants = self._read()
 
-    def authenticate(self, authorization: str | None) -> Tenant | None:
-        """The tenant of an `Authorization: Bearer <key>` value; OPEN when no keys are
-        configured; None when keys are and this is not one of them."""
+    def authenticate(
+        self, authorization: str | None, certificates: Sequence[str] = ()
+    ) -> Tenant | None:
+        """The tenant of an `Authorization: Bearer <key>` value, or, with none, of a verified
+        client certificate's names (mutual TLS: the gRPC shell passes them); OPEN when no keys
+        are configured; None when keys are and neither names one."""
         if self._tenants is None:
             return OPEN
         self.refresh()
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        # By digest: how long the look-up takes says nothing about the keys.
-        return self._tenants.get(digest(token.strip()))
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return None
+            # By digest: how long the look-up takes says nothing about the keys.
+            return self._tenants.get(digest(token.strip()))
+        return next(
+            (t for n in certificates if (t := self._tenants.get(f"cert:{n}")) is not None), None
+        )

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
 from langcache import LangCache
 
-from semcache_client import CacheClient
+from semcache_client import CacheClient, TlsConfig
 from semcache_client import errors as client_errors
 from service_runtime.keys import entry_for, mint_key
+from tests.certificates import Pair, make_ca, make_cert
 from tests.fake_llm import FakeLLM
 from tests.integration.test_langcache_sdk_errors import expect
 from tests.processes import REPO, GatewayProcess, ServiceProcess, cache_server_process, free_port
@@ -377,3 +379,41 @@ def test_without_a_key_the_gateway_listens_on_loopback_and_says_so(
     assert f"Uvicorn running on http://{listens_on}:{port}" in output, output
     warned = "no API key configured" in output and "127.0.0.1 only" in output
     assert warned == (listens_on == "127.0.0.1"), output
+
+
+def test_a_client_certificate_stands_for_a_key_over_mutual_tls(
+    tmp_path: Path, embedder_process: str
+) -> None:
+    folder = tmp_path / "certs"
+    ca = make_ca(folder)
+    server_pair = make_cert(folder, ca, "cache-server", server=True)
+    known = make_cert(folder, ca, "app-alpha", server=False)
+    unknown = make_cert(folder, ca, "app-nobody", server=False)
+    keys = folder / "keys.json"
+    entry = {"id": "alpha-app", "certificates": ["app-alpha"], "caches": ["alpha"]}
+    keys.write_text(json.dumps({"keys": [{**entry, "actions": ["read", "write"]}]}))
+    tls = ["--tls-cert-file", str(server_pair.cert), "--tls-key-file", str(server_pair.key)]
+    tls += ["--tls-client-ca-file", str(ca.cert)]
+    server = cache_server_process(
+        tmp_path / "data", embedder_process, *tls, env={"SEMCACHE_KEYS_FILE": str(keys)}
+    ).start(wait_serving=False)
+    try:
+        server.wait_serving(
+            60,
+            grpc.ssl_channel_credentials(
+                ca.cert.read_bytes(), known.key.read_bytes(), known.cert.read_bytes()
+            ),
+        )
+
+        def client(pair: Pair) -> CacheClient:
+            config = TlsConfig.from_files(ca_file=ca.cert, cert_file=pair.cert, key_file=pair.key)
+            return CacheClient(server.address, tls=config)
+
+        with client(known) as app:
+            assert app.set("Who am I?", "alpha's app, by its certificate", cache_id="alpha")
+            with pytest.raises(client_errors.PermissionDenied):
+                app.set("Elsewhere?", "no", cache_id="beta")
+        with client(unknown) as nobody, pytest.raises(client_errors.Unauthenticated):
+            nobody.search("Who am I?", cache_id="alpha")
+    finally:
+        server.stop()

@@ -132,3 +132,23 @@ def test_the_command_mints_a_key_and_appends_its_digest(
     assert tenant is not None and tenant.caches == ("shop", "shop-*")
     assert tenant.actions == {Action.READ, Action.WRITE}
     assert main(["check", str(path)]) == 0
+
+
+def test_a_certificate_name_stands_for_a_key_only_when_no_key_is_sent() -> None:
+    key = mint_key()
+    document = {
+        "keys": [
+            {**entry_for(key, "shop", ["shop"], ["read"]), "certificates": ["shop-app"]},
+            {"id": "batch", "certificates": ["batch-job"], "caches": ["shop"]},
+        ]
+    }
+    ring = KeyRing(parse_keys(json.dumps(document)))
+    assert [t.id for t in ring.tenants] == ["shop", "batch"]
+    by_cert = ring.authenticate(None, ["shop-app"])
+    assert by_cert is not None and by_cert.id == "shop"
+    batch = ring.authenticate("", ["batch-job"])
+    assert batch is not None and batch.id == "batch"
+    assert ring.authenticate(None, ["stranger"]) is None
+    assert ring.authenticate("Bearer sc_wrong-key-123456", ["shop-app"]) is None  # a key decides
+    with pytest.raises(KeyFileError, match="sha256, or certificates"):
+        parse_keys('{"keys": [{"id": "a", "caches": ["a"]}]}')
