@@ -114,6 +114,8 @@ async def _admitted(
             method, request, metadata, context.peer() or "", _certificate_names(context)
         )
     except CallRefused as refused:
+        # The line every service writes for each error it answers (what clients were told).
+        log.info("error answered: %s %s", refused.code.name, refused.message)
         await context.abort(
             refused.code, refused.message, trailing_metadata=refused.trailing_metadata()
         )
