@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from cache_server.store import embedded_feedback, embedded_rows
-from cache_server.store.base import ModelMismatchError, StoreConflictError
+from cache_server.store.base import ModelMismatchError, StoreConflictError, StoreUnavailableError
 from cache_server.store.embedded_memory import CacheState, load
 from cache_server.store.index_snapshot import IndexSnapshots
 from cache_server.vector_index import VectorIndex
@@ -45,6 +45,7 @@ class EmbeddedConnection:
         }
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-store")
         self._db: sqlite3.Connection | None = None
+        self._opened_models: dict[str, str] | None = None  # read by open()
         self._caches: dict[str, CacheState] = {}
         self._snapshots = IndexSnapshots(self.path)
         self._rejecting: set[str] = set()  # caches holding any "wrong" report
@@ -105,9 +106,20 @@ class EmbeddedConnection:
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the store is not open")
+        if self._db is None:  # a call that arrives while the server starts (or stops)
+            raise StoreUnavailableError("the embedded store is not open yet")
         return self._db
+
+    @property
+    def _models(self) -> dict[str, str]:
+        """The embedding model of each cache's vectors, as open() read them."""
+        if self._opened_models is None:
+            raise StoreUnavailableError("the embedded store is not open yet")
+        return self._opened_models
+
+    @_models.setter
+    def _models(self, models: dict[str, str]) -> None:
+        self._opened_models = models
 
     # -- the dimension and model of each cache's vectors ------------------------------------
 
