@@ -163,10 +163,13 @@ def _permits(tenant: Tenant, name: str, request: object, cache_id: str, action: 
 
 def _client_of(metadata: Mapping[str, str], peer: str) -> str:
     forwarded = metadata.get(CLIENT_METADATA)
-    if forwarded:
-        return f"ip:{forwarded[:64]}"
-    # "ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7": every connection of one host is one client.
-    return f"ip:{peer.rsplit(':', 1)[0] if peer.count(':') >= 2 else peer}"
+    return f"ip:{forwarded[:64]}" if forwarded else f"ip:{peer_host(peer)}"
+
+
+def peer_host(peer: str) -> str:
+    """A gRPC peer without its port ("ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7"): every
+    connection of one host is one caller."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 class AccessGate:

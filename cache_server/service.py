@@ -194,7 +194,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 request.entry_id,
                 request.prompt,
                 correct=request.correct,
-                reporter=access.reporter(request.reporter, _peer_host(context)),
+                reporter=access.reporter(request.reporter, access.peer_host(context.peer() or "")),
             ),
         )
         report = outcome.report
@@ -341,10 +341,3 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             await abort_failed("Reindex", exc, context, started)
         metrics.RPCS.labels("Reindex", "OK").inc()
         log.info("Reindex OK in %.1f s", time.perf_counter() - started)
-
-
-def _peer_host(context: Context) -> str:
-    """Who calls, when a feedback report names no reporter: the peer's address without its
-    port ("ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7"), the same for every connection of it."""
-    peer = context.peer() or ""
-    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
