@@ -47,6 +47,11 @@ model: $(MODEL_DIR)/semcache-model.json ## Export the embedding model to ONNX (M
 
 $(MODEL_DIR)/semcache-model.json: | $(VENV)/.stamp-proto
 	$(PY) -m embedder.export --output $(MODEL_DIR) --precision $(PRECISION) $(if $(MODEL),--model $(MODEL),)
+	@if [ -f "$(DATA)" ]; then \
+	  $(PY) -m embedder.training.prior --model-dir $(MODEL_DIR) --data $(DATA); \
+	else \
+	  echo "no labelled pairs at $(DATA): the verified policy starts uninformed (make calibrate DATA=... fits its prior)"; \
+	fi
 
 finetune: proto ## Fine-tune the embedder on labelled pairs, export and calibrate it (DATA, BASE, OUTPUT; FINETUNE_ARGS=--epochs 3 ...)
 	$(PY) -m embedder.training.finetune --data $(DATA) --output $(OUTPUT) --target-precision $(TARGET_PRECISION) $(if $(BASE),--base $(BASE),) $(FINETUNE_ARGS)

@@ -1,9 +1,9 @@
 """A deterministic OpenAI-compatible LLM for benchmarks, served in-process on a free port.
 
 POST {base_url}/chat/completions answers `answer(prompt)` (the last message's content) as
-choices[0].message.content, and counts the calls. With bench.clusters' answers, every question
-of one meaning gets the very same text, so a cached answer is right exactly when it equals the
-fresh one (the cache server's `exact` judge).
+choices[0].message.content, and counts the calls. With embedder.training.traffic's answers,
+every question of one meaning gets the very same text, so a cached answer is right exactly
+when it equals the fresh one (the cache server's `exact` judge).
 """
 
 from __future__ import annotations

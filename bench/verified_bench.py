@@ -1,11 +1,11 @@
 """The `verified` hit policy against static similarity thresholds, on one stream of user
 questions: how many hits each serves, and how many of those are wrong.
 
-Protocol. Questions of the held-out QQP test part (bench.clusters: the pairs no model trained
-on) are grouped by meaning (union-find over the "same meaning" labels). A deterministic fake
-LLM (bench.fake_upstream) gives every question of one group the same answer. A seeded stream
-(bench.clusters: `popular`, topics asked again as paraphrases and exact repeats, by default;
-or `distinct`, each question once) is replayed, one request at a time as one user would,
+Protocol. Questions of the held-out QQP test part (embedder.training.traffic: the pairs no
+model trained on) are grouped by meaning (union-find over the "same meaning" labels). A
+deterministic fake LLM (bench.fake_upstream) gives every question of one group the same answer. A seeded stream
+(embedder.training.traffic: `popular`, topics asked again as paraphrases and exact repeats,
+by default; or `distinct`, each question once) is replayed, one request at a time as one user would,
 through gRPC Query on the real embedder and cache server (embedded store, the verifier off,
 the `exact` judge), once per configuration, each in a fresh cache:
 
@@ -51,7 +51,12 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from bench.clusters import (
+from bench.fake_upstream import FakeUpstream
+from bench.qqp import qqp_path
+from bench.stack import local_stack
+from bench.timing import p50_p99_ms
+from embedder.training.pairs import read_pairs
+from embedder.training.traffic import (
     POPULARITY_EXPONENT,
     Clusters,
     held_out_pairs,
@@ -59,11 +64,6 @@ from bench.clusters import (
     reachable_hits,
     request_stream,
 )
-from bench.fake_upstream import FakeUpstream
-from bench.qqp import qqp_path
-from bench.stack import local_stack
-from bench.timing import p50_p99_ms
-from embedder.training.pairs import read_pairs
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
 
@@ -408,7 +408,8 @@ def main() -> None:
         "--stream",
         choices=["distinct", "popular"],
         default="popular",
-        help="distinct questions once each, or popular topics asked again (bench.clusters)",
+        help="distinct questions once each, or popular topics asked again "
+        "(embedder.training.traffic)",
     )
     parser.add_argument(
         "--pairs",

@@ -72,6 +72,7 @@ class SemanticCache(HitRules, LookupBookkeeping):
         self.verifier = verifier
         self._finder = Finder(store, self._embed_one, verifier, self._check_model)
         self.verified = verified or VerifiedEngine(VerifiedSettings(), store, ExactJudge())
+        self.verified.follow(self._model_prior)
         self.latency = LookupLatency(max_caches=policy.max_caches)
         self._clock = clock
         self._single_flight = SingleFlight()
@@ -92,11 +93,14 @@ class SemanticCache(HitRules, LookupBookkeeping):
         ttl_s: float | None = None,
         policy: str | None = None,
         max_error_rate: float | None = None,
+        error_accounting: str | None = None,
     ) -> QueryResult:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("query", query, self.policy.max_prompt_chars)
-        hit_policy = await self.verified.policy_for(cache_id, policy, max_error_rate)
+        hit_policy = await self.verified.policy_for(
+            cache_id, policy, max_error_rate, error_accounting
+        )
         rule = await self._hit_rule(threshold, hit_policy)
         attributes = check_attributes(attributes or {}, writing=True)
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
@@ -115,7 +119,7 @@ class SemanticCache(HitRules, LookupBookkeeping):
                 self._clock(),
             )
             counts: dict[str, int] = {}
-            if hits and hit_policy.verified:
+            if hit_policy.verified:
                 hits, unsure = await self._verify(cache_id, query, hits, hit_policy, counts)
                 explore = unsure[0] if unsure else None
             if hits:
@@ -197,11 +201,14 @@ class SemanticCache(HitRules, LookupBookkeeping):
         strategies: Sequence[Strategy] = (Strategy.SEMANTIC,),
         policy: str | None = None,
         max_error_rate: float | None = None,
+        error_accounting: str | None = None,
     ) -> SearchResult:
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("prompt", prompt, self.policy.max_prompt_chars)
-        hit_policy = await self.verified.policy_for(cache_id, policy, max_error_rate)
+        hit_policy = await self.verified.policy_for(
+            cache_id, policy, max_error_rate, error_accounting
+        )
         rule = await self._hit_rule(threshold, hit_policy)
         k = check_max_results(max_results)
         attributes = check_attributes(attributes or {})
@@ -211,7 +218,7 @@ class SemanticCache(HitRules, LookupBookkeeping):
             cache_id, prompt, rule, k, attributes, ordered, vector_box, self._clock()
         )
         counts: dict[str, int] = {}
-        if hits and hit_policy.verified:
+        if hit_policy.verified:
             hits, unsure = await self._verify(cache_id, prompt, hits, hit_policy, counts)
             if unsure and not hits:
                 # The application asks its LLM next and stores the answer (Set): that answer

@@ -29,8 +29,14 @@ from cache_server.entries import (
     prompt_key,
 )
 from cache_server.feedback import Feedback, learned_mark, served_mark, verdict_mark
-from cache_server.learned_thresholds.engine import VerifiedEngine
-from cache_server.learned_thresholds.policy import HitPolicy, check_max_error_rate, resolve
+from cache_server.learned_thresholds.engine import ModelPrior, VerifiedEngine
+from cache_server.learned_thresholds.model import Calibrated
+from cache_server.learned_thresholds.policy import (
+    HitPolicy,
+    check_accounting,
+    check_max_error_rate,
+    resolve,
+)
 from cache_server.stats import CacheCounters, LookupLatency
 from cache_server.store.base import CacheLimitError, CacheStore, ModelMismatchError
 
@@ -81,6 +87,18 @@ class CacheAdmin:
             with contextlib.suppress(EmbedderUnavailableError):
                 await self.embedder.ensure_model(MODEL_PROBE_TIMEOUT_S)
         return self.embedder.model
+
+    async def _model_prior(self) -> ModelPrior:
+        """The served model's identity and the verified policy's prior shipped with it: the
+        learned state of a cache belongs to the model its similarities came from."""
+        model = await self._model()
+        if model is None:
+            return ModelPrior("", None)
+        prior = model.verified_prior
+        return ModelPrior(
+            model.onnx_sha256 or model.model_id,
+            Calibrated(prior[0], prior[1], prior[2]) if prior is not None else None,
+        )
 
     async def _threshold(self) -> tuple[float, str]:
         """threshold_in_force once the model is known: the first look-ups after start use the
@@ -233,7 +251,7 @@ class CacheAdmin:
         counts = await self.store.counters(cache_id)
         threshold, source = await self._threshold()
         policy = await self.verified.policy_for(cache_id, None, None)
-        learned = await self.verified.learned(cache_id, policy.max_error_rate)
+        learned = await self.verified.learned(cache_id, policy)
         return StatsSnapshot(
             cache_id=cache_id,
             cache_size=size,
@@ -251,12 +269,19 @@ class CacheAdmin:
         return await self.verified.policy_for(cache_id, None, None)
 
     async def set_cache_policy(
-        self, cache_id: str, name: str | None, max_error_rate: float | None
+        self,
+        cache_id: str,
+        name: str | None,
+        max_error_rate: float | None,
+        accounting: str | None = None,
     ) -> HitPolicy:
-        """Sets the cache's hit policy (name None: back to the server's default)."""
+        """Sets the cache's hit policy (name None: back to the server's default). The bound
+        and the accounting default to the server's; an accounting not given stays unset, so
+        it follows the server's."""
         cache_id = check_cache_id(cache_id)
         if not name:
             check_max_error_rate(max_error_rate)
+            check_accounting(accounting)
             return await self.verified.set_cache_policy(cache_id, None)
         chosen = resolve(self.verified.settings, None, name, max_error_rate)
         # A policy may be set before a cache's first entry, but made-up ids cannot grow the
@@ -271,7 +296,8 @@ class CacheAdmin:
                 "(max_caches) may have a policy; reset the policies of caches no longer used"
             )
         return await self.verified.set_cache_policy(
-            cache_id, HitPolicy(chosen.name, chosen.max_error_rate, "cache")
+            cache_id,
+            HitPolicy(chosen.name, chosen.max_error_rate, "cache", check_accounting(accounting)),
         )
 
     async def purge_expired(self) -> int:

@@ -62,25 +62,39 @@ class HitRules(CacheAdmin):
         policy: HitPolicy,
         counts: dict[str, int],
     ) -> tuple[list[Hit], list[Hit]]:
-        """The verified policy's verdict on semantic hits (exact repeats are served as they
-        are, also when a semantic search found them): (served, not sure enough), both nearest
-        first."""
+        """The verified policy's verdict on the hits found: (served, to explore), both
+        nearest first. Exact repeats are served as they are, also when a semantic search found
+        them; a semantic candidate is served, explored (the upstream answers and judges it) or
+        left out. Every request is noted: the level is chosen on the recent ones."""
         served: list[Hit] = []
-        unsure: list[Hit] = []
+        explore: list[Hit] = []
         asked = normalize_prompt(prompt)
+        nearest: float | None = None
         for hit in hits:
             if hit.strategy is Strategy.EXACT or normalize_prompt(hit.entry.prompt) == asked:
                 served.append(hit)
                 continue
-            decision = await self.verified.decide(
-                cache_id, hit.entry, hit.similarity, policy.max_error_rate
+            if nearest is None and not served:
+                nearest = hit.similarity
+            decision = await self.verified.decide(cache_id, hit.entry, hit.similarity, policy)
+            if decision.serve:
+                served.append(hit)
+            elif decision.explore:
+                explore.append(hit)
+            label = (
+                "served"
+                if decision.serve
+                else "rejected"
+                if not decision.explore
+                else "audited"
+                if decision.p_wrong <= decision.level
+                else "explored"
             )
-            (served if decision.serve else unsure).append(hit)
-            label = "served" if decision.serve else "audited" if decision.audit else "explored"
             metrics.VERIFIED_DECISIONS.labels(label).inc()
+        self.verified.note(cache_id, prompt, nearest)
         if any(hit.strategy is Strategy.SEMANTIC for hit in served):
             counts["verified_hits"] = 1
-        return served, unsure
+        return served, explore
 
     def _judge_later(
         self, cache_id: str, entry: CacheEntry, similarity: float, question: str, fresh: str

@@ -70,6 +70,8 @@ class EmbedderModel:
     calibrated_threshold: float | None = None  # from the model's manifest (make calibrate)
     onnx_sha256: str = ""
     verifier: VerifierModel | None = None
+    # The verified policy's prior (make calibrate): (w0, w1, observations), or None.
+    verified_prior: tuple[float, float, int] | None = None
 
 
 class EmbedderClient:
@@ -137,6 +139,15 @@ class EmbedderClient:
             calibrated,
             onnx_sha256=reply.onnx_sha256,
             verifier=verifier,
+            verified_prior=(
+                (
+                    reply.verified_prior.w0,
+                    reply.verified_prior.w1,
+                    int(reply.verified_prior.observations),
+                )
+                if reply.HasField("verified_prior")
+                else None
+            ),
         )
         return self.model
 

@@ -90,6 +90,7 @@ def verified_settings(settings: CacheSettings) -> VerifiedSettings:
     return VerifiedSettings(
         default_policy=settings.hit_policy,
         max_error_rate=settings.max_error_rate,
+        accounting=settings.verified_accounting,
         confidence=settings.verified_confidence,
         min_similarity=settings.verified_min_similarity,
         audit_rate=settings.verified_audit_rate,

@@ -18,7 +18,7 @@ from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableErro
 from cache_server.entry_pb import STRATEGY_FROM_PB, STRATEGY_TO_PB, entry_pb
 from cache_server.lookup import Strategy
 from cache_server.service_chat import chat_events
-from cache_server.service_verified import policy_name, policy_pb, stats_fields
+from cache_server.service_verified import accounting_name, policy_name, policy_pb, stats_fields
 from cache_server.statuses import abort, abort_failed, elapsed_ms
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
@@ -88,6 +88,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 max_error_rate=request.max_error_rate
                 if request.HasField("max_error_rate")
                 else None,
+                error_accounting=accounting_name(request.error_accounting),
             ),
         )
         log.info(
@@ -148,6 +149,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 max_error_rate=request.max_error_rate
                 if request.HasField("max_error_rate")
                 else None,
+                error_accounting=accounting_name(request.error_accounting),
             ),
         )
         return pb.SearchResponse(
@@ -256,6 +258,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 request.cache_id,
                 policy_name(request.policy),
                 request.max_error_rate if request.HasField("max_error_rate") else None,
+                accounting_name(request.error_accounting),
             ),
         )
         return policy_pb(request.cache_id, policy)

@@ -25,12 +25,28 @@ def policy_name(value: int) -> str | None:
     return _NAMES[value]
 
 
+_ACCOUNTINGS: dict[int, str] = {
+    pb.ERROR_ACCOUNTING_HITS: "hits",
+    pb.ERROR_ACCOUNTING_REQUESTS: "requests",
+}
+
+
+def accounting_name(value: int) -> str | None:
+    """What a request's max_error_rate bounds (None: unspecified, the cache's or server's)."""
+    if value == pb.ERROR_ACCOUNTING_UNSPECIFIED:
+        return None
+    if value not in _ACCOUNTINGS:
+        raise InvalidInputError(f"unknown error accounting {value}")
+    return _ACCOUNTINGS[value]
+
+
 def policy_pb(cache_id: str, policy: HitPolicy) -> pb.CachePolicy:
     return pb.CachePolicy(
         cache_id=cache_id or DEFAULT_CACHE_ID,
         policy=policy.name,
         max_error_rate=policy.max_error_rate,
         source="cache" if policy.source == "cache" else "server",
+        error_accounting=policy.over,
     )
 
 
@@ -44,6 +60,7 @@ def stats_fields(snapshot: StatsSnapshot) -> dict[str, Any]:
     if snapshot.policy is not None:
         fields["policy"] = snapshot.policy.name
         fields["max_error_rate"] = snapshot.policy.max_error_rate
+        fields["error_accounting"] = snapshot.policy.over
     if snapshot.learned is not None:
         learned = snapshot.learned
         fields["learned"] = pb.LearnedThresholds(
@@ -55,5 +72,10 @@ def stats_fields(snapshot: StatsSnapshot) -> dict[str, Any]:
             threshold_p90=learned.threshold_p90,
             entries_not_serving=learned.entries_not_serving,
             pool_threshold=learned.pool_threshold,
+            serving_level=learned.serving_level,
+            prior=learned.prior,
+            shift=learned.shift,
+            window_requests=learned.window_requests,
+            window_candidates=learned.window_candidates,
         )
     return fields

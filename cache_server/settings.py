@@ -115,14 +115,21 @@ class CacheSettings(GrpcServiceSettings):
         0.02,
         gt=0.0,
         le=0.5,
-        description="Verified policy: the share of served hits that may be wrong, by default",
+        description="Verified policy: the share of served hits (or of requests, with "
+        "verified_accounting=requests) that may be wrong, by default",
+    )
+    verified_accounting: Literal["hits", "requests"] = Field(
+        "hits",
+        description="Verified policy: what max_error_rate bounds by default: wrong hits over "
+        "semantic hits served (hits), or over all requests, misses and explorations counting "
+        "as right (requests, vCache's)",
     )
     verified_confidence: float = Field(
         0.9,
         ge=0.5,
         lt=1.0,
-        description="Verified policy: confidence of the lower bound on P(right) that must "
-        "clear 1 - max_error_rate",
+        description="Verified policy: confidence that the expected error of the hits served "
+        "stays within max_error_rate (the bands' uncertainty is added at this confidence)",
     )
     verified_min_similarity: float = Field(
         0.70,
@@ -131,10 +138,11 @@ class CacheSettings(GrpcServiceSettings):
         description="Verified policy: candidates below this similarity are plain misses",
     )
     verified_audit_rate: float = Field(
-        0.02,
+        0.01,
         ge=0.0,
         le=1.0,
-        description="Verified policy: share of sure hits explored anyway, to keep learning",
+        description="Verified policy: least share of served candidates explored anyway (more "
+        "while the chance that serving is wrong is higher), to keep learning",
     )
     verified_judge: Literal["auto", "exact", "embedding", "llm"] = Field(
         "auto",

@@ -57,6 +57,19 @@ class Calibration(BaseModel):
     calibrated_at: float
 
 
+class VerifiedPrior(BaseModel):
+    """The verified hit policy's prior for this model: P(right | s) = sigmoid(w0 + w1 (s -
+    0.85) / 0.1), fitted to the nearest-neighbour candidates of simulated cache traffic over
+    held-out labelled questions (embedder/training/prior.py)."""
+
+    w0: float
+    w1: float
+    observations: int = Field(description="Labelled candidates it was fitted to")
+    streams: str = Field(description="The simulated traffic: recipe and seeds")
+    data_sha256: str
+    fitted_at: float
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -87,6 +100,7 @@ class ModelManifest(BaseModel):
     exported_at: float = Field(description="Unix time, seconds")
     verification: Verification | None = None
     calibration: Calibration | None = None
+    verified_prior: VerifiedPrior | None = None
     # What `make finetune` did (base model, data, recipe, held-out figures), as it wrote it.
     training: dict[str, Any] | None = None
 

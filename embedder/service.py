@@ -162,6 +162,11 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             reply.calibration_recall = calibration.recall
         if self._verifier is not None:
             reply.verifier.CopyFrom(verifier_info(self._verifier))
+        if manifest.verified_prior is not None:
+            prior = manifest.verified_prior
+            reply.verified_prior.CopyFrom(
+                pb.VerifiedPrior(w0=prior.w0, w1=prior.w1, observations=prior.observations)
+            )
         return reply
 
 

@@ -1,21 +1,27 @@
 """What SemanticCache asks of the verified policy: serve or explore, learn from explorations
 and feedback, the cache's policy, and what has been learned so far.
 
-Per cache, the pool's curve is kept in memory and fitted again once POOL_REFIT_AFTER
-observations have been added through this process, or POOL_REFRESH_S after the last fit
-(observations added by other replicas on a shared Redis). Entry curves are memoised by their
-evidence, so an entry is fitted again only when it has learned something.
+Per cache, the cache's belief (model.cache_belief over its pooled observations, from the
+served model's calibrated prior) is kept in memory and computed again once POOL_REFIT_AFTER
+observations have been added through this process, POOL_REFRESH_S after the last time
+(observations added by other replicas on a shared Redis), or when the embedder serves another
+model (its own prior). The serving level is chosen on this server's recent requests of the
+cache (WINDOW of them, in memory: a statistic of traffic, not evidence; a restarted server
+starts from each candidate alone, the strictest level) and chosen again every LEVEL_EVERY
+requests or after a refit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import itertools
 import logging
+import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,16 +43,30 @@ log = logging.getLogger(__name__)
 
 POOL_REFIT_AFTER = 16
 POOL_REFRESH_S = 5.0
-MEMO_SIZE = 4096
 MAX_PENDING = 10_000
 SAMPLE_ENTRIES = 1000
+WINDOW = 4096
+LEVEL_EVERY = 64
+
+
+@dataclass(frozen=True)
+class ModelPrior:
+    """The embedding model served now (its identity: learned state belongs to it) and the
+    prior shipped with it (None: uninformed)."""
+
+    identity: str
+    calibrated: model.Calibrated | None
+
+
+UNKNOWN_MODEL = ModelPrior("", None)
 
 
 @dataclass(frozen=True)
 class Decision:
     serve: bool
-    audit: bool  # sure enough to serve, explored anyway to keep learning
-    probability: float  # the lower confidence bound of P(right)
+    explore: bool  # ask the upstream and judge the candidate (served or not)
+    p_wrong: float  # the candidate's posterior P(wrong)
+    level: float  # the level it was compared with
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,11 @@ class Learned:
     threshold_p90: float
     entries_not_serving: int
     pool_threshold: float
+    serving_level: float
+    prior: str
+    shift: float
+    window_requests: int
+    window_candidates: int
 
 
 _GENERATIONS = itertools.count()
@@ -66,21 +91,39 @@ _GENERATIONS = itertools.count()
 
 @dataclass
 class _Pool:
-    curve: model.Curve
-    support: model.Support
+    belief: model.Belief
+    prior: ModelPrior
     fitted_at: float
     added: int = 0
-    # Names this fit for ever (an object's id() is reused once the object is freed): the
-    # entry fits made under its prior are memoised by it.
     generation: int = field(default_factory=lambda: next(_GENERATIONS))
 
 
-@dataclass(frozen=True)
-class _Fitted:
-    """One entry's curve under the pool's prior, and its own observations' support."""
+class _Window:
+    """A cache's recent requests on this server: (prompt digest, candidate similarity or
+    NaN when there was no semantic candidate), and the levels chosen on them."""
 
-    curve: model.Curve
-    support: model.Support
+    def __init__(self) -> None:
+        self.requests: collections.deque[tuple[bytes, float]] = collections.deque(maxlen=WINDOW)
+        self.since = LEVEL_EVERY
+        self.levels: dict[tuple[float, str], float] = {}
+        self.generation = -1
+
+    def note(self, prompt: str, similarity: float | None) -> None:
+        digest = hashlib.blake2b(prompt_key(prompt).encode(), digest_size=8).digest()
+        self.requests.append((digest, math.nan if similarity is None else similarity))
+        self.since += 1
+
+    def counts(self, accounting: model.Accounting) -> tuple[np.ndarray, int]:
+        """Candidates per band, and requests, of the window: every request (`requests`), or
+        each distinct question once, at its latest similarity (`hits`: a question asked again
+        is the same hit, right or wrong, and must not dilute the error of the others)."""
+        if accounting == "hits":
+            values = np.fromiter(dict(self.requests).values(), dtype=np.float64)
+        else:
+            values = np.fromiter((s for _, s in self.requests), dtype=np.float64)
+        similarities = values[~np.isnan(values)]
+        counts = np.bincount(model.bands_of(similarities), minlength=model.BANDS)
+        return counts.astype(np.float64), int(values.shape[0])
 
 
 @dataclass(frozen=True)
@@ -88,6 +131,10 @@ class _Pending:
     entry: CacheEntry
     similarity: float
     deadline: float
+
+
+async def _no_model() -> ModelPrior:
+    return UNKNOWN_MODEL
 
 
 class VerifiedEngine:
@@ -99,6 +146,7 @@ class VerifiedEngine:
         *,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        model_prior: Callable[[], Awaitable[ModelPrior]] = _no_model,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -106,12 +154,17 @@ class VerifiedEngine:
         self.z = model.z_for(settings.confidence)
         self._rng = rng or random.Random()
         self._monotonic = monotonic
+        self._model_prior = model_prior
         self._pools: dict[str, _Pool] = {}
-        self._memo: collections.OrderedDict[tuple[int, bytes], _Fitted] = collections.OrderedDict()
+        self._windows: dict[str, _Window] = {}
         self._policies: dict[str, tuple[HitPolicy | None, float]] = {}
         self._pending: collections.OrderedDict[tuple[str, str, str], _Pending] = (
             collections.OrderedDict()
         )
+
+    def follow(self, model_prior: Callable[[], Awaitable[ModelPrior]]) -> None:
+        """Where the served model and its prior come from (the cache's embedder)."""
+        self._model_prior = model_prior
 
     # -- policy ----------------------------------------------------------------------------
 
@@ -127,9 +180,15 @@ class VerifiedEngine:
         return policy
 
     async def policy_for(
-        self, cache_id: str, name: str | None, max_error_rate: float | None
+        self,
+        cache_id: str,
+        name: str | None,
+        max_error_rate: float | None,
+        accounting: str | None = None,
     ) -> HitPolicy:
-        return resolve(self.settings, await self.cache_policy(cache_id), name, max_error_rate)
+        return resolve(
+            self.settings, await self.cache_policy(cache_id), name, max_error_rate, accounting
+        )
 
     async def set_cache_policy(self, cache_id: str, policy: HitPolicy | None) -> HitPolicy:
         await self.store.set_cache_policy(cache_id, encode(policy) if policy else None)
@@ -138,47 +197,84 @@ class VerifiedEngine:
 
     # -- deciding --------------------------------------------------------------------------
 
+    def note(self, cache_id: str, prompt: str, similarity: float | None) -> None:
+        """One request of the cache under the verified policy, with the similarity of its
+        semantic candidate (None: an exact repeat, or no candidate at the floor)."""
+        window = self._windows.get(cache_id)
+        if window is None:
+            window = self._windows[cache_id] = _Window()
+            if len(self._windows) > MAX_PENDING:
+                self._windows.pop(next(iter(self._windows)))
+        window.note(prompt, similarity)
+
     async def decide(
-        self, cache_id: str, hit: CacheEntry, similarity: float, delta: float
+        self, cache_id: str, hit: CacheEntry, similarity: float, policy: HitPolicy
     ) -> Decision:
-        pool, entry = await self._fitted(cache_id, await self.store.evidence(cache_id, hit.id))
-        bound = entry.curve.lower_bound(similarity, self.z)
-        floor = 1.0 - delta
-        sure = bound >= floor and (
-            pool.support.lower_bound(similarity, self.z) >= floor
-            or entry.support.lower_bound(similarity, self.z) >= floor
+        pool = await self._pool(cache_id)
+        level = self._level(cache_id, pool, similarity, policy)
+        similarities, labels = evidence.decode(await self.store.evidence(cache_id, hit.id))
+        p_wrong, weight = model.entry_belief(
+            pool.belief.at(similarity), similarity, similarities, labels
         )
-        audit = sure and self._rng.random() < self.settings.audit_rate
-        return Decision(sure and not audit, audit, bound)
+        if p_wrong <= level:
+            # Served, except a share that grows with the chance that serving is wrong.
+            chance = model.chance_above(p_wrong, weight, level)
+            explore = self._rng.random() < max(self.settings.audit_rate, chance)
+            return Decision(not explore, explore, p_wrong, level)
+        # Not served: judged against the upstream's answer (which the request pays for
+        # anyway) unless it was rejected by a wide margin.
+        within = 1.0 - model.chance_above(p_wrong, weight, max(level, policy.max_error_rate))
+        return Decision(False, within >= self.settings.explore_chance, p_wrong, level)
+
+    def _level(self, cache_id: str, pool: _Pool, similarity: float, policy: HitPolicy) -> float:
+        window = self._windows.get(cache_id)
+        counts = None
+        requests = 0
+        if window is not None:
+            key = (policy.max_error_rate, policy.over)
+            if window.since >= LEVEL_EVERY or window.generation != pool.generation:
+                window.levels.clear()
+                window.since = 0
+                window.generation = pool.generation
+            known = window.levels.get(key)
+            if known is not None:
+                return known
+            counts, requests = window.counts(policy.over)
+        if counts is None or not counts.any():
+            # No recent candidate: this one alone must be within the bound.
+            counts = np.zeros(model.BANDS)
+            counts[model.band_of(similarity)] = 1.0
+            requests = max(requests, 1)
+            return model.serving_level(
+                pool.belief, counts, requests, policy.max_error_rate, policy.over, self.z
+            )
+        level = model.serving_level(
+            pool.belief, counts, requests, policy.max_error_rate, policy.over, self.z
+        )
+        assert window is not None
+        window.levels[(policy.max_error_rate, policy.over)] = level
+        return level
 
     async def _pool(self, cache_id: str) -> _Pool:
         pool = self._pools.get(cache_id)
         now = self._monotonic()
-        if pool is None or pool.added >= POOL_REFIT_AFTER or now - pool.fitted_at > POOL_REFRESH_S:
+        prior = await self._model_prior()
+        if (
+            pool is None
+            or pool.prior != prior
+            or pool.added >= POOL_REFIT_AFTER
+            or now - pool.fitted_at > POOL_REFRESH_S
+        ):
             blob = await self.store.pooled_evidence(cache_id)
             similarities, labels = evidence.decode(blob)
-            curve = await asyncio.to_thread(model.fit, similarities, labels, model.pool_prior())
-            pool = _Pool(curve, model.Support(similarities, labels), now)
+            belief = await asyncio.to_thread(
+                model.cache_belief, prior.calibrated, similarities, labels
+            )
+            pool = _Pool(belief, prior, now)
             self._pools[cache_id] = pool
             if len(self._pools) > MAX_PENDING:
                 self._pools.pop(next(iter(self._pools)))
         return pool
-
-    async def _fitted(self, cache_id: str, blob: bytes) -> tuple[_Pool, _Fitted]:
-        """The cache's pool and the entry with evidence `blob` (b"": a fresh entry)."""
-        pool = await self._pool(cache_id)
-        key = (pool.generation, blob)
-        fitted = self._memo.get(key)
-        if fitted is None:
-            similarities, labels = evidence.decode(blob)
-            fitted = _Fitted(
-                model.fit(similarities, labels, pool.curve.as_prior()),
-                model.Support(similarities, labels),
-            )
-            self._memo[key] = fitted
-            if len(self._memo) > MEMO_SIZE:
-                self._memo.popitem(last=False)
-        return pool, fitted
 
     # -- learning --------------------------------------------------------------------------
 
@@ -233,41 +329,54 @@ class VerifiedEngine:
 
     def forget_cache(self, cache_id: str) -> None:
         self._pools.pop(cache_id, None)
+        self._windows.pop(cache_id, None)
         for key in [k for k in self._pending if k[0] == cache_id]:
             del self._pending[key]
 
     # -- what has been learned ---------------------------------------------------------------
 
-    def _serving_thresholds(self, pool: _Pool, blobs: list[bytes], delta: float) -> list[float]:
-        """Each entry's serving threshold under the pool's prior (None ones left out); pure,
-        so it runs in a worker thread."""
+    @staticmethod
+    def _serving_thresholds(belief: model.Belief, blobs: list[bytes], level: float) -> list[float]:
+        """Each sampled entry's serving similarity at `level` (None ones left out): the lowest
+        similarity from which every higher band serves it. Pure: runs in a worker thread."""
         thresholds: list[float] = []
         for blob in blobs:
             similarities, labels = evidence.decode(blob)
-            curve = model.fit(similarities, labels, pool.curve.as_prior())
-            threshold = curve.serving_threshold(delta, self.z)
-            if threshold is not None:
-                thresholds.append(threshold)
+            served = [
+                model.entry_belief(belief.at(s), s, similarities, labels)[0] <= level
+                for s in model.CENTRES
+            ]
+            if not served[-1]:
+                continue
+            below = [i for i, ok in enumerate(served) if not ok]
+            thresholds.append((below[-1] + 1) * model.BAND if below else 0.0)
         return thresholds
 
-    async def learned(self, cache_id: str, delta: float) -> Learned:
+    async def learned(self, cache_id: str, policy: HitPolicy) -> Learned:
         blobs = await self.store.sample_evidence(cache_id, SAMPLE_ENTRIES)
         pool = await self._pool(cache_id)
-        # Up to SAMPLE_ENTRIES curve fits: off the event loop, which look-ups share.
-        thresholds = await asyncio.to_thread(self._serving_thresholds, pool, blobs, delta)
-        observations = sum(evidence.count(blob) for blob in blobs)
-        fresh = (await self._fitted(cache_id, b""))[1]  # the pool's curve, widened
-        pool_threshold = fresh.curve.serving_threshold(delta, self.z)
+        window = self._windows.get(cache_id)
+        counts, requests = window.counts(policy.over) if window else (np.zeros(model.BANDS), 0)
+        level = model.serving_level(
+            pool.belief, counts, requests, policy.max_error_rate, policy.over, self.z
+        )
+        # Up to SAMPLE_ENTRIES entries: off the event loop, which look-ups share.
+        thresholds = await asyncio.to_thread(self._serving_thresholds, pool.belief, blobs, level)
         quantiles = np.quantile(thresholds, [0.1, 0.5, 0.9]) if thresholds else [0.0] * 3
         return Learned(
             entries=len(blobs),
-            observations=observations,
-            pooled_observations=evidence.count(await self.store.pooled_evidence(cache_id)),
+            observations=sum(evidence.count(blob) for blob in blobs),
+            pooled_observations=pool.belief.observations,
             threshold_p10=float(quantiles[0]),
             threshold_p50=float(quantiles[1]),
             threshold_p90=float(quantiles[2]),
             entries_not_serving=len(blobs) - len(thresholds),
-            pool_threshold=pool_threshold or 0.0,
+            pool_threshold=pool.belief.serving_threshold(level) or 0.0,
+            serving_level=level,
+            prior="calibrated" if pool.prior.calibrated is not None else "uninformed",
+            shift=pool.belief.shift,
+            window_requests=requests,
+            window_candidates=int(counts.sum()),
         )
 
 

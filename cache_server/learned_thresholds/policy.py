@@ -1,8 +1,9 @@
 """Which hit policy a request runs under, and the verified policy's settings.
 
-Order: the request's own (`policy`, `max_error_rate`), else the cache's (SetCachePolicy,
-PUT /v1/caches/{cacheId}/policy), else the server's (CACHE_HIT_POLICY, CACHE_MAX_ERROR_RATE).
-A request or cache that names `verified` without a bound gets the next one down the line.
+Order: the request's own (`policy`, `max_error_rate`, `error_accounting`), else the cache's
+(SetCachePolicy, PUT /v1/caches/{cacheId}/policy), else the server's (CACHE_HIT_POLICY,
+CACHE_MAX_ERROR_RATE, CACHE_VERIFIED_ACCOUNTING). A request or cache that names `verified`
+without a bound or an accounting gets the next one down the line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cache_server.entries import InvalidInputError
+from cache_server.learned_thresholds.model import ACCOUNTINGS, Accounting
 
 PolicyName = Literal["threshold", "verified"]
 POLICIES: tuple[PolicyName, ...] = ("threshold", "verified")
@@ -23,9 +25,13 @@ MAX_ERROR_RATE_LIMIT = 0.5
 class VerifiedSettings:
     default_policy: PolicyName = "threshold"
     max_error_rate: float = 0.02
-    confidence: float = 0.9  # of the lower bound on P(right) that must clear 1 - δ
+    accounting: Accounting = "hits"  # what δ bounds: wrong hits / hits, or / requests
+    confidence: float = 0.9  # that the expected error of the hits served stays within δ
     min_similarity: float = 0.70  # candidates below: a plain miss, nothing learned
-    audit_rate: float = 0.02  # share of sure hits explored anyway, to keep learning
+    audit_rate: float = 0.01  # least share of served candidates explored, to keep learning
+    # A candidate not served is explored (judged) unless the chance that it was within the
+    # level is below this: rejected by a wide margin, a plain miss.
+    explore_chance: float = 0.01
     judge: Literal["auto", "exact", "embedding", "llm"] = "auto"
     judge_threshold: float = 0.9  # the embedding judge's answer similarity
     pending_ttl_s: float = 600.0  # a Search's exploration waits this long for the Set
@@ -37,6 +43,13 @@ class HitPolicy:
     name: PolicyName
     max_error_rate: float
     source: Literal["request", "cache", "server"]
+    # What max_error_rate bounds; None only in a cache's stored policy that named none (the
+    # server's applies). A resolved policy always has one.
+    accounting: Accounting | None = None
+
+    @property
+    def over(self) -> Accounting:
+        return self.accounting or "hits"
 
     @property
     def verified(self) -> bool:
@@ -60,24 +73,50 @@ def check_max_error_rate(value: float | None) -> float | None:
     return value
 
 
+def check_accounting(name: str | None) -> Accounting | None:
+    if not name:
+        return None
+    for known in ACCOUNTINGS:
+        if name == known:
+            return known
+    raise InvalidInputError(
+        f"error accounting must be one of {', '.join(ACCOUNTINGS)} (what max_error_rate "
+        f"bounds: wrong hits over hits, or over all requests), not {name!r}"
+    )
+
+
 def resolve(
     settings: VerifiedSettings,
     cache: HitPolicy | None,
     name: str | None,
     max_error_rate: float | None,
+    accounting: str | None = None,
 ) -> HitPolicy:
-    """The policy for one request: its own, else the cache's, else the server's."""
+    """The policy for one request: its own, else the cache's, else the server's (each of the
+    bound and the accounting separately)."""
     rate = check_max_error_rate(max_error_rate)
+    over = check_accounting(accounting)
+    fallback_rate = cache.max_error_rate if cache is not None else settings.max_error_rate
+    fallback_over = (cache.accounting if cache is not None else None) or settings.accounting
     if name:
-        fallback = cache.max_error_rate if cache is not None else settings.max_error_rate
-        return HitPolicy(check_policy_name(name), rate or fallback, "request")
+        return HitPolicy(
+            check_policy_name(name), rate or fallback_rate, "request", over or fallback_over
+        )
     if cache is not None:
-        return HitPolicy(cache.name, rate or cache.max_error_rate, "cache")
-    return HitPolicy(settings.default_policy, rate or settings.max_error_rate, "server")
+        return HitPolicy(cache.name, rate or fallback_rate, "cache", over or fallback_over)
+    return HitPolicy(
+        settings.default_policy, rate or fallback_rate, "server", over or fallback_over
+    )
 
 
 def encode(policy: HitPolicy) -> str:
-    return json.dumps({"policy": policy.name, "max_error_rate": policy.max_error_rate})
+    return json.dumps(
+        {
+            "policy": policy.name,
+            "max_error_rate": policy.max_error_rate,
+            "accounting": policy.accounting,
+        }
+    )
 
 
 def decode(raw: str | None) -> HitPolicy | None:
@@ -91,6 +130,7 @@ def decode(raw: str | None) -> HitPolicy | None:
             check_policy_name(str(data["policy"])),
             float(check_max_error_rate(float(data["max_error_rate"])) or 0.02),
             "cache",
+            check_accounting(data.get("accounting")),
         )
     except (ValueError, KeyError, TypeError, InvalidInputError):
         return None

@@ -3,6 +3,8 @@
     python -m embedder.training.calibrate --model-dir models/default --data pairs.jsonl.gz
         [--target-precision 0.90]          (or: make calibrate DATA=...)
 
+It also fits the verified hit policy's prior on the same pairs (embedder.training.prior).
+
 On held-out labelled pairs (the dev part of the deterministic split, so the test part stays
 untouched; `--all-pairs` for data the model never trained on), measured through the very ONNX
 encoder the server runs, it picks the lowest threshold whose hit precision reaches the target
@@ -31,6 +33,7 @@ from embedder.training.evaluate import (
     threshold_for_precision,
 )
 from embedder.training.pairs import Pair, PairsError, read_pairs, split_pairs, summarize
+from embedder.training.prior import write_prior
 
 log = logging.getLogger("embedder.calibrate")
 
@@ -76,6 +79,8 @@ def calibrate_folder(
     manifest = ModelManifest.read(model_dir)
     manifest.calibration = calibration
     manifest.write(model_dir)
+    # The verified policy's prior, from the same held-out pairs (embedder.training.prior).
+    write_prior(model_dir, pairs, data_sha256)
     log.info(
         "calibrated threshold %.2f: precision %.3f, recall %.3f on %d pairs (target %.2f%s)",
         calibration.threshold,

@@ -241,7 +241,9 @@ async def test_an_entry_is_judged_with_its_own_caches_curve_across_refits(tmp_pa
     refitted before every look-up: each decision must equal a fresh engine's."""
     from cache_server.entries import CacheEntry, entry_id
     from cache_server.learned_thresholds.engine import POOL_REFRESH_S
+    from cache_server.learned_thresholds.policy import HitPolicy
 
+    policy = HitPolicy("verified", 0.05, "request", "hits")
     store = EmbeddedStore(tmp_path)
     await store.open()
     now = [0.0]
@@ -257,26 +259,30 @@ async def test_an_entry_is_judged_with_its_own_caches_curve_across_refits(tmp_pa
             await store.observe(cache_id, entry.id, -1.0, evidence.record(0.964, right))
         entries[cache_id] = entry
     stale = []
+    last: dict[str, float] = {}
     for _ in range(200):
         now[0] += POOL_REFRESH_S + 1  # every pool is refitted at its next use
         for cache_id, entry in entries.items():
-            decided = await engine.decide(cache_id, entry, 0.964, 0.05)
+            decided = await engine.decide(cache_id, entry, 0.964, policy)
             fresh = VerifiedEngine(settings, store, ExactJudge())
-            expected = await fresh.decide(cache_id, entry, 0.964, 0.05)
-            if abs(decided.probability - expected.probability) > 1e-9:
-                stale.append((cache_id, decided.probability, expected.probability))
+            expected = await fresh.decide(cache_id, entry, 0.964, policy)
+            if abs(decided.p_wrong - expected.p_wrong) > 1e-9:
+                stale.append((cache_id, decided.p_wrong, expected.p_wrong))
+            last[cache_id] = decided.p_wrong
     await store.close()
     assert stale == []
+    assert last["all-right"] < 0.05 < 0.9 < last["all-wrong"]  # opposite pools, opposite beliefs
 
 
 async def test_the_learned_thresholds_of_stats_are_fitted_off_the_event_loop(
     verified: tuple[SemanticCache, TopicUpstream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 23, finding 8: GetStats refitted up to 1,000 entry curves on the event loop that
-    every look-up shares. The fits still give the same thresholds, but in a worker thread."""
+    every look-up shares. The entries' beliefs are worked out in a worker thread."""
     import threading
 
     from cache_server.learned_thresholds import model
+    from cache_server.learned_thresholds.policy import HitPolicy
 
     cache, _ = verified
     for question in ("How do I learn Python?", "How do I cook rice?"):
@@ -290,14 +296,16 @@ async def test_the_learned_thresholds_of_stats_are_fitted_off_the_event_loop(
             )
     loop_thread = threading.get_ident()
     fits_on_loop: list[int] = []
-    real_fit = model.fit
+    fits: list[int] = []
+    real_fit = model.entry_belief
 
-    def watched_fit(*args: object, **kwargs: object) -> model.Curve:
+    def watched_fit(*args: object, **kwargs: object) -> tuple[float, float]:
+        fits.append(1)
         if threading.get_ident() == loop_thread:
             fits_on_loop.append(1)
         return real_fit(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(model, "fit", watched_fit)
-    learned = await cache.verified.learned("c", 0.10)
+    monkeypatch.setattr(model, "entry_belief", watched_fit)
+    learned = await cache.verified.learned("c", HitPolicy("verified", 0.10, "request", "hits"))
     assert learned.entries == 2 and learned.observations == 6
-    assert len(fits_on_loop) <= 1  # a fresh entry's under the pool (memoised), not each entry's
+    assert fits and not fits_on_loop

@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 
-from bench.clusters import Clusters, held_out_pairs, reachable_hits, request_stream
+from embedder.training.traffic import Clusters, held_out_pairs, reachable_hits, request_stream
 from bench.verified_bench import (
     Config,
     Run,

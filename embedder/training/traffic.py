@@ -1,5 +1,6 @@
-"""Questions grouped by meaning, and a stream of requests drawn from them, for the verified
-policy's benchmark (bench.verified_bench).
+"""Questions grouped by meaning, and streams of requests drawn from them: simulated cache
+traffic for the verified policy's prior (embedder.training.prior) and its benchmark
+(bench.verified_bench).
 
 A cluster is a connected group of questions under the "same meaning" pairs (label 1) of the
 labelled data: union-find, so if a ~ b and b ~ c then a, b and c share one cluster even when
@@ -20,6 +21,10 @@ Two streams (seeded):
   popularity rank to the power POPULARITY_EXPONENT (a Zipf law over a random order of the
   groups), then one of the group's questions at random; exact repeats happen, and popular
   groups come back as paraphrases, so entries gather evidence.
+- adversarial: every drawn pair's first question, then every second question, in the same
+  seeded order. QQP pairs were chosen because they look alike, and most are labelled "not the
+  same meaning": the nearest stored question is often close and wrong (a static 0.85 serves
+  about 30% wrong answers here), the stream a verified bound exists for.
 """
 
 from __future__ import annotations
@@ -33,6 +38,19 @@ from embedder.training.pairs import Pair, read_pairs, split_pairs
 
 HELD_OUT_FRACTION = 0.2
 POPULARITY_EXPONENT = 0.8  # as bench.quality_bench and make finetune: the same test part
+
+
+@dataclass(frozen=True)
+class Popular:
+    """The popular-topics traffic of the verified policy's prior and benchmark: `topics`
+    topics, half of them with paraphrases, asked by a Zipf law of this exponent."""
+
+    topics: int = 1500
+    exponent: float = 1.1
+    paraphrased: float = 0.5
+
+
+POPULAR = Popular()
 
 
 def held_out_pairs(path: Path, held_out_fraction: float = HELD_OUT_FRACTION) -> list[Pair]:
@@ -127,6 +145,19 @@ def request_stream(pairs: Sequence[Pair], size: int = 6000, seed: int = 0) -> li
     return stream[:size]
 
 
+def adversarial_stream(pairs: Sequence[Pair], size: int = 6000, seed: int = 0) -> list[str]:
+    """Up to `size` requests: the first questions of `size` // 2 seeded random pairs, then
+    their second questions in the same order (stripped; a question may come back when pairs
+    share it, as users repeat themselves)."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    rng = random.Random(seed)
+    chosen = rng.sample(list(pairs), min(len(pairs), size // 2))
+    firsts = [_key(p.text_a) for p in chosen]
+    seconds = [_key(p.text_b) for p in chosen]
+    return [q for q in firsts + seconds if q]
+
+
 def popular_stream(
     pairs: Sequence[Pair],
     clusters: Clusters,
@@ -134,10 +165,13 @@ def popular_stream(
     seed: int = 0,
     exponent: float = POPULARITY_EXPONENT,
     topics: int | None = None,
+    paraphrased: float | None = None,
 ) -> list[str]:
     """`size` requests: a group drawn by a Zipf law over a seeded random order of the groups
     (weighted by group size; only the first `topics` of that order when given), then one of
-    its questions at random."""
+    its questions at random. With `paraphrased` (a share, with `topics`), that share of the
+    topics is drawn from the groups of two questions or more (whose questions are
+    paraphrases of each other) and the rest from the others, before the order is shuffled."""
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
     rng = random.Random(seed)
@@ -146,6 +180,12 @@ def popular_stream(
         members.setdefault(cid, []).append(question)
     groups = sorted(members)
     rng.shuffle(groups)
+    if topics is not None and paraphrased is not None:
+        wanted = round(topics * paraphrased)
+        several = [g for g in groups if len(members[g]) > 1][:wanted]
+        single = [g for g in groups if len(members[g]) == 1][: topics - len(several)]
+        groups = several + single
+        rng.shuffle(groups)
     groups = groups[:topics] if topics is not None else groups
     weights = [len(members[g]) / (rank + 1) ** exponent for rank, g in enumerate(groups)]
     picks = rng.choices(groups, weights=weights, k=size)
