@@ -111,9 +111,7 @@ def test_an_entry_wrong_where_its_band_serves_is_not_served_and_one_right_farthe
     assert farther < 0.6 * belief.at(0.86)[0] and weight > belief.at(0.86)[1] / 2
     # An answer right for a nearer question says nothing about a farther one.
     near = evidence.decode(b"".join(evidence.record(0.99, True) for _ in range(8)))
-    assert model.entry_belief(belief.at(0.86), 0.86, *near)[0] == pytest.approx(
-        belief.at(0.86)[0]
-    )
+    assert model.entry_belief(belief.at(0.86), 0.86, *near)[0] == pytest.approx(belief.at(0.86)[0])
 
 
 def test_the_level_keeps_the_expected_error_of_hits_or_of_requests_within_delta() -> None:
