@@ -20,9 +20,12 @@ from gateway.metrics import LOOKUPS
 from gateway.problems import LANGCACHE
 from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings, call
 from gateway.routes.policy_fields import (
+    ACCOUNTING_DESCRIPTION,
     ERROR_RATE_DESCRIPTION,
     POLICY_DESCRIPTION,
+    Accounting,
     PolicyName,
+    accounting_pb,
     policy_pb,
 )
 from gateway.settings import GatewaySettings
@@ -121,6 +124,9 @@ class SearchRequest(Camel):
     max_error_rate: float | None = Field(
         None, alias="maxErrorRate", gt=0.0, le=0.5, description=ERROR_RATE_DESCRIPTION
     )
+    error_accounting: Accounting | None = Field(
+        None, alias="errorAccounting", description=ACCOUNTING_DESCRIPTION
+    )
 
 
 class CacheEntry(Camel):
@@ -183,6 +189,7 @@ async def search_reply(
         attributes=body.attributes,
         strategies=[_TO_PB[s] for s in body.search_strategies or []],
         policy=policy_pb(body.policy),
+        error_accounting=accounting_pb(body.error_accounting),
     )
     if body.similarity_threshold is not None:
         request.similarity_threshold = body.similarity_threshold

@@ -15,10 +15,13 @@ from gateway.metrics import LOOKUPS
 from gateway.problems import ORIGINAL
 from gateway.routes.deps import CACHE_ID_PATTERN, CacheStub, Settings, call
 from gateway.routes.policy_fields import (
+    ACCOUNTING_DESCRIPTION,
     ERROR_RATE_DESCRIPTION,
     POLICY_DESCRIPTION,
+    Accounting,
     LearnedThresholds,
     PolicyName,
+    accounting_pb,
     policy_pb,
 )
 from gateway.settings import GatewaySettings
@@ -49,6 +52,7 @@ class QueryRequest(BaseModel):
     )
     policy: PolicyName | None = Field(None, description=POLICY_DESCRIPTION)
     max_error_rate: float | None = Field(None, gt=0.0, le=0.5, description=ERROR_RATE_DESCRIPTION)
+    error_accounting: Accounting | None = Field(None, description=ACCOUNTING_DESCRIPTION)
 
 
 class CachedData(BaseModel):
@@ -126,6 +130,7 @@ class StatsResponse(BaseModel):
     reported_right: int = Field(0, description="Served hits reported right (feedback)")
     policy: str = Field("threshold", description="The cache's hit policy")
     max_error_rate: float = Field(0.0, description="Its error rate bound (verified policy)")
+    error_accounting: str = Field("hits", description="What the bound bounds: hits or requests")
     verified_hits: int = Field(0, description="Semantic hits the verified policy served")
     explorations: int = Field(0, description="Near candidates judged against a fresh answer")
     explorations_wrong: int = Field(0, description="... whose stored answer was judged wrong")
@@ -150,6 +155,7 @@ async def query(
     if body.similarity_threshold is not None:
         request.similarity_threshold = body.similarity_threshold
     request.policy = policy_pb(body.policy)
+    request.error_accounting = accounting_pb(body.error_accounting)
     if body.max_error_rate is not None:
         request.max_error_rate = body.max_error_rate
     reply = await call(
@@ -223,6 +229,7 @@ async def stats(
         reported_right=reply.reported_right,
         policy=reply.policy or "threshold",
         max_error_rate=reply.max_error_rate,
+        error_accounting=reply.error_accounting or "hits",
         verified_hits=reply.verified_hits,
         explorations=reply.explorations,
         explorations_wrong=reply.explorations_wrong,

@@ -10,7 +10,14 @@ from pydantic import Field
 from gateway.problems import LANGCACHE
 from gateway.routes.deps import CacheStub, Settings, call
 from gateway.routes.langcache import CacheIdPath, Camel
-from gateway.routes.policy_fields import ERROR_RATE_DESCRIPTION, PolicyName, policy_pb
+from gateway.routes.policy_fields import (
+    ACCOUNTING_DESCRIPTION,
+    ERROR_RATE_DESCRIPTION,
+    Accounting,
+    PolicyName,
+    accounting_pb,
+    policy_pb,
+)
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
 
@@ -26,12 +33,16 @@ class PolicyRequest(Camel):
     max_error_rate: float | None = Field(
         None, alias="maxErrorRate", gt=0.0, le=0.5, description=ERROR_RATE_DESCRIPTION
     )
+    error_accounting: Accounting | None = Field(
+        None, alias="errorAccounting", description=ACCOUNTING_DESCRIPTION
+    )
 
 
 class PolicyResponse(Camel):
     cache_id: str = Field(alias="cacheId")
     policy: str = Field(description="threshold or verified")
     max_error_rate: float = Field(alias="maxErrorRate")
+    error_accounting: str = Field(alias="errorAccounting", description="hits or requests")
     source: str = Field(description='"cache" (set for this cache) or "server" (the default)')
 
 
@@ -40,6 +51,7 @@ def _response(reply: pb.CachePolicy) -> PolicyResponse:
         cache_id=reply.cache_id,
         policy=reply.policy,
         max_error_rate=reply.max_error_rate,
+        error_accounting=reply.error_accounting or "hits",
         source=reply.source,
     )
 
@@ -62,7 +74,11 @@ async def set_policy(
     body: PolicyRequest, cache: CacheStub, settings: Settings, cache_id: CacheIdPath
 ) -> PolicyResponse:
     """Sets the cache's hit policy; it outlives a flush (configuration, not data)."""
-    request = pb.SetCachePolicyRequest(cache_id=cache_id, policy=policy_pb(body.policy))
+    request = pb.SetCachePolicyRequest(
+        cache_id=cache_id,
+        policy=policy_pb(body.policy),
+        error_accounting=accounting_pb(body.error_accounting),
+    )
     if body.max_error_rate is not None:
         request.max_error_rate = body.max_error_rate
     reply = await call(

@@ -16,14 +16,26 @@ POLICY_DESCRIPTION = (
     "error rate); default: the cache's, else the server's"
 )
 ERROR_RATE_DESCRIPTION = (
-    "Verified policy: the share of served hits that may be wrong, in (0, 0.5] (semcache "
-    "extension); default: the cache's, else the server's"
+    "Verified policy: the share of served hits (or of requests, see the error accounting) "
+    "that may be wrong, in (0, 0.5] (semcache extension); default: the cache's, else the "
+    "server's"
+)
+Accounting = Literal["hits", "requests"]
+ACCOUNTING_DESCRIPTION = (
+    "Verified policy: what the max error rate bounds (semcache extension): hits (wrong hits "
+    "over semantic hits served) or requests (over all requests, misses and explorations "
+    "counting as right: vCache's); default: the cache's, else the server's"
 )
 _TO_PB = {"threshold": pb.HIT_POLICY_THRESHOLD, "verified": pb.HIT_POLICY_VERIFIED}
+_ACCOUNTING_PB = {"hits": pb.ERROR_ACCOUNTING_HITS, "requests": pb.ERROR_ACCOUNTING_REQUESTS}
 
 
 def policy_pb(name: PolicyName | None) -> pb.HitPolicy.ValueType:
     return _TO_PB[name] if name is not None else pb.HIT_POLICY_UNSPECIFIED
+
+
+def accounting_pb(name: Accounting | None) -> pb.ErrorAccounting.ValueType:
+    return _ACCOUNTING_PB[name] if name is not None else pb.ERROR_ACCOUNTING_UNSPECIFIED
 
 
 class LearnedThresholds(BaseModel):
@@ -37,6 +49,13 @@ class LearnedThresholds(BaseModel):
     threshold_p90: float
     entries_not_serving: int = Field(description="Entries served at no similarity yet")
     pool_threshold: float = Field(description="Same for a fresh entry (0: none served)")
+    serving_level: float = Field(
+        0.0, description="P(wrong) up to which candidates are served now (-1: none is)"
+    )
+    prior: str = Field("", description="calibrated (the model's) or uninformed")
+    shift: float = Field(0.0, description="This cache's curve from the prior, in logits")
+    window_requests: int = Field(0, description="Recent requests the level was chosen on")
+    window_candidates: int = Field(0, description="... and their semantic candidates")
 
     @classmethod
     def of(cls, learned: pb.LearnedThresholds) -> LearnedThresholds:
@@ -49,4 +68,9 @@ class LearnedThresholds(BaseModel):
             threshold_p90=learned.threshold_p90,
             entries_not_serving=learned.entries_not_serving,
             pool_threshold=learned.pool_threshold,
+            serving_level=learned.serving_level,
+            prior=learned.prior,
+            shift=learned.shift,
+            window_requests=learned.window_requests,
+            window_candidates=learned.window_candidates,
         )
