@@ -217,9 +217,15 @@ class VerifiedEngine:
             pool.belief.at(similarity), similarity, similarities, labels
         )
         if p_wrong <= level:
-            # Served, except a share that grows with the chance that serving is wrong.
-            chance = model.chance_above(p_wrong, weight, level)
-            explore = self._rng.random() < max(self.settings.audit_rate, chance)
+            # Served, except a share: the chance that serving it is wrong, and more while its
+            # band's belief is still mostly the prior's (a prior may be wrong about this
+            # traffic, and only what is explored can tell).
+            share = max(
+                self.settings.audit_rate,
+                model.chance_above(p_wrong, weight, level),
+                self.settings.unproven_explore_rate * pool.belief.unproven(similarity),
+            )
+            explore = self._rng.random() < share
             return Decision(not explore, explore, p_wrong, level)
         # Not served: judged against the upstream's answer (which the request pays for
         # anyway) unless it was rejected by a wide margin.

@@ -110,6 +110,9 @@ class Belief:
     shift: float
     shift_variance: float
     observations: int
+    # Per band: the weight of the prior in observations, and the cache's own observations.
+    prior_weight: FloatArray
+    observed: FloatArray
 
     @property
     def p_wrong(self) -> FloatArray:
@@ -126,6 +129,13 @@ class Belief:
         band = band_of(similarity)
         n = float(self.wrong[band] + self.right[band])
         return float(self.wrong[band]) / n, n
+
+    def unproven(self, similarity: float) -> float:
+        """How much of the band's belief is still the prior's (1: all of it, no observation
+        of this cache; 0.5: as much evidence of its own as the prior weighs)."""
+        band = band_of(similarity)
+        prior = float(self.prior_weight[band])
+        return prior / (prior + float(self.observed[band]))
 
     def serving_threshold(self, level: float) -> float | None:
         """The lowest similarity from which every band has P(wrong) <= level (None: none)."""
@@ -164,10 +174,19 @@ def cache_belief(
     weight = np.clip(1.0 / (spread * variance) - 1.0, MIN_WEIGHT, MAX_WEIGHT)
     # Then its own observations, counted.
     bands = bands_of(similarities)
+    observed = np.bincount(bands, minlength=BANDS).astype(np.float64)
     wrong = weight * (1.0 - p_right) + np.bincount(bands, weights=1.0 - labels, minlength=BANDS)
     right = weight * p_right + np.bincount(bands, weights=labels, minlength=BANDS)
     wrong, right = _monotone(wrong, right)
-    return Belief(wrong, right, float(shift[0]), float(shift_variance[0]), int(labels.shape[0]))
+    return Belief(
+        wrong,
+        right,
+        float(shift[0]),
+        float(shift_variance[0]),
+        int(labels.shape[0]),
+        weight,
+        observed,
+    )
 
 
 def _monotone(wrong: FloatArray, right: FloatArray) -> tuple[FloatArray, FloatArray]:

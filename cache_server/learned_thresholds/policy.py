@@ -29,6 +29,9 @@ class VerifiedSettings:
     confidence: float = 0.9  # that the expected error of the hits served stays within δ
     min_similarity: float = 0.70  # candidates below: a plain miss, nothing learned
     audit_rate: float = 0.01  # least share of served candidates explored, to keep learning
+    # Share of served candidates explored while their band's belief is all prior; it falls as
+    # the band gathers evidence of its own (half of it once that weighs as much as the prior).
+    unproven_explore_rate: float = 0.3
     # A candidate not served is explored (judged) unless the chance that it was within the
     # level is below this: rejected by a wide margin, a plain miss.
     explore_chance: float = 0.01

@@ -26,7 +26,9 @@ from semcache_client import (
     ChatUpstreamError,
     DeadlineExceeded,
     EmbedderClient,
+    ErrorAccounting,
     ErrorReason,
+    HitPolicy,
     InvalidArgument,
     SearchStrategy,
     SemcacheError,
@@ -358,3 +360,82 @@ def test_chat_requests_and_events_are_typed_both_ways() -> None:
     assert ChatChunk('{"a": 1}').data == {"a": 1}
     event = cache_rpcs.chat_event(pb.ChatEvent(hit=hit))
     assert isinstance(event, ChatHit) and event.entry.expires_at is None
+
+
+def test_policy_arguments_and_error_accounting_reach_the_requests() -> None:
+    from protos.semcache.cache.v1 import cache_pb2 as pb
+
+    def query(accounting: ErrorAccounting | str | None) -> Any:
+        return cache_rpcs.query_request(
+            "q",
+            cache_id="c",
+            use_cache=True,
+            similarity_threshold=None,
+            attributes=None,
+            ttl_seconds=None,
+            policy=HitPolicy.VERIFIED,
+            max_error_rate=0.05,
+            error_accounting=accounting,
+        )
+
+    def search(accounting: ErrorAccounting | str | None) -> Any:
+        return cache_rpcs.search_request(
+            "q",
+            cache_id="c",
+            similarity_threshold=None,
+            max_results=1,
+            attributes=None,
+            strategies=(),
+            policy="verified",
+            max_error_rate=None,
+            error_accounting=accounting,
+        )
+
+    def policy(accounting: ErrorAccounting | str | None) -> Any:
+        return cache_rpcs.policy_request(
+            HitPolicy.VERIFIED, cache_id="c", max_error_rate=0.1, error_accounting=accounting
+        )
+
+    expected = [
+        (None, pb.ERROR_ACCOUNTING_UNSPECIFIED),
+        (ErrorAccounting.HITS, pb.ERROR_ACCOUNTING_HITS),
+        ("hits", pb.ERROR_ACCOUNTING_HITS),
+        (ErrorAccounting.REQUESTS, pb.ERROR_ACCOUNTING_REQUESTS),
+        ("requests", pb.ERROR_ACCOUNTING_REQUESTS),
+    ]
+    for build in (query, search, policy):
+        for given, wire in expected:
+            request = build(given)
+            assert request.error_accounting == wire
+            assert request.policy == pb.HIT_POLICY_VERIFIED
+        with pytest.raises(ValueError):
+            build("misses")  # unknown: refused before the call, as an unknown policy is
+    assert query(None).max_error_rate == 0.05 and not search(None).HasField("max_error_rate")
+
+    # What the server reports back.
+    reply = pb.CachePolicy(
+        cache_id="c",
+        policy="verified",
+        max_error_rate=0.1,
+        source="cache",
+        error_accounting="requests",
+    )
+    assert cache_rpcs.cache_policy(reply).error_accounting == ErrorAccounting.REQUESTS
+    learned = pb.LearnedThresholds(
+        entries=2,
+        serving_level=0.25,
+        prior="calibrated",
+        shift=-0.5,
+        window_requests=40,
+        window_candidates=12,
+    )
+    stats = cache_rpcs.cache_stats(
+        pb.GetStatsResponse(cache_id="c", error_accounting="hits", learned=learned)
+    )
+    assert stats.error_accounting == "hits" and stats.learned is not None
+    assert (stats.learned.serving_level, stats.learned.prior, stats.learned.shift) == (
+        0.25,
+        "calibrated",
+        -0.5,
+    )
+    assert (stats.learned.window_requests, stats.learned.window_candidates) == (40, 12)

@@ -7,26 +7,18 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import cast
 
 import pytest
 
-from embedder.training.traffic import Clusters, held_out_pairs, reachable_hits, request_stream
-from bench.verified_bench import (
-    Config,
-    Run,
-    best_static_at,
-    comparison_table,
-    comparisons,
-    plot,
-    promise,
-    replay,
-    table,
-    wilson,
-)
 from embedder.training.pairs import Pair, read_pairs, split_pairs
-from protos.semcache.cache.v1 import cache_pb2 as pb
-from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+from embedder.training.traffic import (
+    Clusters,
+    adversarial_stream,
+    held_out_pairs,
+    popular_stream,
+    reachable_hits,
+    request_stream,
+)
 
 
 def test_duplicates_are_grouped_transitively() -> None:
@@ -113,105 +105,27 @@ def test_the_stream_holds_no_training_question(tmp_path: Path) -> None:
     assert not {q.lower() for q in stream} & training
 
 
-def test_error_rate_bound_and_comparison() -> None:
-    low, high = wilson(5, 100)
-    assert low < 0.05 < high
-    assert wilson(0, 0) == (0.0, 1.0)
-    assert wilson(0, 50)[0] == 0.0
-    verified = Run(Config("verified", 0.05), requests=100, hits=40, errors=3)
-    assert promise(verified) == "within its interval"  # 3/40 = 0.075, interval from ~0.026
-    assert promise(Run(Config("verified", 0.05), requests=300, hits=200, errors=30)) == "no"
-    assert promise(Run(Config("verified", 0.10), requests=100, hits=40, errors=3)) == "yes"
-    assert promise(Run(Config("verified", 0.10), requests=100)) == "no hits"
-    statics = [
-        Run(Config("threshold", 0.95), requests=100, hits=10, errors=0),
-        Run(Config("threshold", 0.90), requests=100, hits=20, errors=1),  # 0.05
-        Run(Config("threshold", 0.80), requests=100, hits=50, errors=10),  # 0.20
-    ]
-    best = best_static_at(verified, statics)
-    assert best is not None and best.config.value == 0.90
-    assert best_static_at(Run(Config("verified", 0.01), 100, 5, 0), statics[1:]) is None
-
-
 @pytest.mark.parametrize("size", [1, 2, 3])
 def test_small_streams_are_capped(size: int) -> None:
     assert len(request_stream(pairs(50), size, seed=0)) == size
 
 
-class FakeVerifiedCache:
-    """Stands in for the cache server's stub: the most recent stored answer is served on every
-    3rd request, explored on the next, and every other request is a miss."""
-
-    def __init__(self, clusters: Clusters) -> None:
-        self.clusters = clusters
-        self.calls = 0
-        self.last_answer: str | None = None
-        self.requests = 0
-
-    def Query(self, request: pb.QueryRequest, timeout: float) -> pb.QueryResponse:
-        step, self.requests = self.requests % 3, self.requests + 1
-        policy = "verified" if request.policy == pb.HIT_POLICY_VERIFIED else "threshold"
-        if step == 0 and self.last_answer is not None:
-            return pb.QueryResponse(response=self.last_answer, cache_hit=True, policy=policy)
-        self.calls += 1
-        fresh = self.clusters.answer(request.query)
-        explored = step == 1 and self.last_answer is not None
-        self.last_answer = fresh
-        return pb.QueryResponse(response=fresh, explored=explored, policy=policy)
-
-    def GetStats(self, request: pb.GetStatsRequest, timeout: float) -> pb.GetStatsResponse:
-        return pb.GetStatsResponse(cache_id=request.cache_id, explorations=7)
-
-    def Flush(self, request: pb.FlushRequest, timeout: float) -> pb.FlushResponse:
-        return pb.FlushResponse()
+def test_the_adversarial_stream_asks_every_first_question_then_every_second() -> None:
+    data = pairs(40)
+    stream = adversarial_stream(data, 20, seed=2)
+    assert len(stream) == 20
+    firsts, seconds = stream[:10], stream[10:]
+    by_first = {p.text_a: p.text_b for p in data}
+    assert [by_first[q] for q in firsts] == seconds
+    assert adversarial_stream(data, 20, seed=2) == stream != adversarial_stream(data, 20, seed=3)
 
 
-def test_a_replay_counts_hits_errors_explorations_and_llm_calls(tmp_path: Path) -> None:
-    # q0 ... q20 one group (a chain of duplicates), q21 ... q30 alone.
-    data = [Pair(f"q{i}", f"q{i + 1}", int(i < 20)) for i in range(30)]
+def test_a_popular_stream_draws_the_share_of_topics_with_paraphrases_asked() -> None:
+    # Groups of two (i < 40) and questions alone (i >= 40).
+    data = [Pair(f"q{i}", f"p{i}", int(i < 40)) for i in range(80)]
     clusters = Clusters.from_pairs(data)
-    stream = request_stream(data, 100, seed=3)
-    n = len(stream)
-    fake = FakeVerifiedCache(clusters)
-    stub = cast(pb_grpc.CacheServiceStub, fake)
-    run = replay(stub, Config("verified", 0.05), "c", stream, clusters, lambda: fake.calls)
-    assert run.skipped is None
-    assert run.requests == n == 31
-    assert run.hits == len(range(3, n, 3))
-    assert run.explorations == len(range(1, n, 3))
-    assert run.llm_calls == fake.calls == n - run.hits
-    assert run.fresh_mismatches == 0
-    served = [(stream[i], stream[i - 1]) for i in range(3, n, 3)]
-    assert run.errors == sum(not clusters.same(q, before) for q, before in served)
-    assert 0 < run.errors < run.hits
-    assert sum(q["hits"] for q in run.by_quarter) == run.hits
-    assert run.server_stats["explorations"] == "7"
-    assert run.hit_p50_ms is not None and run.exploration_p50_ms is not None
-
-    statics = [
-        Run(Config("threshold", 0.9), requests=60, hits=5, errors=0),
-        Run(Config("threshold", 0.8), requests=60, hits=30, errors=20),
-    ]
-    rows = comparisons([run, *statics])
-    assert len(rows) == 1 and rows[0]["best_static_threshold"] == 0.9
-    assert "0.90" in comparison_table(rows)
-    assert "verified δ=0.05" in table([run, *statics], 0.2)
-    plot([run, *statics], 0.2, tmp_path / "plot.png", "title")
-    assert (tmp_path / "plot.png").stat().st_size > 0
-
-
-def test_a_server_without_the_policy_is_reported_not_measured() -> None:
-    clusters = Clusters.from_pairs([Pair("a", "b", 1)])
-
-    class OldServer(FakeVerifiedCache):
-        def Query(self, request: pb.QueryRequest, timeout: float) -> pb.QueryResponse:
-            reply = super().Query(request, timeout)
-            reply.policy = ""  # a server from before the field
-            return reply
-
-    old = OldServer(clusters)
-    stub = cast(pb_grpc.CacheServiceStub, old)
-    verified = replay(stub, Config("verified", 0.05), "c", ["a", "b"], clusters, lambda: 0)
-    assert verified.skipped and verified.requests == 0
-    static = replay(stub, Config("threshold", 0.85), "d", ["a", "b"], clusters, lambda: 0)
-    assert static.skipped is None and static.requests == 2
+    stream = popular_stream(data, clusters, 3000, seed=1, exponent=1.1, topics=20, paraphrased=0.5)
+    groups = {clusters.cluster(q) for q in stream}
+    assert len(groups) == 20
+    paired = {g for g in groups if sum(clusters.cluster(q) == g for q in clusters.of) > 1}
+    assert len(paired) == 10

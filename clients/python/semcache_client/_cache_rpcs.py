@@ -22,6 +22,7 @@ from semcache_client.models import (
     ChatStored,
     ChatUpstreamError,
     Entry,
+    ErrorAccounting,
     FeedbackResult,
     HitPolicy,
     LearnedThresholds,
@@ -105,6 +106,11 @@ _POLICY_TO_PB = {
     HitPolicy.THRESHOLD: cache_pb.HIT_POLICY_THRESHOLD,
     HitPolicy.VERIFIED: cache_pb.HIT_POLICY_VERIFIED,
 }
+_ACCOUNTING_TO_PB = {
+    None: cache_pb.ERROR_ACCOUNTING_UNSPECIFIED,
+    ErrorAccounting.HITS: cache_pb.ERROR_ACCOUNTING_HITS,
+    ErrorAccounting.REQUESTS: cache_pb.ERROR_ACCOUNTING_REQUESTS,
+}
 _STRATEGY_TO_PB = {
     SearchStrategy.EXACT: cache_pb.SEARCH_STRATEGY_EXACT,
     SearchStrategy.SEMANTIC: cache_pb.SEARCH_STRATEGY_SEMANTIC,
@@ -114,6 +120,13 @@ _STRATEGY_FROM_PB = {value: key for key, value in _STRATEGY_TO_PB.items()}
 
 def _policy(policy: HitPolicy | str | None) -> cache_pb.HitPolicy.ValueType:
     return _POLICY_TO_PB[HitPolicy(policy) if policy is not None else None]
+
+
+def _accounting(
+    accounting: ErrorAccounting | str | None,
+) -> cache_pb.ErrorAccounting.ValueType:
+    """None: unspecified (the cache's, else the server's); an unknown name: ValueError."""
+    return _ACCOUNTING_TO_PB[ErrorAccounting(accounting) if accounting is not None else None]
 
 
 def query_request(
@@ -126,6 +139,7 @@ def query_request(
     ttl_seconds: float | None,
     policy: HitPolicy | str | None,
     max_error_rate: float | None,
+    error_accounting: ErrorAccounting | str | None,
 ) -> cache_pb.QueryRequest:
     return cache_pb.QueryRequest(
         cache_id=cache_id,
@@ -136,6 +150,7 @@ def query_request(
         ttl_seconds=ttl_seconds,
         policy=_policy(policy),
         max_error_rate=max_error_rate,
+        error_accounting=_accounting(error_accounting),
     )
 
 
@@ -149,6 +164,7 @@ def search_request(
     strategies: Sequence[SearchStrategy | str],
     policy: HitPolicy | str | None,
     max_error_rate: float | None,
+    error_accounting: ErrorAccounting | str | None,
 ) -> cache_pb.SearchRequest:
     return cache_pb.SearchRequest(
         cache_id=cache_id,
@@ -159,6 +175,7 @@ def search_request(
         strategies=[_STRATEGY_TO_PB[SearchStrategy(s)] for s in strategies],
         policy=_policy(policy),
         max_error_rate=max_error_rate,
+        error_accounting=_accounting(error_accounting),
     )
 
 
@@ -209,10 +226,17 @@ def chat_request(
 
 
 def policy_request(
-    policy: HitPolicy | str | None, *, cache_id: str, max_error_rate: float | None
+    policy: HitPolicy | str | None,
+    *,
+    cache_id: str,
+    max_error_rate: float | None,
+    error_accounting: ErrorAccounting | str | None,
 ) -> cache_pb.SetCachePolicyRequest:
     return cache_pb.SetCachePolicyRequest(
-        cache_id=cache_id, policy=_policy(policy), max_error_rate=max_error_rate
+        cache_id=cache_id,
+        policy=_policy(policy),
+        max_error_rate=max_error_rate,
+        error_accounting=_accounting(error_accounting),
     )
 
 
@@ -277,6 +301,11 @@ def cache_stats(pb: cache_pb.GetStatsResponse) -> CacheStats:
             threshold_p90=x.threshold_p90,
             entries_not_serving=x.entries_not_serving,
             pool_threshold=x.pool_threshold,
+            serving_level=x.serving_level,
+            prior=x.prior,
+            shift=x.shift,
+            window_requests=x.window_requests,
+            window_candidates=x.window_candidates,
         )
     return CacheStats(
         cache_id=pb.cache_id,
@@ -301,6 +330,7 @@ def cache_stats(pb: cache_pb.GetStatsResponse) -> CacheStats:
         explorations=pb.explorations,
         explorations_wrong=pb.explorations_wrong,
         learned=learned,
+        error_accounting=pb.error_accounting,
     )
 
 
@@ -328,7 +358,9 @@ def server_info(pb: cache_pb.GetServerInfoResponse) -> ServerInfo:
 
 
 def cache_policy(pb: cache_pb.CachePolicy) -> CachePolicy:
-    return CachePolicy(pb.cache_id, pb.policy, pb.max_error_rate, pb.source)
+    return CachePolicy(
+        pb.cache_id, pb.policy, pb.max_error_rate, pb.source, error_accounting=pb.error_accounting
+    )
 
 
 def feedback_result(pb: cache_pb.SubmitFeedbackResponse) -> FeedbackResult:

@@ -22,6 +22,7 @@ from semcache_client.config import (
 from semcache_client.models import (
     CachePolicy,
     CacheStats,
+    ErrorAccounting,
     FeedbackResult,
     HitPolicy,
     QueryResult,
@@ -86,11 +87,14 @@ class CacheClient:
         ttl_seconds: float | None = None,
         policy: HitPolicy | None = None,
         max_error_rate: float | None = None,
+        error_accounting: ErrorAccounting | str | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> QueryResult:
         """Look up; on a miss the server asks its upstream LLM, stores and returns the answer.
-        Never retried (a repeat could ask the LLM again)."""
+        `policy`, `max_error_rate` and `error_accounting` (what the rate bounds): for this
+        request only (default: the cache's, else the server's). Never retried (a repeat could
+        ask the LLM again)."""
         request = rpcs.query_request(
             query,
             cache_id=self._cache(cache_id),
@@ -100,6 +104,7 @@ class CacheClient:
             ttl_seconds=ttl_seconds,
             policy=policy,
             max_error_rate=max_error_rate,
+            error_accounting=error_accounting,
         )
         reply = self._invoker.call(rpcs.QUERY, request, timeout_s, request_id)
         return rpcs.query_result(reply)
@@ -115,6 +120,7 @@ class CacheClient:
         strategies: Sequence[SearchStrategy] = (),
         policy: HitPolicy | None = None,
         max_error_rate: float | None = None,
+        error_accounting: ErrorAccounting | str | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> SearchResult:
@@ -129,6 +135,7 @@ class CacheClient:
             strategies=strategies,
             policy=policy,
             max_error_rate=max_error_rate,
+            error_accounting=error_accounting,
         )
         reply = self._invoker.call(rpcs.SEARCH, request, timeout_s, request_id)
         return rpcs.search_result(reply)
@@ -244,13 +251,20 @@ class CacheClient:
         policy: HitPolicy | None,
         *,
         max_error_rate: float | None = None,
+        error_accounting: ErrorAccounting | str | None = None,
         cache_id: str | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> CachePolicy:
-        """Sets the cache's hit policy (None: back to the server's default)."""
+        """Sets the cache's hit policy (None: back to the server's default). Verified only:
+        `max_error_rate` and `error_accounting`, what it bounds (`ErrorAccounting.HITS`, wrong
+        hits of the semantic hits served, or `REQUESTS`, of all requests as vCache counts);
+        None: the server's default."""
         request = rpcs.policy_request(
-            policy, cache_id=self._cache(cache_id), max_error_rate=max_error_rate
+            policy,
+            cache_id=self._cache(cache_id),
+            max_error_rate=max_error_rate,
+            error_accounting=error_accounting,
         )
         reply = self._invoker.call(rpcs.SET_CACHE_POLICY, request, timeout_s, request_id)
         return rpcs.cache_policy(reply)

@@ -25,6 +25,13 @@ class HitPolicy(StrEnum):
     VERIFIED = "verified"  # per-entry thresholds learned online, under max_error_rate
 
 
+class ErrorAccounting(StrEnum):
+    """What `max_error_rate` bounds under the verified policy (docs/verified.md)."""
+
+    HITS = "hits"  # wrong semantic hits / semantic hits served
+    REQUESTS = "requests"  # vCache's: wrong hits / all requests (misses, explorations right)
+
+
 class SearchStrategy(StrEnum):
     EXACT = "exact"  # the prompt exactly as stored (surrounding whitespace ignored)
     SEMANTIC = "semantic"  # nearest stored prompts by embedding similarity
@@ -95,6 +102,13 @@ class LearnedThresholds:
     threshold_p90: float
     entries_not_serving: int
     pool_threshold: float
+    # The level on P(wrong) at which candidates are served now (-1: none is), chosen on the
+    # recent requests of this server to keep the expected error within max_error_rate.
+    serving_level: float = 0.0
+    prior: str = ""  # where the curve started: "calibrated" or "uninformed"
+    shift: float = 0.0  # this cache's curve from the prior, in logits (negative: more wrong)
+    window_requests: int = 0  # requests in the window the serving level was chosen on
+    window_candidates: int = 0  # distinct semantic candidates in that window
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,7 @@ class CacheStats:
     explorations: int
     explorations_wrong: int
     learned: LearnedThresholds | None
+    error_accounting: str = ""  # what max_error_rate bounds: "hits" or "requests"
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,7 @@ class CachePolicy:
     policy: str  # "threshold" or "verified"
     max_error_rate: float
     source: str  # "cache" (set for this cache) or "server" (the server's default)
+    error_accounting: str = ""  # what max_error_rate bounds: "hits" or "requests"
 
 
 @dataclass(frozen=True)
