@@ -108,7 +108,8 @@ def test_the_comparison_picks_the_best_static_within_delta_and_adds_seeds() -> N
     ]
     semcache = total(seeds)
     assert (semcache.requests, semcache.hits, semcache.errors) == (200, 30, 1)
-    rows = comparisons([*statics, Run(Config("semcache", 0.05, "hits"), requests=100, hits=30, errors=1)])
+    semcache_run = Run(Config("semcache", 0.05, "hits"), requests=100, hits=30, errors=1)
+    rows = comparisons([*statics, semcache_run])
     assert len(rows) == 1 and rows[0]["best_static"] == 0.90
     assert rows[0]["hits_ratio"] == 1.5 and rows[0]["within_delta"]
     assert "1.50x" in comparison_table(rows)
