@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Sequence
 
 from cache_server import metrics
@@ -94,6 +95,7 @@ def verified_settings(settings: CacheSettings) -> VerifiedSettings:
         confidence=settings.verified_confidence,
         min_similarity=settings.verified_min_similarity,
         audit_rate=settings.verified_audit_rate,
+        unproven_explore_rate=settings.verified_unproven_explore_rate,
         judge=settings.verified_judge,
         judge_threshold=settings.verified_judge_threshold,
     )
@@ -170,6 +172,7 @@ class CacheServer:
             verified_settings(settings),
             self.store,
             make_judge(settings, self.embedder, self.upstream),
+            rng=random.Random(settings.verified_seed),
         )
         self.cache = SemanticCache(
             self.store, self.embedder, self.upstream, policy, verifier=verifier, verified=verified

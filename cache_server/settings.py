@@ -144,6 +144,18 @@ class CacheSettings(GrpcServiceSettings):
         description="Verified policy: least share of served candidates explored anyway (more "
         "while the chance that serving is wrong is higher), to keep learning",
     )
+    verified_unproven_explore_rate: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Verified policy: share of served candidates explored while their "
+        "similarity band knows only the prior; it falls as the band gathers its own evidence",
+    )
+    verified_seed: int | None = Field(
+        None,
+        description="Verified policy: seed of the draws that choose which served candidates "
+        "are explored (reproducible tests and benchmarks); unset: random",
+    )
     verified_judge: Literal["auto", "exact", "embedding", "llm"] = Field(
         "auto",
         description="How an exploration judges the cached answer against the fresh one: exact "

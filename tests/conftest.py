@@ -34,6 +34,35 @@ def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def calibrated_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """minilm_dir with the verified policy's prior fitted on the QQP dev part, as `make model`
+    ships it (embedder.training.prior, through the ONNX encoder)."""
+    import shutil
+
+    from embedder.training.pairs import read_pairs, split_pairs, summarize
+    from embedder.training.prior import write_prior
+
+    if not qqp_path().exists():
+        pytest.fail(f"QQP data not found at {qqp_path()} (set SEMCACHE_QQP_PATH)")
+    target = tmp_path_factory.mktemp("models") / "calibrated"
+    shutil.copytree(minilm_dir, target)
+    pairs = read_pairs(qqp_path())
+    write_prior(target, split_pairs(pairs).dev, summarize(qqp_path(), pairs).sha256)
+    return target
+
+
+@pytest.fixture(scope="session")
+def calibrated_embedder(calibrated_dir: Path) -> Iterator[str]:
+    """An embedder serving calibrated_dir (its GetModelInfo carries the prior)."""
+    from tests.processes import ServiceProcess
+
+    with ServiceProcess(
+        "embedder", "--model-dir", str(calibrated_dir), "--intra-op-threads", "2"
+    ) as process:
+        yield process.address
+
+
+@pytest.fixture(scope="session")
 def packaged_st_dir() -> Path:
     from embedder.model_source import packaged_model_path
 

@@ -47,6 +47,7 @@ MAX_PENDING = 10_000
 SAMPLE_ENTRIES = 1000
 WINDOW = 4096
 LEVEL_EVERY = 64
+MIN_WINDOW_CANDIDATES = 32
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class _Pool:
     belief: model.Belief
     prior: ModelPrior
     fitted_at: float
+    counts: np.ndarray  # the pooled observations per band: where candidates have been
     added: int = 0
     generation: int = field(default_factory=lambda: next(_GENERATIONS))
 
@@ -216,13 +218,18 @@ class VerifiedEngine:
         p_wrong, weight = model.entry_belief(
             pool.belief.at(similarity), similarity, similarities, labels
         )
-        if p_wrong <= level:
+        # Within the level, or within the bound on its own (adding a hit no likelier to be
+        # wrong than δ, with a margin for what is not known of it, never breaks the bound: how
+        # an entry with evidence of its own is served where its band is not, or on a server
+        # that has seen no traffic of this cache yet).
+        alone = p_wrong + self.z * model.sd(p_wrong, weight) <= policy.max_error_rate
+        if p_wrong <= level or alone:
             # Served, except a share: the chance that serving it is wrong, and more while its
             # band's belief is still mostly the prior's (a prior may be wrong about this
             # traffic, and only what is explored can tell).
             share = max(
                 self.settings.audit_rate,
-                model.chance_above(p_wrong, weight, level),
+                model.chance_above(p_wrong, weight, max(level, policy.max_error_rate)),
                 self.settings.unproven_explore_rate * pool.belief.unproven(similarity),
             )
             explore = self._rng.random() < share
@@ -234,32 +241,41 @@ class VerifiedEngine:
 
     def _level(self, cache_id: str, pool: _Pool, similarity: float, policy: HitPolicy) -> float:
         window = self._windows.get(cache_id)
-        counts = None
-        requests = 0
-        if window is not None:
-            key = (policy.max_error_rate, policy.over)
-            if window.since >= LEVEL_EVERY or window.generation != pool.generation:
-                window.levels.clear()
-                window.since = 0
-                window.generation = pool.generation
-            known = window.levels.get(key)
-            if known is not None:
-                return known
-            counts, requests = window.counts(policy.over)
-        if counts is None or not counts.any():
-            # No recent candidate: this one alone must be within the bound.
+        if window is None:
+            window = self._windows[cache_id] = _Window()
+        key = (policy.max_error_rate, policy.over)
+        if window.since >= LEVEL_EVERY or window.generation != pool.generation:
+            window.levels.clear()
+            window.since = 0
+            window.generation = pool.generation
+        known = window.levels.get(key)
+        if known is not None:
+            return known
+        counts, requests = self._traffic(window, pool, policy)
+        if not counts.any():  # nothing known of this cache's traffic: this candidate alone
             counts = np.zeros(model.BANDS)
             counts[model.band_of(similarity)] = 1.0
-            requests = max(requests, 1)
             return model.serving_level(
-                pool.belief, counts, requests, policy.max_error_rate, policy.over, self.z
+                pool.belief, counts, 1, policy.max_error_rate, policy.over, self.z
             )
         level = model.serving_level(
             pool.belief, counts, requests, policy.max_error_rate, policy.over, self.z
         )
-        assert window is not None
-        window.levels[(policy.max_error_rate, policy.over)] = level
+        window.levels[key] = level
         return level
+
+    @staticmethod
+    def _traffic(window: _Window, pool: _Pool, policy: HitPolicy) -> tuple[np.ndarray, int]:
+        """Candidates per band and requests the level is chosen on: this server's recent
+        requests, and while they hold few candidates (a server just started, or a replica new
+        to this cache), also where the cache's pooled observations were made (in the store,
+        shared by replicas): a sample of its candidates, biased to those explored."""
+        counts, requests = window.counts(policy.over)
+        if counts.sum() < MIN_WINDOW_CANDIDATES:
+            extra = pool.counts
+            counts = counts + extra
+            requests += int(extra.sum())
+        return counts, requests
 
     async def _pool(self, cache_id: str) -> _Pool:
         pool = self._pools.get(cache_id)
@@ -276,7 +292,8 @@ class VerifiedEngine:
             belief = await asyncio.to_thread(
                 model.cache_belief, prior.calibrated, similarities, labels
             )
-            pool = _Pool(belief, prior, now)
+            counts = np.bincount(model.bands_of(similarities), minlength=model.BANDS)
+            pool = _Pool(belief, prior, now, counts.astype(np.float64))
             self._pools[cache_id] = pool
             if len(self._pools) > MAX_PENDING:
                 self._pools.pop(next(iter(self._pools)))
@@ -361,8 +378,8 @@ class VerifiedEngine:
     async def learned(self, cache_id: str, policy: HitPolicy) -> Learned:
         blobs = await self.store.sample_evidence(cache_id, SAMPLE_ENTRIES)
         pool = await self._pool(cache_id)
-        window = self._windows.get(cache_id)
-        counts, requests = window.counts(policy.over) if window else (np.zeros(model.BANDS), 0)
+        window = self._windows.get(cache_id) or _Window()
+        counts, requests = self._traffic(window, pool, policy)
         level = model.serving_level(
             pool.belief, counts, requests, policy.max_error_rate, policy.over, self.z
         )
@@ -372,7 +389,7 @@ class VerifiedEngine:
         return Learned(
             entries=len(blobs),
             observations=sum(evidence.count(blob) for blob in blobs),
-            pooled_observations=pool.belief.observations,
+            pooled_observations=evidence.count(await self.store.pooled_evidence(cache_id)),
             threshold_p10=float(quantiles[0]),
             threshold_p50=float(quantiles[1]),
             threshold_p90=float(quantiles[2]),

@@ -255,11 +255,15 @@ def entry_belief(
     return (held * p + wrong) / n, n
 
 
+def sd(p: float, weight: float) -> float:
+    """The standard deviation of a Beta belief of mean `p` weighing `weight` observations."""
+    return math.sqrt(max(p * (1.0 - p), 1e-9) / (weight + 1.0))
+
+
 def chance_above(p: float, weight: float, level: float) -> float:
     """The probability that the true P(wrong) exceeds `level`, under a Beta belief of mean `p`
     and `weight` observations (normal approximation: enough to decide how often to look)."""
-    sd = math.sqrt(max(p * (1.0 - p), 1e-9) / (weight + 1.0))
-    return 1.0 - _NORMAL.cdf((level - p) / sd)
+    return 1.0 - _NORMAL.cdf((level - p) / sd(p, weight))
 
 
 def serving_level(

@@ -43,9 +43,23 @@ def test_a_cache_policy_is_set_read_and_reset(rest: str) -> None:
         "cacheId": "pol",
         "policy": "verified",
         "maxErrorRate": 0.05,
+        "errorAccounting": "hits",  # the server's, as none was named
         "source": "cache",
     }
     assert httpx.get(f"{rest}/v1/caches/pol/policy").json() == put.json()
+    over_requests = httpx.put(
+        f"{rest}/v1/caches/pol/policy",
+        json={"policy": "verified", "maxErrorRate": 0.05, "errorAccounting": "requests"},
+    )
+    assert over_requests.json()["errorAccounting"] == "requests", over_requests.text
+    assert httpx.get(f"{rest}/cache/stats?cache_id=pol").json()["error_accounting"] == "requests"
+    bad = httpx.put(
+        f"{rest}/v1/caches/pol/policy", json={"policy": "verified", "errorAccounting": "served"}
+    )
+    assert bad.status_code == 400 and "errorAccounting" in bad.text, bad.text
+    put = httpx.put(
+        f"{rest}/v1/caches/pol/policy", json={"policy": "verified", "maxErrorRate": 0.05}
+    )
     # A flush empties the cache; its policy is configuration and stays.
     assert httpx.post(f"{rest}/v1/caches/pol/flush").status_code == 204
     assert httpx.get(f"{rest}/v1/caches/pol/policy").json()["source"] == "cache"

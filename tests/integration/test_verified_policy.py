@@ -1,6 +1,7 @@
-"""The verified hit policy end to end: the real embedder (the exported ONNX model) and cache
-servers, an OpenAI-compatible fake LLM that answers every question of one topic alike, the
-embedded store across a restart and Redis shared by two replicas."""
+"""The verified hit policy end to end: the real embedder (the exported ONNX model, with and
+without the prior `make model` fits) and cache servers, an OpenAI-compatible fake LLM that
+answers every question of one topic alike, the embedded store across a restart and Redis
+shared by two replicas."""
 
 from __future__ import annotations
 
@@ -28,7 +29,18 @@ PARAPHRASES = [
 # Near the Python questions, and answered otherwise.
 OTHER_TOPIC = "How can I learn Python programming for data science?"
 PYTHON_ANSWER = "Work through the official Python tutorial, then build small projects."
-VERIFIED = ("--verified-judge", "exact", "--verified-audit-rate", "0")
+# Deterministic: no served candidate explored at random but by the chance that serving it is
+# wrong, drawn from a seeded generator.
+VERIFIED = (
+    "--verified-judge",
+    "exact",
+    "--verified-audit-rate",
+    "0",
+    "--verified-unproven-explore-rate",
+    "0",
+    "--verified-seed",
+    "7",
+)
 
 
 def _answer(prompt: str) -> str:
@@ -94,15 +106,52 @@ def test_explorations_teach_an_entry_and_what_it_learned_survives_a_restart(
         assert stats.explorations >= 2 and stats.learned.entries >= 1
         assert stats.learned.pooled_observations == stats.explorations
         assert 0.0 < stats.learned.threshold_p50 <= served.cached_data.similarity_score
-        calls = topic_llm.calls
 
     with cache_server_process(tmp_path, embedder_process, *args) as server:
         stub = _stub(server.address)
         kept = stub.GetCachePolicy(pb.GetCachePolicyRequest(cache_id="v"))
         assert (kept.policy, kept.source) == ("verified", "cache")
-        again = _ask(stub, "v", served.query)
-        assert again.cache_hit and again.response == PYTHON_ANSWER
-        assert topic_llm.calls == calls  # served from what was learned before the restart
+        after = stub.GetStats(pb.GetStatsRequest(cache_id="v")).learned
+        assert after.prior == "uninformed"  # this export has no prior: all was learned here
+        for field in ("entries", "observations", "pooled_observations"):
+            assert getattr(after, field) == getattr(stats.learned, field), field
+
+
+def test_a_fresh_cache_serves_a_near_paraphrase_from_the_calibrated_prior(
+    tmp_path: Path, calibrated_embedder: str, topic_llm: FakeLLM
+) -> None:
+    """With the prior `make model` ships, a cache with no observation of its own serves a near
+    paraphrase at once, and does again after a restart; without it, the same request only
+    explores."""
+    args = ("--upstream-base-url", topic_llm.base_url, "--hit-policy", "verified", *VERIFIED)
+    near = "How do I learn Python programming?"
+    with cache_server_process(tmp_path, calibrated_embedder, *args) as server:
+        stub = _stub(server.address)
+        first = stub.Query(pb.QueryRequest(cache_id="p", query=SEED, max_error_rate=0.1))
+        assert not first.cache_hit
+        calls = topic_llm.calls
+        served = stub.Query(pb.QueryRequest(cache_id="p", query=near, max_error_rate=0.1))
+        assert served.cache_hit and served.response == PYTHON_ANSWER, served
+        assert served.cached_data.similarity_score > 0.9
+        assert topic_llm.calls == calls
+        learned = stub.GetStats(pb.GetStatsRequest(cache_id="p")).learned
+        assert learned.prior == "calibrated" and learned.pooled_observations == 0
+    with cache_server_process(tmp_path, calibrated_embedder, *args) as server:
+        stub = _stub(server.address)
+        again = stub.Query(pb.QueryRequest(cache_id="p", query=near, max_error_rate=0.1))
+        assert again.cache_hit and topic_llm.calls == calls
+
+
+def test_without_a_prior_a_fresh_cache_explores_the_same_paraphrase(
+    tmp_path: Path, embedder_process: str, topic_llm: FakeLLM
+) -> None:
+    args = ("--upstream-base-url", topic_llm.base_url, "--hit-policy", "verified", *VERIFIED)
+    with cache_server_process(tmp_path, embedder_process, *args) as server:
+        stub = _stub(server.address)
+        stub.Query(pb.QueryRequest(cache_id="u", query=SEED, max_error_rate=0.1))
+        near = stub.Query(pb.QueryRequest(cache_id="u", query="How do I learn Python programming?"))
+        assert near.explored and not near.cache_hit
+        assert stub.GetStats(pb.GetStatsRequest(cache_id="u")).learned.prior == "uninformed"
 
 
 def test_bad_policy_input_is_invalid_argument(
