@@ -97,6 +97,10 @@ class Reindexer:
             done_before,
             served[:16],
         )
+        if not after:
+            # What the verified policy learned are similarities of the old model: the cache
+            # starts again from the new model's prior (its pool and evidence go, not its policy).
+            await self.store.forget_learning(cache_id)
         await self.store.set_vector_model(cache_id, f"{_IN_PROGRESS}{served}@{after}")
         done = done_before
         for start in range(0, len(todo), batch_size):

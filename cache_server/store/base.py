@@ -252,6 +252,12 @@ class CacheStore(Protocol):
         """The cache's pooled observations, oldest first (b"" when none)."""
         ...
 
+    async def forget_learning(self, cache_id: str) -> None:
+        """Drops the cache's pool and every entry's evidence, keeping entries and policy: the
+        similarities observed belong to the model they were measured with, and a cache
+        re-embedded with another starts again from that model's prior."""
+        ...
+
     async def sample_evidence(self, cache_id: str, limit: int) -> list[bytes]:
         """The evidence of up to `limit` entries of the cache that have any (for statistics;
         which ones is the store's choice)."""

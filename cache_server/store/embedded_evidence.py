@@ -137,6 +137,16 @@ def set_policy(db: sqlite3.Connection, cache_id: str, value: str | None) -> None
         db.execute("COMMIT")
 
 
+def forget(db: sqlite3.Connection, cache_id: str) -> None:
+    """The pool and every entry's evidence of the cache go; entries and policy stay."""
+    with db:
+        db.execute(
+            "UPDATE entries SET evidence = NULL WHERE cache_id = ? AND evidence IS NOT NULL",
+            (cache_id,),
+        )
+        remove_pool(db, cache_id)
+
+
 def remove_pool(db: sqlite3.Connection, cache_id: str) -> None:
     """A flush: the pool goes, the policy stays. Runs inside the flush's transaction."""
     db.execute("UPDATE verified SET pool = NULL WHERE cache_id = ?", (cache_id,))

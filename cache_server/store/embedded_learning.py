@@ -73,6 +73,9 @@ class EmbeddedLearning(EmbeddedConnection):
     async def sample_evidence(self, cache_id: str, limit: int) -> list[bytes]:
         return await self._run(embedded_evidence.sample, self.db, cache_id, limit)
 
+    async def forget_learning(self, cache_id: str) -> None:
+        await self._run(embedded_evidence.forget, self.db, cache_id)
+
     async def cache_policy(self, cache_id: str) -> str | None:
         return await self._run(embedded_evidence.policy, self.db, cache_id)
 

@@ -78,6 +78,9 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
         registry = await self._call(lambda: self._redis.hvals(self.layout.registry))
         return sorted(raw.decode() for raw in registry)
 
+    async def _entry_ids(self, cache_id: str) -> list[str]:
+        return await self.entry_ids(cache_id)
+
     async def entry_ids(self, cache_id: str) -> list[str]:
         lru = self.layout.cache(cache_id).lru
         ids: list[str] = []

@@ -165,6 +165,28 @@ async def test_a_flush_drops_the_evidence_and_the_pool_and_keeps_the_policy(
     assert await store.cache_policy("c2") == policy
 
 
+async def test_forgetting_what_was_learned_keeps_the_entries_and_the_policy(
+    store: CacheStore,
+) -> None:
+    """A re-embedding with another model: the observed similarities were the old model's."""
+    e, f, other = entry("q"), entry("r"), entry("q", cache_id="c2")
+    policy = json.dumps({"name": "verified", "max_error_rate": 0.02})
+    for one in (e, f, other):
+        await put(store, one, vec(1), 10, NOW)
+        assert await store.observe(one.cache_id, one.id, one.created_at, rec(1))
+    await store.set_cache_policy("c1", policy)
+    await store.forget_learning("c1")
+    assert await store.evidence("c1", e.id) == b"" == await store.evidence("c1", f.id)
+    assert await store.pooled_evidence("c1") == b""
+    assert await store.sample_evidence("c1", 10) == []
+    assert await store.cache_policy("c1") == policy
+    assert await store.count("c1", NOW) == 2
+    assert await store.observe("c1", e.id, e.created_at, rec(2))  # learning again
+    assert await store.pooled_evidence("c1") == rec(2)
+    assert await store.evidence("c2", other.id) == rec(1)  # the other cache is untouched
+    assert await store.pooled_evidence("c2") == rec(1)
+
+
 async def test_the_policy_round_trips_and_none_removes_it(factory: StoreFactory) -> None:
     first = await factory()
     assert await first.cache_policy("c1") is None

@@ -72,3 +72,25 @@ async def test_the_new_vectors_replace_the_old_ones(parts: Parts) -> None:
     found = await cache.store.search("default", shifted, 1, 0.99, {}, 0.0)
     assert [(e.id, round(s, 4)) for e, s in found] == [(entry_id, 1.0)]
     await cache.drain()
+
+
+async def test_what_the_verified_policy_learned_is_forgotten_with_the_old_model(
+    parts: Parts,
+) -> None:
+    """Observed similarities belong to the model that measured them: a cache re-embedded with
+    another starts again from that model's prior, keeping its entries and policy."""
+    from cache_server.learned_thresholds import evidence
+
+    cache, embedder, _, _ = parts
+    await cache.query("", "How do I cook rice?")
+    (entry_id,) = await cache.store.entry_ids("default")
+    entry = await cache.store.get("default", entry_id, 2e9)
+    assert entry is not None
+    await cache.store.observe("default", entry_id, entry.created_at, evidence.record(0.9, True))
+    assert await cache.store.pooled_evidence("default") != b""
+    embedder.model = EmbedderModel("fake-tuned", DIM, False, onnx_sha256="d" * 64)
+    [step async for step in cache.reindexer.run("default")]
+    assert await cache.store.pooled_evidence("default") == b""
+    assert await cache.store.evidence("default", entry_id) == b""
+    assert await cache.store.entry_ids("default") == [entry_id]
+    await cache.drain()
