@@ -121,7 +121,7 @@ bench: proto ## Benchmarks (compare against sentence-transformers in the same ru
 	$(PY) -m bench.scale_bench
 	$(PY) -m bench.scale_table
 
-bench-verified: proto model ## The verified hit policy vs static thresholds on one QQP question stream (VERIFIED_ARGS=--stream-size 6000 --deltas ...)
+bench-verified: proto model ## The verified policy vs static thresholds and vCache on QQP popular and adversarial streams, 3 seeds (VERIFIED_ARGS=--seeds 0 --deltas ...)
 	$(PY) -m bench.verified_bench --model-dir $(MODEL_DIR) $(VERIFIED_ARGS)
 
 .PHONY: bench-verified
