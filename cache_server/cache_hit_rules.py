@@ -12,6 +12,7 @@ from cache_server import metrics
 from cache_server.cache_admin import CacheAdmin
 from cache_server.cross_encoder_band import Band, Verifier
 from cache_server.entries import CacheEntry, check_threshold, normalize_prompt
+from cache_server.learned_thresholds.engine import Decision
 from cache_server.learned_thresholds.policy import HitPolicy
 from cache_server.lookup import Hit, Strategy
 
@@ -81,16 +82,7 @@ class HitRules(CacheAdmin):
                 served.append(hit)
             elif decision.explore:
                 explore.append(hit)
-            label = (
-                "served"
-                if decision.serve
-                else "rejected"
-                if not decision.explore
-                else "audited"
-                if decision.p_wrong <= decision.level
-                else "explored"
-            )
-            metrics.VERIFIED_DECISIONS.labels(label).inc()
+            metrics.VERIFIED_DECISIONS.labels(_label(decision)).inc()
         self.verified.note(cache_id, prompt, nearest)
         if any(hit.strategy is Strategy.SEMANTIC for hit in served):
             counts["verified_hits"] = 1
@@ -108,3 +100,13 @@ class HitRules(CacheAdmin):
                 log.warning("judging an exploration in cache %r failed: %s", cache_id, exc)
 
         self._later(judge())
+
+
+def _label(decision: Decision) -> str:
+    """served; audited (explored though it would have been served); explored; rejected (by a
+    wide margin: a plain miss)."""
+    if decision.serve:
+        return "served"
+    if not decision.explore:
+        return "rejected"
+    return "audited" if decision.p_wrong <= decision.level else "explored"

@@ -16,28 +16,29 @@ _NAMES: dict[int, str] = {
 }
 
 
-def policy_name(value: int) -> str | None:
-    """The policy a request names (None: unspecified, the cache's or the server's)."""
-    if value == pb.HIT_POLICY_UNSPECIFIED:
-        return None
-    if value not in _NAMES:
-        raise InvalidInputError(f"unknown hit policy {value}")
-    return _NAMES[value]
-
-
 _ACCOUNTINGS: dict[int, str] = {
     pb.ERROR_ACCOUNTING_HITS: "hits",
     pb.ERROR_ACCOUNTING_REQUESTS: "requests",
 }
 
 
-def accounting_name(value: int) -> str | None:
-    """What a request's max_error_rate bounds (None: unspecified, the cache's or server's)."""
-    if value == pb.ERROR_ACCOUNTING_UNSPECIFIED:
+def _named(value: int, names: dict[int, str], what: str) -> str | None:
+    """The name of a request's enum value (None: 0, unspecified: the cache's or server's)."""
+    if value == 0:
         return None
-    if value not in _ACCOUNTINGS:
-        raise InvalidInputError(f"unknown error accounting {value}")
-    return _ACCOUNTINGS[value]
+    if value not in names:
+        raise InvalidInputError(f"unknown {what} {value}")
+    return names[value]
+
+
+def policy_name(value: int) -> str | None:
+    """The policy a request names."""
+    return _named(value, _NAMES, "hit policy")
+
+
+def accounting_name(value: int) -> str | None:
+    """What a request's max_error_rate bounds."""
+    return _named(value, _ACCOUNTINGS, "error accounting")
 
 
 def policy_pb(cache_id: str, policy: HitPolicy) -> pb.CachePolicy:

@@ -54,12 +54,7 @@ def calibrated_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 def calibrated_embedder(calibrated_dir: Path) -> Iterator[str]:
     """An embedder serving calibrated_dir (its GetModelInfo carries the prior)."""
-    from tests.processes import ServiceProcess
-
-    with ServiceProcess(
-        "embedder", "--model-dir", str(calibrated_dir), "--intra-op-threads", "2"
-    ) as process:
-        yield process.address
+    yield from _embedder(calibrated_dir)
 
 
 @pytest.fixture(scope="session")
@@ -79,9 +74,13 @@ def tiny_modernbert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def embedder_process(minilm_dir: Path) -> Iterator[str]:
     """One real embedder process for the session's read-only tests; yields its address."""
+    yield from _embedder(minilm_dir)
+
+
+def _embedder(model_dir: Path) -> Iterator[str]:
     from tests.processes import ServiceProcess
 
     with ServiceProcess(
-        "embedder", "--model-dir", str(minilm_dir), "--intra-op-threads", "2"
+        "embedder", "--model-dir", str(model_dir), "--intra-op-threads", "2"
     ) as process:
         yield process.address

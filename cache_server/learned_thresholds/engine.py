@@ -6,9 +6,9 @@ served model's calibrated prior) is kept in memory and computed again once POOL_
 observations have been added through this process, POOL_REFRESH_S after the last time
 (observations added by other replicas on a shared Redis), or when the embedder serves another
 model (its own prior). The serving level is chosen on this server's recent requests of the
-cache (WINDOW of them, in memory: a statistic of traffic, not evidence; a restarted server
-starts from each candidate alone, the strictest level) and chosen again every LEVEL_EVERY
-requests or after a refit.
+cache (WINDOW of them, in memory: a statistic of traffic, not evidence; while it holds few
+candidates, where the cache's pooled observations were made stands in for it) and chosen again
+every LEVEL_EVERY requests or after a refit.
 """
 
 from __future__ import annotations
@@ -202,12 +202,15 @@ class VerifiedEngine:
     def note(self, cache_id: str, prompt: str, similarity: float | None) -> None:
         """One request of the cache under the verified policy, with the similarity of its
         semantic candidate (None: an exact repeat, or no candidate at the floor)."""
+        self._window(cache_id).note(prompt, similarity)
+
+    def _window(self, cache_id: str) -> _Window:
         window = self._windows.get(cache_id)
         if window is None:
             window = self._windows[cache_id] = _Window()
             if len(self._windows) > MAX_PENDING:
                 self._windows.pop(next(iter(self._windows)))
-        window.note(prompt, similarity)
+        return window
 
     async def decide(
         self, cache_id: str, hit: CacheEntry, similarity: float, policy: HitPolicy
@@ -223,26 +226,25 @@ class VerifiedEngine:
         # an entry with evidence of its own is served where its band is not, or on a server
         # that has seen no traffic of this cache yet).
         alone = p_wrong + self.z * model.sd(p_wrong, weight) <= policy.max_error_rate
+        bar = max(level, policy.max_error_rate)
         if p_wrong <= level or alone:
             # Served, except a share: the chance that serving it is wrong, and more while its
             # band's belief is still mostly the prior's (a prior may be wrong about this
             # traffic, and only what is explored can tell).
             share = max(
                 self.settings.audit_rate,
-                model.chance_above(p_wrong, weight, max(level, policy.max_error_rate)),
+                model.chance_above(p_wrong, weight, bar),
                 self.settings.unproven_explore_rate * pool.belief.unproven(similarity),
             )
             explore = self._rng.random() < share
             return Decision(not explore, explore, p_wrong, level)
         # Not served: judged against the upstream's answer (which the request pays for
         # anyway) unless it was rejected by a wide margin.
-        within = 1.0 - model.chance_above(p_wrong, weight, max(level, policy.max_error_rate))
+        within = 1.0 - model.chance_above(p_wrong, weight, bar)
         return Decision(False, within >= self.settings.explore_chance, p_wrong, level)
 
     def _level(self, cache_id: str, pool: _Pool, similarity: float, policy: HitPolicy) -> float:
-        window = self._windows.get(cache_id)
-        if window is None:
-            window = self._windows[cache_id] = _Window()
+        window = self._window(cache_id)
         key = (policy.max_error_rate, policy.over)
         if window.since >= LEVEL_EVERY or window.generation != pool.generation:
             window.levels.clear()

@@ -14,10 +14,6 @@ from cache_server.store.redis_connection import RedisConnection
 
 
 class RedisEvidence(RedisConnection):
-    async def _entry_ids(self, cache_id: str) -> list[str]:
-        """Every entry id of the cache (RedisStore.entry_ids)."""
-        raise NotImplementedError
-
     # sample_evidence walks the lru set, most recently used first, in pages of `sample_page`
     # entries (one script run each), and looks at no more than `sample_scan` entries: bounded
     # work whatever the cache's size, at the price of missing evidence on entries used less
@@ -64,21 +60,6 @@ class RedisEvidence(RedisConnection):
         pool = self.layout.cache(cache_id).pool
         raw = await self._call(lambda: self._redis.get(pool))
         return bytes(raw) if raw else b""
-
-    async def forget_learning(self, cache_id: str) -> None:
-        keys = self.layout.cache(cache_id)
-        await self._call(lambda: self._redis.delete(keys.pool))
-        ids = await self._entry_ids(cache_id)
-        for start in range(0, len(ids), 500):
-            batch = ids[start : start + 500]
-
-            async def drop(batch: list[str] = batch) -> None:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for entry_id in batch:
-                        pipe.hdel(keys.entry(entry_id), "ev")
-                    await pipe.execute()
-
-            await self._call(drop)
 
     async def sample_evidence(self, cache_id: str, limit: int) -> list[bytes]:
         keys = self.layout.cache(cache_id)

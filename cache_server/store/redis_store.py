@@ -78,8 +78,20 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
         registry = await self._call(lambda: self._redis.hvals(self.layout.registry))
         return sorted(raw.decode() for raw in registry)
 
-    async def _entry_ids(self, cache_id: str) -> list[str]:
-        return await self.entry_ids(cache_id)
+    async def forget_learning(self, cache_id: str) -> None:
+        keys = self.layout.cache(cache_id)
+        await self._call(lambda: self._redis.delete(keys.pool))
+        ids = await self.entry_ids(cache_id)
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+
+            async def drop(batch: list[str] = batch) -> None:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for entry_id in batch:
+                        pipe.hdel(keys.entry(entry_id), "ev")
+                    await pipe.execute()
+
+            await self._call(drop)
 
     async def entry_ids(self, cache_id: str) -> list[str]:
         lru = self.layout.cache(cache_id).lru
