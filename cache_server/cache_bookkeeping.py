@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from cache_server import metrics
+from cache_server import metrics, savings
 from cache_server.cache_admin import CacheAdmin
+from cache_server.decisions import Asked
 from cache_server.entries import prompt_key
 from cache_server.feedback import served_mark
 from cache_server.lookup import Hit, Strategy
@@ -36,13 +37,32 @@ class LookupBookkeeping(CacheAdmin):
             )
 
     async def _record_lookup(
-        self, cache_id: str, hit: bool, seconds: float, more: Mapping[str, int] | None = None
+        self,
+        cache_id: str,
+        asked: Asked,
+        seconds: float,
+        more: Mapping[str, int] | None = None,
+        *,
+        hits: Sequence[Hit] = (),
+        unsure: Sequence[Hit] = (),
+        found: Sequence[Hit] = (),
     ) -> None:
-        """Counts a look-up. Never raises: an answer already obtained (and stored) is not
-        turned into an error because a counter could not be written."""
+        """The one place a look-up is accounted for, whatever the route: its latency, the
+        hit or miss, what the hit saved (the upstream cost of the first answer served: the one
+        an application serves, cache_server.savings), and the decision among the cache's recent
+        ones (cache_server.decisions: `hits` served, `unsure` the verified policy's candidates
+        to explore instead, `found` every candidate before its verdict). Never raises: an
+        answer already obtained (and stored) is not turned into an error because a counter
+        could not be written."""
+        hit = bool(hits)
         self.latency.record(cache_id, hit, seconds)
+        self.decisions.record(
+            cache_id, asked, seconds, self._clock(), served=hits, unsure=unsure, found=found
+        )
         try:
             counts = {"hits" if hit else "misses": 1, **(more or {})}
+            if hits:
+                counts.update(savings.credit(cache_id, hits[0].entry.cost, self.prices))
             if not await self.store.add_counters(cache_id, counts) and not hit:
                 # A miss in a cache the store does not hold yet (a chat or search miss before
                 # its answer is stored): the store keeps counters only for caches it holds, so

@@ -14,6 +14,7 @@ from cache_server.embedder_client import EmbedderModel
 from cache_server.learned_thresholds.engine import Learned
 from cache_server.learned_thresholds.policy import HitPolicy
 from cache_server.lookup import Hit
+from cache_server.savings import Savings
 from cache_server.stats import CacheCounters
 
 FloatArray = npt.NDArray[np.float32]
@@ -39,6 +40,7 @@ class CachePolicy:
     default_ttl_s: float | None = None
     max_prompt_chars: int = 8192
     max_response_chars: int = 200_000
+    decisions_per_cache: int = 200  # recent decisions kept per cache (cache_server.decisions)
 
 
 @dataclass(frozen=True)
@@ -70,3 +72,4 @@ class StatsSnapshot:
     counters: CacheCounters = field(repr=False)
     policy: HitPolicy | None = None
     learned: Learned | None = None
+    savings: Savings = field(default_factory=Savings)

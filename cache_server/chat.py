@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from cache_server.entries import (
     normalize_prompt,
 )
 from cache_server.lookup import Hit, Strategy
+from cache_server.savings import cost_of
 from cache_server.single_flight import Broadcast, SingleFlight
 from cache_server.spending import Spending
 from cache_server.store.base import ModelMismatchError, StoreUnavailableError
@@ -99,6 +101,22 @@ class _Answer:
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     tool_calls: bool = False
+    usage: Mapping[str, Any] | None = None  # the whole answer, or the chunk, with `usage`
+
+    def read(self, text: str, part: str) -> None:
+        """Takes a whole answer (`part` "message") or one chunk of a stream ("delta")."""
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(parsed, dict):
+            return
+        if isinstance(parsed.get("usage"), Mapping):
+            self.usage = parsed
+        choices = parsed.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            if isinstance(choice, dict):
+                self.take(choice, part)
 
     def take(self, choice: Mapping[str, Any], part: str) -> None:
         if choice.get("index", 0) != 0:
@@ -176,6 +194,7 @@ class ChatCompletions:
                     threshold=call.threshold,
                     attributes=scope.attributes,
                     strategies=(Strategy.EXACT, Strategy.SEMANTIC),
+                    route="chat",
                 )
             except (EmbedderUnavailableError, StoreUnavailableError, ModelMismatchError) as exc:
                 # The user is still served: by the upstream, uncached (the refusal is logged
@@ -222,17 +241,16 @@ class ChatCompletions:
         store: bool = False,
     ) -> None:
         answer = _Answer()
+        started = time.perf_counter()
         try:
             if stream:
                 async for chunk in self.upstream.chat_stream(scope.upstream_body):
                     broadcast.publish(Chunk(chunk))
-                    for choice in _choices(chunk):
-                        answer.take(choice, "delta")
+                    answer.read(chunk, "delta")
             else:
                 whole = await self.upstream.chat(scope.upstream_body)
                 broadcast.publish(Completion(whole))
-                for choice in _choices(whole):
-                    answer.take(choice, "message")
+                answer.read(whole, "message")
         except UpstreamError as exc:
             # What the client is told was decided with the error (cache_server.upstream); the
             # log keeps what the upstream said, or why it could not be asked.
@@ -252,23 +270,22 @@ class ChatCompletions:
             broadcast.close()
             raise
         metrics.UPSTREAM_CALLS.labels("ok").inc()
+        seconds = time.perf_counter() - started
         entry_id = ""
         text = answer.complete_text(streamed=stream) if store else None
         if text is not None:
+            asked = str(scope.upstream_body.get("model") or "")
+            cost = cost_of(answer.usage, asked, seconds) if answer.usage is not None else None
             try:
                 entry_id = await self.cache.set_scoped(
-                    cache_id, scope.prompt, text, attributes=scope.attributes, ttl_s=ttl_s
+                    cache_id,
+                    scope.prompt,
+                    text,
+                    attributes=scope.attributes,
+                    ttl_s=ttl_s,
+                    cost=cost,
                 )
             except Exception as exc:  # the answer was given; only its storing failed
                 log.warning("storing a chat completion in cache %r failed: %s", cache_id, exc)
         broadcast.publish(Stored(entry_id))
         broadcast.close()
-
-
-def _choices(text: str) -> list[Mapping[str, Any]]:
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return []
-    choices = parsed.get("choices") if isinstance(parsed, dict) else None
-    return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []

@@ -33,6 +33,7 @@ from cache_server.embedder_client import (
     EmbedderRejectedError,
     EmbedderUnavailableError,
 )
+from service_runtime import tracing
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,15 @@ class Verifier:
         if not asked or all(verdict[:k]):
             return verdict
         try:
-            probabilities = await self._scorer.score([(prompt, candidates[i][0]) for i in asked])
+            described: dict[str, str | int] | None = (
+                {"semcache.verifier.model": band.model_id, "semcache.verifier.pairs": len(asked)}
+                if tracing.enabled()
+                else None
+            )
+            with tracing.span("verifier.score", described):
+                probabilities = await self._scorer.score(
+                    [(prompt, candidates[i][0]) for i in asked]
+                )
         except (EmbedderUnavailableError, EmbedderRejectedError) as exc:
             metrics.VERIFIER_CALLS.labels("error").inc()
             log.warning("the verifier could not be asked (%s): grey-zone candidates missed", exc)

@@ -44,6 +44,32 @@ class EntryNotFoundError(LookupError):
 
 
 @dataclass(frozen=True)
+class AnswerCost:
+    """What one upstream call that produced a stored answer cost."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    upstream_seconds: float
+    model: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [self.prompt_tokens, self.completion_tokens, self.upstream_seconds, self.model]
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes | None) -> AnswerCost | None:
+        """The cost as to_json wrote it; None for an entry without one (or unreadable)."""
+        if not text:
+            return None
+        try:
+            prompt, completion, seconds, model = json.loads(text)
+            return cls(int(prompt), int(completion), float(seconds), str(model))
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
 class CacheEntry:
     cache_id: str
     id: str
@@ -52,6 +78,8 @@ class CacheEntry:
     attributes: Mapping[str, str] = field(default_factory=dict)
     created_at: float = 0.0  # Unix seconds
     expires_at: float | None = None  # Unix seconds; None: never
+    # What producing the answer cost upstream (cache_server.savings); None: stored by Set.
+    cost: AnswerCost | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now

@@ -21,6 +21,7 @@ from cache_server.cross_encoder_band import Band, Verifier
 from cache_server.entries import CacheEntry, prompt_key
 from cache_server.feedback import is_excluded
 from cache_server.store.base import CacheStore
+from service_runtime import tracing
 
 FloatArray = npt.NDArray[np.float32]
 Rule = tuple[float, Band | None]  # the similarity threshold, and the verifier's band if any
@@ -68,7 +69,10 @@ class Finder:
         allowed = _Exclusions(self.store, cache_id, prompt, now)
         for strategy in strategies:
             if strategy is Strategy.EXACT:
-                entry = await self.store.find_exact(cache_id, prompt, attributes, now)
+                with tracing.span("store.find_exact", self._described(cache_id)) as span:
+                    entry = await self.store.find_exact(cache_id, prompt, attributes, now)
+                    if span is not None:
+                        span.set_attribute("semcache.store.found", int(entry is not None))
                 if entry is not None and await allowed([(entry, 1.0)]):
                     return [Hit(entry, 1.0, Strategy.EXACT)]
                 continue
@@ -100,14 +104,39 @@ class Finder:
         """The stored entries that are hits for `prompt`, nearest first."""
         threshold, band = rule
         if band is None or self.verifier is None:
-            return await self.store.search(cache_id, vector, k, threshold, attributes, now)
-        found = await self.store.search(
+            return await self._search(cache_id, vector, k, threshold, attributes, now)
+        found = await self._search(
             cache_id, vector, max(k, band.candidates), band.low, attributes, now
         )
         if not found:
             return found
         verdict = await self.verifier.keep(prompt, [(e.prompt, s) for e, s in found], band, k)
         return [item for item, ok in zip(found, verdict, strict=True) if ok][:k]
+
+    async def _search(
+        self,
+        cache_id: str,
+        vector: FloatArray,
+        k: int,
+        min_similarity: float,
+        attributes: Mapping[str, str],
+        now: float,
+    ) -> Found:
+        """The store's vector search, in a span when traces are on."""
+        described = self._described(cache_id, k=k, min_similarity=min_similarity)
+        with tracing.span("store.search", described) as span:
+            found = await self.store.search(cache_id, vector, k, min_similarity, attributes, now)
+            if span is not None:
+                span.set_attribute("semcache.store.found", len(found))
+        return found
+
+    def _described(self, cache_id: str, **more: float) -> dict[str, str | float] | None:
+        """A store span's attributes (None while traces are off: nothing to build)."""
+        if not tracing.enabled():
+            return None
+        return {"semcache.cache_id": cache_id, "semcache.store.backend": self.store.backend} | {
+            f"semcache.{name}": value for name, value in more.items()
+        }
 
 
 class _Exclusions:

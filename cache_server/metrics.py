@@ -14,8 +14,10 @@ LOOKUPS = Counter(
 )
 LOOKUP_SECONDS = Histogram(
     "semcache_cache_lookup_seconds",
-    "Look-up latency (exact check, embedding, vector search), seconds",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    "Time the cache server spent on a look-up, seconds, by outcome: a hit (exact check, "
+    "embedding, vector search) or a miss (the same, then the upstream call and the write)",
+    ["outcome"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
 UPSTREAM_CALLS = Counter(
@@ -58,6 +60,13 @@ RPCS = Counter(
     "semcache_cache_rpcs_total",
     "RPCs by method and status code",
     ["method", "code"],
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "semcache_cache_errors_total",
+    "Calls answered with an error, by method and reason (the reason sent to the caller: "
+    "invalid-input, embedder-unavailable, upstream-failed, store-unavailable, ...)",
+    ["method", "reason"],
     registry=REGISTRY,
 )
 VERIFIER_CALLS = Counter(

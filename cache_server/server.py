@@ -157,6 +157,7 @@ class CacheServer:
             default_ttl_s=settings.default_ttl_s,
             max_prompt_chars=settings.max_prompt_chars,
             max_response_chars=settings.max_response_chars,
+            decisions_per_cache=settings.decisions_per_cache,
         )
         verifier = Verifier(
             VerifierSettings(
@@ -175,7 +176,13 @@ class CacheServer:
             rng=random.Random(settings.verified_seed),
         )
         self.cache = SemanticCache(
-            self.store, self.embedder, self.upstream, policy, verifier=verifier, verified=verified
+            self.store,
+            self.embedder,
+            self.upstream,
+            policy,
+            verifier=verifier,
+            verified=verified,
+            prices=settings.price_table,
         )
         host = settings.listen_host(open_to_all=not self.keys.keyed)
         self.service = GrpcService(

@@ -11,11 +11,11 @@ from typing import TypeVar
 
 import grpc
 
-from cache_server import access, metrics
+from cache_server import access, metrics, service_admin
 from cache_server.cache import SemanticCache
 from cache_server.chat import ChatCompletions
 from cache_server.embedder_client import EmbedderClient, EmbedderUnavailableError
-from cache_server.entry_pb import STRATEGY_FROM_PB, STRATEGY_TO_PB, entry_pb
+from cache_server.entry_pb import STRATEGY_FROM_PB, STRATEGY_TO_PB, cost_pb, entry_pb, savings_pb
 from cache_server.lookup import Strategy
 from cache_server.service_chat import chat_events
 from cache_server.service_verified import accounting_name, policy_name, policy_pb, stats_fields
@@ -40,6 +40,7 @@ async def _answer(method: str, context: Context, call: Callable[[], Awaitable[T]
         # A cancellation that reached this call from work it shared with another: it still
         # gets an answer, and a retryable one.
         metrics.RPCS.labels(method, grpc.StatusCode.UNAVAILABLE.name).inc()
+        metrics.ERRORS.labels(method, ErrorReason.INTERRUPTED.value).inc()
         log.warning("%s interrupted by a cancellation it did not ask for", method)
         await abort(
             context,
@@ -118,6 +119,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                     cache_timestamp=hit.entry.created_at,
                     entry_id=hit.entry.id,
                     strategy=STRATEGY_TO_PB[hit.strategy],
+                    cost=cost_pb(hit.entry.cost),
                 )
             )
         return reply
@@ -245,6 +247,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             lookup_p95_ms=p95,
             lookup_p99_ms=p99,
             lookups_measured=len(counters.lookup_seconds),
+            savings=savings_pb(snapshot.savings),
             **stats_fields(snapshot),
         )
 
@@ -270,6 +273,18 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             "GetCachePolicy", context, lambda: self.cache.cache_policy(request.cache_id)
         )
         return policy_pb(request.cache_id, policy)
+
+    async def ListDecisions(
+        self, request: pb.ListDecisionsRequest, context: Context
+    ) -> pb.ListDecisionsResponse:
+        return await _answer(
+            "ListDecisions", context, lambda: service_admin.list_decisions(self.cache, request)
+        )
+
+    async def ListCaches(
+        self, request: pb.ListCachesRequest, context: Context
+    ) -> pb.ListCachesResponse:
+        return await _answer("ListCaches", context, lambda: service_admin.list_caches(self.cache))
 
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: Context

@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from cache_server.savings import PriceTable
 from cache_server.store.redis_store import RedisAccess
 from service_runtime.settings import GrpcServiceSettings
 from service_runtime.tls import ClientTls
@@ -177,6 +178,14 @@ class CacheSettings(GrpcServiceSettings):
         description="Caches (cache ids) the deployment holds, at most: a write that would open "
         "one more is RESOURCE_EXHAUSTED (HTTP 429) until one is flushed",
     )
+    decisions_per_cache: int = Field(
+        200,
+        ge=0,
+        le=100_000,
+        description="Recent look-up decisions kept in memory per cache (ListDecisions, GET "
+        "/v1/caches/{cacheId}/decisions), for at most max_caches caches; prompts truncated to "
+        "500 characters (0: none kept)",
+    )
     default_ttl_s: float | None = Field(None, gt=0, description="Default entry TTL, seconds")
     purge_interval_s: float = Field(5.0, gt=0, description="How often expired entries go")
     max_prompt_chars: int = Field(8192, ge=1)
@@ -262,6 +271,15 @@ class CacheSettings(GrpcServiceSettings):
     upstream_tokens_per_day: int | None = Field(
         None, ge=1, description="Upstream tokens (from its usage) per key per UTC day"
     )
+    prices: str | None = Field(
+        None,
+        description='What upstream tokens cost, per million, per model: JSON {"gpt-4o-mini": '
+        '{"prompt": 0.15, "completion": 0.6}, "gpt-4o*": {...}} (a trailing * matches a '
+        "prefix). Prices what each hit saves; a model not listed saves tokens, not money",
+    )
+    price_currency: str = Field(
+        "USD", min_length=1, max_length=8, description="The currency of `prices`"
+    )
 
     @property
     def redis_access(self) -> RedisAccess:
@@ -279,6 +297,10 @@ class CacheSettings(GrpcServiceSettings):
         return frozenset({self.upstream_model, *listed})
 
     @property
+    def price_table(self) -> PriceTable:
+        return PriceTable.parse(self.prices, self.price_currency)
+
+    @property
     def embedder_address_list(self) -> list[str]:
         return [a.strip() for a in self.embedder_addresses.split(",") if a.strip()]
 
@@ -288,6 +310,7 @@ class CacheSettings(GrpcServiceSettings):
             self.embedder_tls_ca_file, self.embedder_tls_cert_file, self.embedder_tls_key_file
         ).enabled
         self.redis_access.check(self.redis_url)
+        _ = self.price_table  # raises ValueError saying what is wrong with CACHE_PRICES
         if not self.embedder_address_list:
             raise ValueError("embedder_addresses is empty")
         if self.upstream_base_url is not None and not self.upstream_base_url.startswith(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter
@@ -21,6 +20,7 @@ from prometheus_client import Counter
 from cache_server.access import BudgetSpentError, DefaultLimits, caller
 from cache_server.limits import Limiter
 from cache_server.metrics import REGISTRY
+from cache_server.savings import Usage
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +39,14 @@ def _today(now: dt.datetime | None = None) -> tuple[str, float]:
     return now.date().isoformat(), (tomorrow - now).total_seconds()
 
 
-def tokens_of(usage: object) -> int:
-    """Total tokens of an OpenAI `usage` object (total_tokens, else prompt + completion)."""
-    if not isinstance(usage, Mapping):
-        return 0
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and total >= 0:
-        return total
-    parts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
-    return sum(p for p in parts if isinstance(p, int) and p >= 0)
-
-
 def usage_in(text: str) -> int:
     """The tokens an upstream answer (or one streamed chunk) reports, 0 when none."""
     try:
         parsed: Any = json.loads(text)
     except ValueError:
         return 0
-    return tokens_of(parsed.get("usage")) if isinstance(parsed, dict) else 0
+    usage = Usage.of(parsed.get("usage")) if isinstance(parsed, dict) else None
+    return usage.total if usage is not None else 0
 
 
 class Spending:

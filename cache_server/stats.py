@@ -67,8 +67,9 @@ class LookupLatency:
         )
 
     def record(self, cache_id: str, hit: bool, seconds: float) -> None:
-        metrics.LOOKUPS.labels("hit" if hit else "miss").inc()
-        metrics.LOOKUP_SECONDS.observe(seconds)
+        outcome = "hit" if hit else "miss"
+        metrics.LOOKUPS.labels(outcome).inc()
+        metrics.LOOKUP_SECONDS.labels(outcome).observe(seconds)
         window = self._by_cache.pop(cache_id, None)
         if window is None:
             window = collections.deque(maxlen=LATENCY_WINDOW)

@@ -88,6 +88,7 @@ async def abort_failed(method: str, exc: Exception, context: Context, started: f
     call began."""
     code, reason = status_of(exc)
     metrics.RPCS.labels(method, code.name).inc()
+    metrics.ERRORS.labels(method, reason.value).inc()
     if code is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method)
         message = f"internal error (request id {request_id.get()})"

@@ -13,11 +13,16 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+from opentelemetry.trace import SpanKind
 
+from cache_server.entries import AnswerCost
+from cache_server.savings import cost_of
 from cache_server.spending import Spending, usage_in
+from service_runtime import tracing
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +117,18 @@ def _own_error(body: str) -> dict[str, Any] | None:
     return _error(message.strip()[:1000], kind, word("code"), word("param"))
 
 
+def _call_attributes(upstream: str, model: str) -> dict[str, str] | None:
+    """The span attributes of one call of the LLM (OpenTelemetry's GenAI conventions; never a
+    prompt or an answer); None while traces are off."""
+    if not tracing.enabled():
+        return None
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": model,
+        "semcache.upstream": upstream,
+    }
+
+
 class ChatUpstream(Protocol):
     """An upstream that takes whole OpenAI chat-completions requests (the chat route)."""
 
@@ -144,11 +161,23 @@ def last_user_text(body: Mapping[str, Any]) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class Completion:
+    """An upstream answer to one prompt, and what producing it cost (None: not reported)."""
+
+    text: str
+    cost: AnswerCost | None
+
+
 class Upstream(Protocol):
     kind: str  # "openai-compatible" or "demo"
     model: str
 
     async def complete(self, prompt: str) -> str: ...
+
+    async def answer(self, prompt: str) -> Completion:
+        """`complete`, with the call's cost: what the cache stores on a miss."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -162,12 +191,17 @@ class DemoResponder:
     async def complete(self, prompt: str) -> str:
         return self._answer(prompt)
 
+    async def answer(self, prompt: str) -> Completion:
+        return Completion(self._answer(prompt), None)  # no upstream was paid: no cost to save
+
     @staticmethod
     def _answer(prompt: str) -> str:
-        return (
-            "[demo responder: no upstream LLM is configured, set CACHE_UPSTREAM_BASE_URL] "
-            f"You asked: {prompt.strip()}"
-        )
+        attributes = _call_attributes("demo", "demo-responder")
+        with tracing.span("chat demo-responder", attributes, kind=SpanKind.CLIENT):
+            return (
+                "[demo responder: no upstream LLM is configured, set CACHE_UPSTREAM_BASE_URL] "
+                f"You asked: {prompt.strip()}"
+            )
 
     async def chat(self, body: Mapping[str, Any]) -> str:
         return json.dumps(self._completion(body))
@@ -231,20 +265,26 @@ class OpenAICompatibleUpstream:
         )
 
     async def complete(self, prompt: str) -> str:
+        return (await self.answer(prompt)).text
+
+    async def answer(self, prompt: str) -> Completion:
         body: dict[str, object] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
         }
         if self._max_tokens is not None:
             body["max_tokens"] = self._max_tokens
+        started = time.perf_counter()
         reply = await self.chat(body)
+        seconds = time.perf_counter() - started
         try:
-            content = json.loads(reply)["choices"][0]["message"]["content"]
+            parsed = json.loads(reply)
+            content = parsed["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise UpstreamError("upstream LLM answer has no choices[0].message.content") from exc
         if not isinstance(content, str) or not content.strip():
             raise UpstreamError("upstream LLM returned an empty answer")
-        return content
+        return Completion(content, cost_of(parsed, self.model, seconds))
 
     async def _spend(self, requests: int, text: str = "") -> None:
         if self.spending is not None:
@@ -254,8 +294,13 @@ class OpenAICompatibleUpstream:
 
     async def chat(self, body: Mapping[str, Any]) -> str:
         await self._spend(1)
+        model = str(body.get("model") or self.model)
         try:
-            reply = await self._client.post("/chat/completions", json=dict(body))
+            attributes = _call_attributes(self.kind, model)
+            with tracing.span(f"chat {model}", attributes, kind=SpanKind.CLIENT) as span:
+                reply = await self._client.post("/chat/completions", json=dict(body))
+                if span is not None:
+                    span.set_attribute("http.response.status_code", reply.status_code)
         except httpx.TimeoutException as exc:
             raise UpstreamError("the upstream LLM timed out") from exc
         except httpx.ConnectError as exc:
@@ -269,8 +314,15 @@ class OpenAICompatibleUpstream:
 
     async def chat_stream(self, body: Mapping[str, Any]) -> AsyncIterator[str]:
         await self._spend(1)
+        model = str(body.get("model") or self.model)
         try:
-            async with self._client.stream("POST", "/chat/completions", json=dict(body)) as reply:
+            async with (
+                # Not the current context: the stream yields to its consumer within it.
+                tracing.async_span(
+                    f"chat {model}", _call_attributes(self.kind, model), kind=SpanKind.CLIENT
+                ),
+                self._client.stream("POST", "/chat/completions", json=dict(body)) as reply,
+            ):
                 if reply.status_code != 200:
                     raise UpstreamHTTPError(reply.status_code, (await reply.aread()).decode())
                 async for line in reply.aiter_lines():

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
+from opentelemetry.trace import Span
 
 from embedder import metrics
 from embedder.encoder import FloatArray, TextTooLongError, TokenizedText
+from service_runtime import tracing
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class _Pending(Generic[Item]):
     text: Item
     future: asyncio.Future[TextResult]
     enqueued_at: float = field(default_factory=time.perf_counter)
+    caller: Span | None = None  # the request's span, for the batch's to link to (traces on)
 
 
 @dataclass
@@ -132,8 +135,10 @@ class EmbeddingBatcher(Generic[Item]):
         max_wait_s: float = 0.0,
         max_queue: int = 2048,
         instrument: bool = True,
+        span_name: str = "embedder.batch",
     ) -> None:
         self._model = model
+        self._span_name = span_name  # of each batch's span, when traces are on
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
         self._max_wait_s = max_wait_s
@@ -178,7 +183,8 @@ class EmbeddingBatcher(Generic[Item]):
                 f"{self._max_queue}); retry later"
             )
         loop = asyncio.get_running_loop()
-        pending = [_Pending(text, loop.create_future()) for text in texts]
+        caller = tracing.caller()
+        pending = [_Pending(text, loop.create_future(), caller=caller) for text in texts]
         self._queue.extend(pending)
         self._wakeup.set()
         try:
@@ -218,7 +224,11 @@ class EmbeddingBatcher(Generic[Item]):
             started = time.perf_counter()
             texts = [p.text for p in batch]
             try:
-                outcome = await loop.run_in_executor(self._executor, self._infer, texts)
+                callers = (p.caller for p in batch)  # read only when traces are on
+                with tracing.batch_span(
+                    self._span_name, callers, {"semcache.batch.texts": len(batch)}
+                ):
+                    outcome = await loop.run_in_executor(self._executor, self._infer, texts)
             except Exception as exc:  # a model failure fails this batch's requests, not the server
                 log.exception("embedding batch of %d texts failed", len(batch))
                 for p in batch:

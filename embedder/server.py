@@ -112,6 +112,7 @@ class Embedder:
             max_wait_s=s.max_wait_ms / 1e3,
             max_queue=s.max_queue,
             instrument=False,
+            span_name="verifier.batch",
         )
         self.verifier_batcher.start()
         for _ in range(3):

@@ -4,9 +4,11 @@ Problem), routes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway import console
 from gateway.errors import (
     CacheCallError,
     ProblemError,
@@ -23,20 +26,26 @@ from gateway.errors import (
 )
 from gateway.metrics import REGISTRY
 from gateway.middleware import GuardMiddleware
-from gateway.routes import chat, conversations, feedback, langcache, original, policy
+from gateway.routes import chat, conversations, feedback, langcache, operations, original, policy
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2_grpc as pb_grpc
+from service_runtime import tracing
 from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
 from service_runtime.tenants import KeyRing
 from service_runtime.tls import ClientTls
 
 log = logging.getLogger("gateway")
+UNTRACED_PATHS = frozenset({"/health", "/metrics"})
 
 
 def grpc_target(addresses: str) -> str:
     """ "host:port" as is; "ip:port,ip:port" as one gRPC target over all of them."""
     parts = [a.strip() for a in addresses.split(",") if a.strip()]
     return parts[0] if len(parts) == 1 else "ipv4:" + ",".join(parts)
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in UNTRACED_PATHS
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -67,6 +76,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             await channel.close()
+            await asyncio.to_thread(tracing.flush)  # uvicorn's exit skips atexit
 
     app = FastAPI(
         title="semcache",
@@ -76,6 +86,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         "Similarity is the cosine similarity of normalised embeddings; a hit is "
         "similarity >= threshold, so a higher threshold is stricter.",
         lifespan=lifespan,
+        # FastAPI's own span per request ("POST /query"), on only while service_runtime.tracing
+        # has installed a tracer provider: none for probes and scrapes, and none per
+        # dependency or endpoint call (the gRPC call's span says where the time goes).
+        telemetry={"operation_spans": False, "exclude": _untraced},
     )
     app.state.settings = settings
     app.state.keys = keys = KeyRing.configured(
@@ -154,5 +168,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(feedback.router)
     app.include_router(policy.router)
+    app.include_router(operations.router)
     app.include_router(chat.router)
+    app.include_router(console.router)
     return app

@@ -23,6 +23,15 @@ from service_runtime.tenants import CLIENT_METADATA, KEY_METADATA, KeyRing, forw
 log = logging.getLogger("gateway")
 
 OPEN_PATHS = {"/health"}  # reachable without the API key (load balancers, orchestrators)
+# The console's static shell (gateway.console): a browser's navigation carries no key, and the
+# shell holds no data; every call the page then makes carries the operator's key.
+CONSOLE_PATH, CONSOLE_ASSETS = "/console", "/console/static/"
+
+
+def _is_open(path: str) -> bool:
+    if path in OPEN_PATHS or path.startswith(CONSOLE_ASSETS):
+        return True
+    return path in (CONSOLE_PATH, CONSOLE_PATH + "/")  # the latter is redirected to the former
 
 
 def _has_body(headers: Headers) -> bool:
@@ -56,7 +65,7 @@ class GuardMiddleware:
             return ProblemError(413, f"request body over {self.max_body_bytes} bytes")
         if (
             self.keys.keyed
-            and scope["path"] not in OPEN_PATHS
+            and not _is_open(scope["path"])
             and self.keys.authenticate(headers.get("authorization")) is None
         ):
             return ProblemError(

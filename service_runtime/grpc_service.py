@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_runtime import tracing, tracing_grpc
 from service_runtime.error_reasons import REASON_KEY, RETRY_AFTER_KEY, ErrorReason
 from service_runtime.logs import REQUEST_ID_HEADER, clean_request_id, request_id
 from service_runtime.tls import ServerTls
@@ -244,7 +245,10 @@ class GrpcService:
                 ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(connection_age_grace_s * 1000)),
             ]
-        self.server = grpc.aio.server(interceptors=[UnaryCallInterceptor(gate)], options=options)
+        # Tracing's (service_runtime.tracing_grpc; none while off) first: the outermost, so that a
+        # call's span covers its admission too.
+        self.interceptors = [*tracing_grpc.server_interceptors(), UnaryCallInterceptor(gate)]
+        self.server = grpc.aio.server(interceptors=self.interceptors, options=options)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)
@@ -309,4 +313,5 @@ async def serve_until_signal(
     preparing.cancel()
     await service.stop(grace_s)
     await cleanup()
+    await asyncio.to_thread(tracing.flush)  # also at exit (atexit), but a kill may come first
     return 0

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings
 
 from service_runtime.logs import configure_logging
 from service_runtime.tls import ServerTls
+from service_runtime.tracing import TracingConfigError, setup_tracing
 
 
 class ServiceSettings(BaseSettings):
@@ -109,11 +110,17 @@ def describe_errors(error: ValidationError) -> str:
 
 def start_service(cls: type[S], argv: Sequence[str] | None, service: str) -> S | None:
     """Settings of `service` from flags and environment, with logging configured (lines tagged
-    with the service's name); None, after saying why on stderr, when the settings are invalid."""
+    with the service's name) and traces when OTEL_* asks for them (service_runtime.tracing);
+    None, after saying why on stderr, when the settings are invalid."""
     try:
         settings = settings_from_args(cls, argv, prog=f"python -m {service}")
     except ValidationError as exc:
         print(f"{service}: invalid settings:\n{describe_errors(exc)}", file=sys.stderr)
         return None
     configure_logging(service, settings.log_level, settings.log_format)
+    try:
+        setup_tracing(service)
+    except TracingConfigError as exc:
+        print(f"{service}: invalid settings:\n  {exc}", file=sys.stderr)
+        return None
     return settings

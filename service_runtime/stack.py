@@ -179,8 +179,9 @@ def stop_all(children: Sequence[Child]) -> None:
             child.pump.join(2)
 
 
-def run(children: list[Child]) -> int:
-    """Runs `children` until SIGINT or SIGTERM, restarting any that dies; returns 0."""
+def run(children: list[Child], announce: Sequence[str] = ()) -> int:
+    """Runs `children` until SIGINT or SIGTERM, restarting any that dies; returns 0. The
+    `announce` lines are said once all are started (where to find them)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -193,6 +194,8 @@ def run(children: list[Child]) -> int:
     for child in children:
         if not stop.is_set():
             start(child)
+    for line in announce:
+        say(line)
     while not stop.is_set():
         now = time.monotonic()
         for child in children:
@@ -246,9 +249,20 @@ def services(argv: Sequence[str]) -> list[Child]:
     ]
 
 
+def console_url() -> str:
+    """The operator console on the gateway (GATEWAY_HOST, GATEWAY_PORT), as a browser on this
+    machine reaches it."""
+    host = os.environ.get("GATEWAY_HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{os.environ.get('GATEWAY_PORT', '8000')}/console"
+
+
 def main() -> int:
     """Arguments after `--model-dir ...` style flags go to the embedder."""
-    return run(services(sys.argv[1:]))
+    return run(services(sys.argv[1:]), announce=[f"console: {console_url()}"])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from service_runtime.tracing_grpc import client_interceptors
+
 
 class TlsConfigError(ValueError):
     """TLS settings that cannot work (e.g. a certificate without its key)."""
@@ -63,13 +65,19 @@ class ClientTls:
         return self.ca_file is not None
 
     def channel(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-        """A secure channel when TLS is configured, else a plaintext one."""
+        """A secure channel when TLS is configured, else a plaintext one; its calls traced
+        when tracing is on (service_runtime.tracing_grpc)."""
+        interceptors = client_interceptors()
         if not self.enabled:
-            return grpc.aio.insecure_channel(target, options=list(options))
+            return grpc.aio.insecure_channel(
+                target, options=list(options), interceptors=interceptors
+            )
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file),
             private_key=_read(self.key_file),
             certificate_chain=_read(self.cert_file),
         )
         extra = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
-        return grpc.aio.secure_channel(target, credentials, options=[*options, *extra])
+        return grpc.aio.secure_channel(
+            target, credentials, options=[*options, *extra], interceptors=interceptors
+        )

@@ -1,5 +1,7 @@
 """A real HTTP server speaking the OpenAI chat-completions API, standing in for the upstream
-LLM in integration tests. It counts calls and can be slow or fail on demand."""
+LLM in integration tests. It counts calls and can be slow or fail on demand, and reports a
+`usage` tests can predict to the token: one prompt token per word of the prompt, one completion
+token per word of the answer (`usage_of`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,16 @@ from types import TracebackType
 from typing import Any
 
 
+def word_usage(prompt: str, answer: str) -> dict[str, int]:
+    """OpenAI's usage object, counting one token per word."""
+    prompt_tokens, completion_tokens = len(prompt.split()), len(answer.split())
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 class FakeLLM:
     def __init__(self, delay_s: float = 0.0, answer: Callable[[str], str] | None = None) -> None:
         """`answer(prompt)` gives the answer (default: one of its own for every prompt)."""
@@ -22,6 +34,8 @@ class FakeLLM:
         self.fail_body = b'{"error": "failed on purpose"}'
         # A stream breaks off (the connection closes) after this many chunks.
         self.break_stream_after: int | None = None
+        # Seconds each call takes are `delay_s`; `usage_of` gives its usage.
+        self.usage_of: Callable[[str, str], dict[str, int]] = word_usage
         self.prompts: list[str] = []
         self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -44,7 +58,7 @@ class FakeLLM:
                     return
                 text = owner.answer(prompt)
                 if body.get("stream"):
-                    self._stream(body, text)
+                    self._stream(body, text, owner.usage_of(prompt, text))
                     return
                 message = {"role": "assistant", "content": text}
                 answer = {
@@ -53,7 +67,7 @@ class FakeLLM:
                     "created": int(time.time()),
                     "model": body.get("model", "fake"),
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+                    "usage": owner.usage_of(prompt, text),
                 }
                 data = json.dumps(answer).encode()
                 self.send_response(200)
@@ -62,8 +76,9 @@ class FakeLLM:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _stream(self, body: dict[str, Any], text: str) -> None:
-                """Server-sent chunks, one word each, then [DONE] (or a broken connection)."""
+            def _stream(self, body: dict[str, Any], text: str, usage: dict[str, int]) -> None:
+                """Server-sent chunks, one word each, then (asked with include_usage) one with
+                the usage and no choices, then [DONE] (or a broken connection)."""
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
@@ -86,6 +101,9 @@ class FakeLLM:
                     }
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    last = {**head, "choices": [], "usage": usage}
+                    self.wfile.write(f"data: {json.dumps(last)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
 
             def log_message(self, format: str, *args: object) -> None:

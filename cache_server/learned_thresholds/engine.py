@@ -38,6 +38,7 @@ from cache_server.learned_thresholds.policy import (
     resolve,
 )
 from cache_server.store.base import CacheStore
+from service_runtime import tracing
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,8 @@ class VerifiedEngine:
         self, cache_id: str, entry: CacheEntry, similarity: float, question: str, fresh: str
     ) -> bool:
         """Judges the cached answer against the fresh one, and learns from the verdict."""
-        right = await self.judge.right(question, entry.response, fresh)
+        with tracing.span("verified.judge", {"semcache.judge.kind": self.judge.kind}):
+            right = await self.judge.right(question, entry.response, fresh)
         await self.learn(cache_id, entry, similarity, right)
         counts = {"explorations": 1} | ({} if right else {"explorations_wrong": 1})
         await self.store.add_counters(cache_id, counts)

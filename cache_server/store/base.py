@@ -271,6 +271,10 @@ class CacheStore(Protocol):
         """How many caches have a hit policy set (held or not)."""
         ...
 
+    async def policy_cache_ids(self) -> list[str]:
+        """The caches that have a hit policy set (held or not), sorted."""
+        ...
+
     async def set_cache_policy(self, cache_id: str, policy: str | None) -> None:
         """Sets (None: removes) the cache's hit policy. It outlives a flush of the entries;
         it is configuration, not data. Durable when it returns."""

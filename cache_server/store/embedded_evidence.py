@@ -125,6 +125,11 @@ def policy_count(db: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+def policy_cache_ids(db: sqlite3.Connection) -> list[str]:
+    rows = db.execute("SELECT cache_id FROM verified WHERE policy IS NOT NULL ORDER BY cache_id")
+    return [str(row[0]) for row in rows]
+
+
 def set_policy(db: sqlite3.Connection, cache_id: str, value: str | None) -> None:
     with db:
         db.execute("BEGIN IMMEDIATE")

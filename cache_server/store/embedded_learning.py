@@ -82,5 +82,8 @@ class EmbeddedLearning(EmbeddedConnection):
     async def policy_count(self) -> int:
         return await self._run(embedded_evidence.policy_count, self.db)
 
+    async def policy_cache_ids(self) -> list[str]:
+        return await self._run(embedded_evidence.policy_cache_ids, self.db)
+
     async def set_cache_policy(self, cache_id: str, policy: str | None) -> None:
         await self._run(embedded_evidence.set_policy, self.db, cache_id, policy)

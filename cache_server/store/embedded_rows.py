@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
+from cache_server.entries import AnswerCost, CacheEntry, normalize_prompt, prompt_key
 from cache_server.store import embedded_evidence, embedded_feedback, embedded_marks
 from cache_server.store.base import FloatArray
 
@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS entries (
     last_access REAL NOT NULL,
     vector      BLOB NOT NULL,
     evidence    BLOB,  -- observations (embedded_evidence); added at open to older files
+    cost        TEXT,  -- what producing the answer cost upstream (AnswerCost JSON); ditto
     PRIMARY KEY (cache_id, id)
 );
 CREATE INDEX IF NOT EXISTS entries_lru ON entries (cache_id, last_access);
@@ -44,11 +45,11 @@ CREATE TABLE IF NOT EXISTS cache_models (
 );
 """
 
-_COLUMNS = "cache_id, id, prompt, response, attributes, created_at, expires_at"
+_COLUMNS = "cache_id, id, prompt, response, attributes, created_at, expires_at, cost"
 
 
-def _entry(row: tuple[str, str, str, str, str, float, float | None]) -> CacheEntry:
-    cache_id, entry_id, prompt, response, attributes, created_at, expires_at = row
+def _entry(row: tuple[str, str, str, str, str, float, float | None, str | None]) -> CacheEntry:
+    cache_id, entry_id, prompt, response, attributes, created_at, expires_at, cost = row
     return CacheEntry(
         cache_id=cache_id,
         id=entry_id,
@@ -57,6 +58,7 @@ def _entry(row: tuple[str, str, str, str, str, float, float | None]) -> CacheEnt
         attributes=json.loads(attributes),
         created_at=created_at,
         expires_at=expires_at,
+        cost=AnswerCost.from_json(cost),
     )
 
 
@@ -67,6 +69,8 @@ def connect(path: Path, synchronous: Literal["NORMAL", "FULL"]) -> sqlite3.Conne
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.executescript(SCHEMA)
+    if "cost" not in {row[1] for row in db.execute("PRAGMA table_info(entries)")}:
+        db.execute("ALTER TABLE entries ADD COLUMN cost TEXT")  # a file from before savings
     db.executescript(embedded_feedback.SCHEMA)
     db.executescript(embedded_marks.SCHEMA)
     embedded_evidence.migrate(db)
@@ -97,7 +101,7 @@ def put(
             )
         db.execute(
             f"INSERT OR REPLACE INTO entries ({_COLUMNS}, prompt_key, last_access, vector) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 entry.cache_id,
                 entry.id,
@@ -106,6 +110,7 @@ def put(
                 json.dumps(dict(entry.attributes), ensure_ascii=False),
                 entry.created_at,
                 entry.expires_at,
+                entry.cost.to_json() if entry.cost is not None else None,
                 prompt_key(entry.prompt),
                 now,
                 vector.astype("<f4").tobytes(),

@@ -86,6 +86,10 @@ class RedisEvidence(RedisConnection):
     async def policy_count(self) -> int:
         return int(await self._call(lambda: self._redis.hlen(self.layout.policies)))
 
+    async def policy_cache_ids(self) -> list[str]:
+        held = await self._call(lambda: self._redis.hvals(self.layout.policies))
+        return sorted(bytes(raw).decode() for raw in held)
+
     async def set_cache_policy(self, cache_id: str, policy: str | None) -> None:
         keys = self.layout.cache(cache_id)
 

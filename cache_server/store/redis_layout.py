@@ -63,12 +63,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cache_server.entries import SCOPE_ATTRIBUTES, CacheEntry, unnamed_scopes
+from cache_server.entries import SCOPE_ATTRIBUTES, AnswerCost, CacheEntry, unnamed_scopes
 
 VERSION = "v2"
 TOKEN_CHARS = 32
 # Fields of an entry hash a search returns (besides the distance).
-ENTRY_FIELDS = ("id", "prompt", "response", "attributes", "created_at", "expires_at")
+ENTRY_FIELDS = ("id", "prompt", "response", "attributes", "created_at", "expires_at", "cost")
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,7 @@ def entry_fields(entry: CacheEntry, pkey: str, vector: bytes) -> list[Any]:
         "created_at": repr(entry.created_at),
         "expires_at": repr(entry.expires_at) if entry.expires_at is not None else "",
         "live_until": repr(entry.expires_at) if entry.expires_at is not None else "inf",
+        "cost": entry.cost.to_json() if entry.cost is not None else "",
         "vector": vector,
     }
     return [item for pair in fields.items() for item in pair]
@@ -260,4 +261,5 @@ def decode_entry(cache_id: str, raw: Mapping[bytes, bytes], now: float) -> Cache
         attributes=json.loads(raw[b"attributes"]),
         created_at=float(raw[b"created_at"]),
         expires_at=expires_at,
+        cost=AnswerCost.from_json(raw.get(b"cost")),
     )

@@ -24,6 +24,7 @@ from gateway.routes.policy_fields import (
     accounting_pb,
     policy_pb,
 )
+from gateway.routes.stats_fields import Savings
 from gateway.settings import GatewaySettings
 from protos.semcache.cache.v1 import cache_pb2 as pb
 from service_runtime.logs import outgoing_metadata
@@ -135,6 +136,8 @@ class StatsResponse(BaseModel):
     explorations: int = Field(0, description="Near candidates judged against a fresh answer")
     explorations_wrong: int = Field(0, description="... whose stored answer was judged wrong")
     learned: LearnedThresholds | None = Field(None, description="What it has learned")
+    lookup_p95_ms: float = Field(0.0, description="Look-up latency, 95th percentile")
+    savings: Savings | None = Field(None, description="What the cache's hits saved")
 
 
 @router.post("/query", response_model=QueryResponse)
@@ -234,4 +237,6 @@ async def stats(
         explorations=reply.explorations,
         explorations_wrong=reply.explorations_wrong,
         learned=LearnedThresholds.of(reply.learned) if reply.HasField("learned") else None,
+        lookup_p95_ms=reply.lookup_p95_ms,
+        savings=Savings.of(reply.savings),
     )

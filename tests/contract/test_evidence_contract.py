@@ -194,6 +194,7 @@ async def test_the_policy_round_trips_and_none_removes_it(factory: StoreFactory)
     await first.set_cache_policy("c1", policy)  # configuration: before any entry too
     assert await first.cache_policy("c1") == policy
     assert await first.cache_policy("c2") is None
+    assert await first.policy_cache_ids() == ["c1"]
     await first.close()
     again = await factory()
     try:
@@ -204,6 +205,7 @@ async def test_the_policy_round_trips_and_none_removes_it(factory: StoreFactory)
         assert await again.cache_policy("c1") == "{}"
         await again.set_cache_policy("c1", None)
         assert await again.cache_policy("c1") is None
+        assert await again.policy_cache_ids() == []
         assert await again.pooled_evidence("c1") == rec(1)  # the pool is not the policy's
         await again.set_cache_policy("c3", None)  # removing what was never set
         assert await again.cache_policy("c3") is None

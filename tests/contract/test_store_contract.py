@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
 
-from cache_server.entries import CacheEntry
+from cache_server.entries import AnswerCost, CacheEntry
 from cache_server.store.base import CacheLimitError, CacheStore, PutOutcome, StoreConflictError
 from tests.contract.stores import (
     ADVERSARIAL_CACHE_IDS,
@@ -375,3 +376,24 @@ async def test_vectors_are_replaced_in_place_for_a_reindex(store: CacheStore) ->
     assert await store.vector_model("c1") == "new"
     await store.set_vector_model("not-held", "new")
     assert await store.vector_model("not-held") is None
+
+
+async def test_what_an_answer_cost_is_kept_with_it(factory: StoreFactory) -> None:
+    """The upstream cost stored with an answer comes back from every read, and after a
+    reopen: what its hits are credited with (cache_server.savings)."""
+    store = await factory()
+    cost = AnswerCost(prompt_tokens=12, completion_tokens=345, upstream_seconds=1.5, model="m-1")
+    costed = dataclasses.replace(entry("what does it cost"), cost=cost)
+    free = entry("stored by set")
+    await put(store, costed, vec(1, 0), 10, NOW)
+    await put(store, free, vec(0, 1), 10, NOW)
+    await store.close()
+    store = await factory()
+    try:
+        assert await store.get("c1", costed.id, NOW) == costed
+        exact = await store.find_exact("c1", "what does it cost", {}, NOW)
+        assert exact is not None and exact.cost == cost
+        found = await store.search("c1", vec(1, 0), 2, 0.0, {}, NOW)
+        assert {f.id: f.cost for f, _ in found} == {costed.id: cost, free.id: None}
+    finally:
+        await store.close()

@@ -401,6 +401,7 @@ def test_the_stack_starts_all_services_and_one_interrupt_stops_them(
     assert stack.returncode == 0, output
     assert "embedder     | " in output and "cache_server | " in output
     assert "gateway      | " in output
+    assert f"stack: console: http://127.0.0.1:{gateway_port}/console" in output
     assert "stack: stopped" in output
     with pytest.raises(grpc.RpcError):
         stub.GetStats(pb.GetStatsRequest(), timeout=2)

@@ -240,6 +240,39 @@ def test_grpc_callers_get_the_same_grants(stack: Stack) -> None:
         assert anonymous.get_server_info().embedding_dimension > 0  # health needs no key
 
 
+def test_recent_decisions_and_the_list_of_caches_are_for_admins_of_those_caches(
+    stack: Stack,
+) -> None:
+    assert _set(stack, "alpha", "alpha", "What did alpha ask last?").status_code == 201
+    assert _search(stack, "alpha", "alpha", "What did alpha ask last?").json()["data"]
+    assert _set(stack, "beta", "beta", "beta's listed question").status_code == 201
+    own = httpx.get(f"{stack.url}/v1/caches/alpha/decisions", headers=stack.auth("alpha"))
+    assert own.status_code == 200, own.text
+    newest = own.json()["decisions"][0]
+    assert (newest["prompt"], newest["outcome"]) == ("What did alpha ask last?", "hit")
+    # A read-only key of alpha, and the admin of another cache: refused, and shown nothing.
+    for key_id in ("reader", "beta"):
+        refused = httpx.get(f"{stack.url}/v1/caches/alpha/decisions", headers=stack.auth(key_id))
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["type"] == "/errors/insufficient-permissions"
+        assert "alpha ask" not in refused.text
+
+    # Each admin lists its own caches only; a key that administers none is refused.
+    def listed(key_id: str) -> set[str]:
+        reply = httpx.get(f"{stack.url}/v1/caches", headers=stack.auth(key_id))
+        assert reply.status_code == 200, reply.text
+        return {c["cacheId"] for c in reply.json()["caches"]}
+
+    alpha = listed("alpha")
+    assert "alpha" in alpha and all(c == "alpha" or c.startswith("alpha-") for c in alpha)
+    assert listed("beta") == {"beta"}
+    assert httpx.get(f"{stack.url}/v1/caches", headers=stack.auth("reader")).status_code == 403
+    with CacheClient(stack.cache.address, api_key=stack.keys["alpha"]) as grpc_alpha:
+        assert {c.cache_id for c in grpc_alpha.list_caches()} == alpha
+        with pytest.raises(client_errors.PermissionDenied):
+            grpc_alpha.list_decisions(cache_id="beta")
+
+
 def _burst(stack: Stack, key_id: str, n: int) -> list[httpx.Response]:
     return [_search(stack, key_id, key_id, "Is anyone limiting me?") for _ in range(n)]
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from cache_server.cache import SemanticCache
 from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
-from cache_server.upstream import UpstreamError
+from cache_server.entries import AnswerCost
+from cache_server.upstream import Completion, UpstreamError
 
 DIM = 16
 # Texts in the same group get nearly the same vector (paraphrases); others are unrelated.
@@ -70,6 +71,12 @@ class FakeUpstream:
         if self.fail:
             raise UpstreamError("upstream LLM answered HTTP 500")
         return f"LLM says: {prompt}"
+
+    async def answer(self, prompt: str) -> Completion:
+        """`complete`, costed one token per word (as tests.fake_llm counts)."""
+        text = await self.complete(prompt)
+        cost = AnswerCost(len(prompt.split()), len(text.split()), self.delay_s, self.model)
+        return Completion(text, cost)
 
     async def close(self) -> None:
         return None

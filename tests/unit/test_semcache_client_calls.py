@@ -131,7 +131,7 @@ def test_idempotency_of_each_method() -> None:
     never = {cache_rpcs.QUERY.name, cache_rpcs.SUBMIT_FEEDBACK.name, *streams}
     rpcs = [v for v in vars(cache_rpcs).values() if isinstance(v, Rpc)]
     rpcs += [v for v in vars(embedding_rpcs).values() if isinstance(v, Rpc)]
-    assert len(rpcs) == 16
+    assert len(rpcs) == 18
     for rpc in rpcs:
         assert rpc.idempotent == (rpc.name not in never), rpc.name
         assert rpc.server_streaming == (rpc.name in streams), rpc.name

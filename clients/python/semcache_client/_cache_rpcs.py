@@ -14,6 +14,7 @@ from semcache_client.models import (
     CachedData,
     CachePolicy,
     CacheStats,
+    CacheSummary,
     ChatChunk,
     ChatCompletion,
     ChatEvent,
@@ -21,12 +22,14 @@ from semcache_client.models import (
     ChatRoute,
     ChatStored,
     ChatUpstreamError,
+    Decision,
     Entry,
     ErrorAccounting,
     FeedbackResult,
     HitPolicy,
     LearnedThresholds,
     QueryResult,
+    RecentDecisions,
     ReindexProgress,
     SearchHit,
     SearchResult,
@@ -77,6 +80,16 @@ SET_CACHE_POLICY = Rpc(
 )
 GET_CACHE_POLICY = Rpc(
     S, "GetCachePolicy", cache_pb.GetCachePolicyRequest, cache_pb.CachePolicy, idempotent=True
+)
+LIST_DECISIONS = Rpc(
+    S,
+    "ListDecisions",
+    cache_pb.ListDecisionsRequest,
+    cache_pb.ListDecisionsResponse,
+    idempotent=True,
+)
+LIST_CACHES = Rpc(
+    S, "ListCaches", cache_pb.ListCachesRequest, cache_pb.ListCachesResponse, idempotent=True
 )
 # Progress of a re-embedding; repeating it continues where it stopped, but it is long and
 # heavy: never repeated by the client.
@@ -361,6 +374,35 @@ def cache_policy(pb: cache_pb.CachePolicy) -> CachePolicy:
     return CachePolicy(
         pb.cache_id, pb.policy, pb.max_error_rate, pb.source, error_accounting=pb.error_accounting
     )
+
+
+def recent_decisions(pb: cache_pb.ListDecisionsResponse) -> RecentDecisions:
+    return RecentDecisions(
+        decisions=[
+            Decision(
+                at=d.at,
+                prompt=d.prompt,
+                prompt_truncated=d.prompt_truncated,
+                entry_id=d.entry_id,
+                entry_prompt=d.entry_prompt,
+                entry_prompt_truncated=d.entry_prompt_truncated,
+                similarity=d.similarity,
+                strategy=_strategy(d.strategy),
+                policy=d.policy,
+                outcome=d.outcome,
+                route=d.route,
+                latency_ms=d.latency_ms,
+                threshold=d.threshold,
+            )
+            for d in pb.decisions
+        ],
+        kept=pb.kept,
+        capacity=pb.capacity,
+    )
+
+
+def cache_summaries(pb: cache_pb.ListCachesResponse) -> list[CacheSummary]:
+    return [CacheSummary(c.cache_id, c.cache_size, c.policy, c.policy_source) for c in pb.caches]
 
 
 def feedback_result(pb: cache_pb.SubmitFeedbackResponse) -> FeedbackResult:

@@ -22,10 +22,12 @@ from semcache_client.config import (
 from semcache_client.models import (
     CachePolicy,
     CacheStats,
+    CacheSummary,
     ErrorAccounting,
     FeedbackResult,
     HitPolicy,
     QueryResult,
+    RecentDecisions,
     ReindexProgress,
     SearchResult,
     SearchStrategy,
@@ -279,6 +281,31 @@ class CacheClient:
         request = cache_pb.GetCachePolicyRequest(cache_id=self._cache(cache_id))
         reply = self._invoker.call(rpcs.GET_CACHE_POLICY, request, timeout_s, request_id)
         return rpcs.cache_policy(reply)
+
+    def list_decisions(
+        self,
+        *,
+        limit: int = 50,
+        cache_id: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> RecentDecisions:
+        """The last look-up decisions on the cache, newest first (at most `limit`, up to
+        1000), of the cache server this call reaches (each keeps its own, in memory): what was
+        asked, the entry served or the nearest considered, its similarity, and the outcome.
+        Prompts truncated, answers never included. Admin of the cache."""
+        request = cache_pb.ListDecisionsRequest(cache_id=self._cache(cache_id), limit=limit)
+        reply = self._invoker.call(rpcs.LIST_DECISIONS, request, timeout_s, request_id)
+        return rpcs.recent_decisions(reply)
+
+    def list_caches(
+        self, *, timeout_s: float | None = None, request_id: str | None = None
+    ) -> list[CacheSummary]:
+        """The caches that hold entries or have a policy, with their size and policy: with
+        keys, only those the key administers."""
+        request = cache_pb.ListCachesRequest()
+        reply = self._invoker.call(rpcs.LIST_CACHES, request, timeout_s, request_id)
+        return rpcs.cache_summaries(reply)
 
     def reindex(
         self,

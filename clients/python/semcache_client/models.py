@@ -179,6 +179,43 @@ class CachePolicy:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """One look-up decision of the cache server (CacheClient.list_decisions). Prompts are
+    truncated to 500 characters (`*_truncated` says when); answers are never included."""
+
+    at: float  # Unix seconds
+    prompt: str
+    prompt_truncated: bool
+    entry_id: str  # the entry served (hit) or the nearest considered (miss, explored); "": none
+    entry_prompt: str
+    entry_prompt_truncated: bool
+    similarity: float  # 0 when no entry
+    strategy: SearchStrategy | None  # None when no entry
+    policy: str  # "threshold" or "verified"
+    outcome: str  # "hit", "miss" or "explored"
+    route: str  # the call it was made for: "query", "search" or "chat"
+    latency_ms: float
+    threshold: float  # the similarity threshold, or the verified policy's max_error_rate
+
+
+@dataclass(frozen=True)
+class RecentDecisions:
+    decisions: list[Decision]  # newest first
+    kept: int  # decisions this cache server keeps for the cache now
+    capacity: int  # the most it keeps per cache
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    """A cache the caller administers (CacheClient.list_caches)."""
+
+    cache_id: str
+    cache_size: int
+    policy: str  # "threshold" or "verified"
+    policy_source: str  # "cache" (set for this cache) or "server" (the server's default)
+
+
+@dataclass(frozen=True)
 class FeedbackResult:
     feedback_id: str
     entry_id: str
