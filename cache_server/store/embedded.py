@@ -87,7 +87,7 @@ class EmbeddedStore(EmbeddedLearning):
         )
         self._forget(entry.cache_id, evicted)
         if evicted:
-            self._counters[entry.cache_id]["evictions"] += len(evicted)
+            self.counts.add(entry.cache_id, {"evictions": len(evicted)})
         return PutOutcome(evicted=len(evicted))
 
     async def touch(self, cache_id: str, entry_id: str, now: float) -> None:
@@ -131,13 +131,14 @@ class EmbeddedStore(EmbeddedLearning):
         by_cache = embedded_rows.expired(self.db, now)
         expired = {cache_id: self._delete_ids(cache_id, ids) for cache_id, ids in by_cache.items()}
         for cache_id, count in expired.items():
-            self._counters[cache_id]["expirations"] += count
+            self.counts.add(cache_id, {"expirations": count})
         # The store's periodic chores.
+        self.counts.save(self.db)
         self._snapshots.save(self._indexes(), share=SAVE_SHARE)
         embedded_marks.trim(self.db)
         return PurgeOutcome(expired=expired)
 
-    # -- counters (in memory: one process owns this store) ----------------------------------
+    # -- counters (counted in memory: one process owns this store; saved by the chores) ----
 
     async def admits(self, cache_id: str, max_caches: int) -> bool:
         return cache_id in self._caches or len(self._caches) < max_caches
@@ -145,14 +146,14 @@ class EmbeddedStore(EmbeddedLearning):
     async def add_counters(self, cache_id: str, counts: Mapping[str, int]) -> bool:
         if cache_id not in self._caches:
             return False
-        self._counters[cache_id].update(counts)
+        self.counts.add(cache_id, counts)
         return True
 
     async def counters(self, cache_id: str) -> dict[str, int]:
-        return dict(self._counters.get(cache_id, {}))
+        return self.counts.of(cache_id)
 
     async def reset_counters(self, cache_id: str) -> None:
-        self._counters.pop(cache_id, None)
+        self.counts.reset(cache_id)
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ other parts build on this class: embedded_learning, then embedded (EmbeddedStore
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Literal, TypeVar
 
 from cache_server.store import embedded_feedback, embedded_rows
 from cache_server.store.base import ModelMismatchError, StoreConflictError, StoreUnavailableError
+from cache_server.store.embedded_counters import StoreCounters
 from cache_server.store.embedded_memory import CacheState, load
 from cache_server.store.index_snapshot import IndexSnapshots
 from cache_server.vector_index import VectorIndex
@@ -49,10 +49,8 @@ class EmbeddedConnection:
         self._caches: dict[str, CacheState] = {}
         self._snapshots = IndexSnapshots(self.path)
         self._rejecting: set[str] = set()  # caches holding any "wrong" report
-        # Counters live in this process (the embedded store has one cache server).
-        self._counters: dict[str, collections.Counter[str]] = collections.defaultdict(
-            collections.Counter
-        )
+        # Counted in this process (the embedded store has one cache server), saved to the file.
+        self.counts = StoreCounters()
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -67,6 +65,7 @@ class EmbeddedConnection:
         self._db = db
         self._rejecting = embedded_feedback.caches_with_wrong_reports(db)
         self._models = embedded_rows.models(db)
+        self.counts.load(db)
         loaded = load(db, self._state, self._snapshots)
         self._snapshots.remove_stale(self._indexes())
         log.info(
@@ -101,6 +100,7 @@ class EmbeddedConnection:
     def _close(self) -> None:
         if self._db is not None:
             self._snapshots.save(self._indexes())
+            self.counts.save(self._db)
             self._db.close()
             self._db = None
 

@@ -397,3 +397,23 @@ async def test_what_an_answer_cost_is_kept_with_it(factory: StoreFactory) -> Non
         assert {f.id: f.cost for f, _ in found} == {costed.id: cost, free.id: None}
     finally:
         await store.close()
+
+
+async def test_counters_outlive_a_restart(factory: StoreFactory) -> None:
+    """Hits, misses and savings are what an operator reads to judge the cache: a restart of
+    the cache server keeps them (the embedded store saves them with its chores and at close)."""
+    store = await factory()
+    await put(store, entry("kept"), vec(1), 10, NOW)
+    await put(store, entry("flushed", cache_id="c2"), vec(1), 10, NOW)
+    assert await store.add_counters("c1", {"hits": 3, "saved_prompt_tokens": 120})
+    assert await store.add_counters("c2", {"misses": 1})
+    await store.purge_expired(NOW)  # the periodic chores
+    assert await store.add_counters("c1", {"hits": 1})
+    await store.reset_counters("c2")
+    await store.close()
+    store = await factory()
+    try:
+        assert await store.counters("c1") == {"hits": 4, "saved_prompt_tokens": 120}
+        assert await store.counters("c2") == {}
+    finally:
+        await store.close()
