@@ -97,7 +97,8 @@ observability-tools: ## Install Debian's prometheus (promtool checks deploy/obse
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; }
+	  if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	  else $$SUDO pkill -x prometheus >/dev/null 2>&1 || true; fi; }
 	promtool check rules deploy/observability/alerts.yml >/dev/null
 
 dashboard-snapshot: proto model observability-tools ## Draw dashboard panels from a real stack and Prometheus into docs/img (DASHBOARD_SECONDS=75)
