@@ -71,6 +71,13 @@ feedback-export: proto ## Write the feedback applications gave as make finetune 
 reindex: proto ## Re-embed a cache's prompts with the model served now, after a model change of the same size (CACHE=id, default every cache; ADDRESS=127.0.0.1:50051); resumable
 	$(PY) -m cache_server.reindex --address $(or $(ADDRESS),127.0.0.1:50051) $(if $(CACHE),--cache-id $(CACHE),)
 
+export-cache: proto ## Write a running cache server's cache to a JSONL file, vectors included (CACHE=id, default every cache; FILE=cache.jsonl.gz; ADDRESS=127.0.0.1:50051)
+	$(PY) -m cache_server.transfer_cli export --address $(or $(ADDRESS),127.0.0.1:50051) --output $(or $(FILE),cache.jsonl.gz) $(if $(CACHE),--cache-id $(CACHE),)
+
+import-cache: proto ## Store an export in a running cache server; re-embeds when its model differs (FILE=path; CACHE=id: all into this cache; ADDRESS)
+	@test -n "$(FILE)" || { echo "make import-cache needs FILE=<an export, .jsonl or .jsonl.gz>"; exit 2; }
+	$(PY) -m cache_server.transfer_cli import --address $(or $(ADDRESS),127.0.0.1:50051) --input $(FILE) $(if $(CACHE),--cache-id $(CACHE),)
+
 calibrate: proto model ## Calibrate MODEL_DIR's default threshold on labelled pairs (DATA, TARGET_PRECISION)
 	$(PY) -m embedder.training.calibrate --model-dir $(MODEL_DIR) --data $(DATA) --target-precision $(TARGET_PRECISION) $(CALIBRATE_ARGS)
 
@@ -227,4 +234,4 @@ clean: ## Remove the venv, generated stubs and exported models
 	find protos -name '*_pb2*' -delete
 
 
-.PHONY: observability-tools dashboard-snapshot container-tools images container-check bench-containers help setup proto proto-check model finetune finetune-verifier calibrate-verifier feedback-export calibrate reindex run redis demo test lint bench soak clean compose-tools
+.PHONY: observability-tools dashboard-snapshot container-tools images container-check bench-containers help setup proto proto-check model finetune finetune-verifier calibrate-verifier feedback-export calibrate reindex export-cache import-cache run redis demo test lint bench soak clean compose-tools

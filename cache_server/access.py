@@ -56,15 +56,31 @@ METHOD_ACTIONS: dict[str, Action | None] = {
     "Reindex": Action.ADMIN,
     "ListDecisions": Action.ADMIN,
     "ListCaches": Action.ADMIN,
+    "ExportEntries": Action.ADMIN,
+    "ImportEntries": Action.ADMIN,
     "GetServerInfo": None,
 }
-# Calls that change what a cache holds or how it serves: written to the audit log.
-AUDITED = {"Set", "Delete", "DeleteEntries", "Flush", "SubmitFeedback", "SetCachePolicy", "Reindex"}
+# Calls that change what a cache holds or how it serves, or copy it out whole: written to the
+# audit log.
+AUDITED = {
+    "Set",
+    "Delete",
+    "DeleteEntries",
+    "Flush",
+    "SubmitFeedback",
+    "SetCachePolicy",
+    "Reindex",
+    "ExportEntries",
+    "ImportEntries",
+}
 # Calls whose empty cache id means every cache, not the default one.
 EVERY_CACHE_WHEN_EMPTY = {"Reindex"}
 # Calls that name no cache: the action on any cache lets them through, and they show only the
 # caches the key holds (`administers`).
 NO_CACHE = {"ListCaches"}
+# Calls whose empty cache id means every cache the key administers: with a cache id, as any
+# call on that cache; without, as a call that names no cache (NO_CACHE).
+EVERY_ADMINISTERED_WHEN_EMPTY = {"ExportEntries"}
 
 REFUSED = Counter(
     "semcache_cache_access_refused_total",
@@ -74,7 +90,8 @@ REFUSED = Counter(
 )
 AUDITED_CALLS = Counter(
     "semcache_cache_audit_total",
-    "Changes to caches (writes, deletes, flushes, feedback, policy, reindex) by key and action",
+    "Changes to caches (writes, deletes, flushes, feedback, policy, reindex, export, import) "
+    "by key and action",
     ["key", "method"],
     registry=REGISTRY,
 )
@@ -155,14 +172,15 @@ class Admission:
 def _permits(tenant: Tenant, name: str, request: object, cache_id: str, action: Action) -> bool:
     """Whether the key grants the call: `action` on its cache. Three exceptions: a call whose
     empty cache id means every cache needs a key holding every cache; a call that names no
-    cache (NO_CACHE) needs the action on any cache; and in a cache the server keeps for others
+    cache (NO_CACHE, or an export of every cache the key administers) needs the action on any
+    cache, and shows only the caches it administers; and in a cache the server keeps for others
     (service_runtime.cache_ids.RESERVED_SCOPES), a look-up or a store is a read of the
     application cache its scope attribute names, the deletion of one entry by its id (an id
     only that scope's look-ups return) is a read of any cache, and anything else there (flush,
     statistics) is for a key holding every cache."""
     if name in EVERY_CACHE_WHEN_EMPTY and not cache_id:
         return action in tenant.actions and tenant.holds_every_cache
-    if name in NO_CACHE:
+    if name in NO_CACHE or (name in EVERY_ADMINISTERED_WHEN_EMPTY and not cache_id):
         return action in tenant.actions
     scope = RESERVED_SCOPES.get(cache_id)
     if scope is None:
@@ -229,7 +247,7 @@ class AccessGate:
             every = name in EVERY_CACHE_WHEN_EMPTY and not cache_id
             REFUSED.labels(tenant.id, "not-permitted").inc()
             what = "every cache" if every else f"cache {cache_id or 'default'!r}"
-            if name in NO_CACHE:
+            if name in NO_CACHE or (name in EVERY_ADMINISTERED_WHEN_EMPTY and not cache_id):
                 what = "any cache"
             raise CallRefused(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -293,7 +311,7 @@ class AccessGate:
 
     @staticmethod
     def _audit(admission: Admission, code: grpc.StatusCode | None) -> None:
-        every = admission.method in EVERY_CACHE_WHEN_EMPTY
+        every = admission.method in EVERY_CACHE_WHEN_EMPTY | EVERY_ADMINISTERED_WHEN_EMPTY
         fields = {
             "key": admission.caller.key_id,
             "client": admission.caller.client,

@@ -45,6 +45,7 @@ from cache_server.savings import PriceTable
 from cache_server.single_flight import SingleFlight
 from cache_server.stats import LookupLatency
 from cache_server.store.base import CacheStore
+from cache_server.transfer import CacheTransfer
 from cache_server.upstream import Upstream
 
 __all__ = [
@@ -84,6 +85,7 @@ class SemanticCache(HitRules, LookupBookkeeping):
         self._single_flight = SingleFlight()
         self._pending_counts = collections.OrderedDict()
         self.reindexer = Reindexer(store, embedder.embed, self._served_model)
+        self.transfer = CacheTransfer(store, embedder.embed, self._model, policy, clock)
         self._background: set[asyncio.Task[None]] = set()
 
     # -- look-ups ------------------------------------------------------------------------

@@ -3,7 +3,7 @@ what entries cost and saved."""
 
 from __future__ import annotations
 
-from cache_server.entries import AnswerCost
+from cache_server.entries import AnswerCost, CacheEntry
 from cache_server.lookup import Hit, Strategy
 from cache_server.savings import Savings
 from protos.semcache.cache.v1 import cache_pb2 as pb
@@ -28,6 +28,19 @@ def entry_pb(hit: Hit) -> pb.Entry:
     )
 
 
+def stored_entry_pb(e: CacheEntry) -> pb.Entry:
+    """An entry as stored (an export's), outside any look-up."""
+    return pb.Entry(
+        id=e.id,
+        prompt=e.prompt,
+        response=e.response,
+        attributes=dict(e.attributes),
+        created_at=e.created_at,
+        expires_at=e.expires_at or 0.0,
+        cost=cost_pb(e.cost),
+    )
+
+
 def cost_pb(cost: AnswerCost | None) -> pb.AnswerCost | None:
     if cost is None:
         return None
@@ -37,6 +50,14 @@ def cost_pb(cost: AnswerCost | None) -> pb.AnswerCost | None:
         upstream_seconds=cost.upstream_seconds,
         model=cost.model,
     )
+
+
+def cost_of(message: pb.Entry) -> AnswerCost | None:
+    """The cost an entry message carries, or None."""
+    if not message.HasField("cost"):
+        return None
+    c = message.cost
+    return AnswerCost(c.prompt_tokens, c.completion_tokens, c.upstream_seconds, c.model)
 
 
 def savings_pb(savings: Savings) -> pb.Savings:

@@ -286,6 +286,25 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     ) -> pb.ListCachesResponse:
         return await _answer("ListCaches", context, lambda: service_admin.list_caches(self.cache))
 
+    async def ImportEntries(
+        self, request: pb.ImportEntriesRequest, context: Context
+    ) -> pb.ImportEntriesResponse:
+        return await _answer(
+            "ImportEntries", context, lambda: service_admin.import_entries(self.cache, request)
+        )
+
+    async def ExportEntries(
+        self, request: pb.ExportEntriesRequest, context: Context
+    ) -> AsyncIterator[pb.ExportEntriesChunk]:
+        started = time.perf_counter()
+        try:
+            async for chunk in service_admin.export_entries(self.cache, request):
+                yield chunk
+        except Exception as exc:
+            await abort_failed("ExportEntries", exc, context, started)
+        metrics.RPCS.labels("ExportEntries", "OK").inc()
+        log.info("ExportEntries OK in %.1f s", time.perf_counter() - started)
+
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: Context
     ) -> pb.GetServerInfoResponse:

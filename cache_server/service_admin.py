@@ -1,12 +1,17 @@
-"""What an operator looks at, as protobuf: the recent decisions on a cache (ListDecisions) and
-the caches the caller administers (ListCaches)."""
+"""What an operator looks at and moves, as protobuf: the recent decisions on a cache
+(ListDecisions), the caches the caller administers (ListCaches), and caches exported and
+imported (ExportEntries, ImportEntries: cache_server.transfer)."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 from cache_server import access
 from cache_server.cache import SemanticCache
 from cache_server.decisions import Decision, check_limit
 from cache_server.entries import check_cache_id
+from cache_server.entry_pb import cost_of, stored_entry_pb
+from cache_server.transfer import ExportChunk, ImportOutcome, Incoming
 from protos.semcache.cache.v1 import cache_pb2 as pb
 
 _STRATEGY_TO_PB = {
@@ -66,3 +71,66 @@ async def list_caches(cache: SemanticCache) -> pb.ListCachesResponse:
             )
         )
     return pb.ListCachesResponse(caches=summaries)
+
+
+async def export_entries(
+    cache: SemanticCache, request: pb.ExportEntriesRequest
+) -> AsyncIterator[pb.ExportEntriesChunk]:
+    """The cache's entries, or those of every cache the caller administers (cache_id "")."""
+    if request.cache_id:
+        ids = [request.cache_id]
+    else:
+        ids = [c for c in await cache.store.cache_ids() if access.administers(c)]
+    for cache_id in ids:
+        chunks = cache.transfer.export(
+            cache_id, request.batch_size, with_vectors=not request.omit_vectors
+        )
+        async for chunk in chunks:
+            yield export_chunk_pb(chunk)
+
+
+def export_chunk_pb(chunk: ExportChunk) -> pb.ExportEntriesChunk:
+    return pb.ExportEntriesChunk(
+        cache_id=chunk.cache_id,
+        total=chunk.total,
+        model=chunk.model,
+        dimension=chunk.dimension,
+        entries=[
+            pb.ExportedEntry(
+                entry=stored_entry_pb(entry),
+                vector=vector.astype("<f4").tobytes() if vector is not None else b"",
+            )
+            for entry, vector in chunk.entries
+        ],
+    )
+
+
+async def import_entries(
+    cache: SemanticCache, request: pb.ImportEntriesRequest
+) -> pb.ImportEntriesResponse:
+    incoming = [
+        Incoming(
+            prompt=e.entry.prompt,
+            response=e.entry.response,
+            attributes=dict(e.entry.attributes),
+            created_at=e.entry.created_at,
+            expires_at=e.entry.expires_at or None,
+            cost=cost_of(e.entry),
+            vector=e.vector,
+        )
+        for e in request.entries
+    ]
+    outcome = await cache.transfer.import_batch(request.cache_id, request.model, incoming)
+    return import_outcome_pb(outcome)
+
+
+def import_outcome_pb(outcome: ImportOutcome) -> pb.ImportEntriesResponse:
+    return pb.ImportEntriesResponse(
+        imported=outcome.imported,
+        reembedded=outcome.reembedded,
+        skipped_expired=outcome.skipped_expired,
+        refused=[
+            pb.ImportRefusal(index=r.index, reason=r.reason, message=r.message)
+            for r in outcome.refused
+        ],
+    )

@@ -185,7 +185,7 @@ class CacheStore(Protocol):
         """Every report kept (of one cache, or of all), oldest first."""
         ...
 
-    # -- re-embedding (cache_server.reindex) ------------------------------------------------
+    # -- re-embedding and moving caches (cache_server.reindex, cache_server.transfer) --------
 
     async def cache_ids(self) -> list[str]:
         """Every cache the store holds, sorted."""
@@ -193,6 +193,13 @@ class CacheStore(Protocol):
 
     async def entry_ids(self, cache_id: str) -> list[str]:
         """The ids of every entry the cache holds (expired ones too, until purged), sorted."""
+        ...
+
+    async def entries_with_vectors(
+        self, cache_id: str, entry_ids: Sequence[str], now: float
+    ) -> list[tuple[CacheEntry, FloatArray]]:
+        """The live entries among `entry_ids` (at most a few thousand), each with its vector
+        as stored, in the order asked; ids gone or expired are left out. For an export."""
         ...
 
     async def replace_vectors(self, cache_id: str, vectors: Mapping[str, FloatArray]) -> int:

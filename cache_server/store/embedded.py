@@ -14,7 +14,7 @@ embedded_rows and its sibling table modules, each cache's memory in embedded_mem
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -226,6 +226,17 @@ class EmbeddedStore(EmbeddedLearning):
     async def entry_ids(self, cache_id: str) -> list[str]:
         state = self._caches.get(cache_id)
         return sorted(state.key_of) if state is not None else []
+
+    async def entries_with_vectors(
+        self, cache_id: str, entry_ids: Sequence[str], now: float
+    ) -> list[tuple[CacheEntry, FloatArray]]:
+        return await self._run(self._entries_with_vectors, cache_id, list(entry_ids), now)
+
+    def _entries_with_vectors(
+        self, cache_id: str, entry_ids: list[str], now: float
+    ) -> list[tuple[CacheEntry, FloatArray]]:
+        # From SQLite, the truth, rather than from the index in memory.
+        return embedded_rows.with_vectors(self.db, cache_id, entry_ids, now)
 
     async def replace_vectors(self, cache_id: str, vectors: Mapping[str, FloatArray]) -> int:
         return await self._run(self._replace_vectors, cache_id, dict(vectors))

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from cache_server.entries import AnswerCost, CacheEntry, normalize_prompt, prompt_key
 from cache_server.store import embedded_evidence, embedded_feedback, embedded_marks
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS cache_models (
 """
 
 _COLUMNS = "cache_id, id, prompt, response, attributes, created_at, expires_at, cost"
+_IDS_PER_QUERY = 500  # bound parameters per IN (...) query, well within SQLite's limit
 
 
 def _entry(row: tuple[str, str, str, str, str, float, float | None, str | None]) -> CacheEntry:
@@ -187,6 +190,24 @@ def get(db: sqlite3.Connection, cache_id: str, entry_id: str, now: float) -> Cac
         return None
     entry = _entry(row)
     return None if entry.expired(now) else entry
+
+
+def with_vectors(
+    db: sqlite3.Connection, cache_id: str, entry_ids: Sequence[str], now: float
+) -> list[tuple[CacheEntry, FloatArray]]:
+    """The live entries among `entry_ids`, each with its vector, in the order asked."""
+    found: dict[str, tuple[CacheEntry, FloatArray]] = {}
+    for start in range(0, len(entry_ids), _IDS_PER_QUERY):
+        batch = entry_ids[start : start + _IDS_PER_QUERY]
+        marks = ", ".join("?" * len(batch))
+        for *row, blob in db.execute(
+            f"SELECT {_COLUMNS}, vector FROM entries WHERE cache_id = ? AND id IN ({marks})",
+            (cache_id, *batch),
+        ):
+            entry = _entry(tuple(row))  # the columns of _COLUMNS
+            if not entry.expired(now):
+                found[entry.id] = (entry, np.frombuffer(blob, dtype="<f4").copy())
+    return [found[i] for i in entry_ids if i in found]
 
 
 def find_exact(

@@ -4,7 +4,7 @@ dimension each cache's vectors have (see redis_layout for the keys and the index
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,30 @@ class RedisQueries(RedisConnection):
         key = self.layout.cache(cache_id).entry(entry_id)
         raw = await self._call(lambda: self._redis.hgetall(key))
         return decode_entry(cache_id, raw, now) if raw else None
+
+    async def entries_with_vectors(
+        self, cache_id: str, entry_ids: Sequence[str], now: float
+    ) -> list[tuple[CacheEntry, FloatArray]]:
+        keys = self.layout.cache(cache_id)
+        fields = (*ENTRY_FIELDS, "vector")
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entry_id in entry_ids:
+                    pipe.hmget(keys.entry(entry_id), fields)
+                return list(await pipe.execute())
+
+        if not entry_ids:
+            return []
+        out: list[tuple[CacheEntry, FloatArray]] = []
+        for values in await self._call(read):
+            if values[0] is None:  # gone (deleted, evicted, expired by Redis)
+                continue
+            raw = {name.encode(): value for name, value in zip(fields, values, strict=True)}
+            entry = decode_entry(cache_id, raw, now)
+            if entry is not None:
+                out.append((entry, np.frombuffer(raw[b"vector"], dtype="<f4").copy()))
+        return out
 
     async def _search(self, keys: CacheKeys, *arguments: Any) -> list[Any] | None:
         """FT.SEARCH on the cache's index; None when the cache has none."""

@@ -13,6 +13,7 @@ from cache_server.entries import AnswerCost, CacheEntry
 from cache_server.store.base import CacheLimitError, CacheStore, PutOutcome, StoreConflictError
 from tests.contract.stores import (
     ADVERSARIAL_CACHE_IDS,
+    DIM,
     NOW,
     StoreFactory,
     entry,
@@ -376,6 +377,28 @@ async def test_vectors_are_replaced_in_place_for_a_reindex(store: CacheStore) ->
     assert await store.vector_model("c1") == "new"
     await store.set_vector_model("not-held", "new")
     assert await store.vector_model("not-held") is None
+
+
+async def test_entries_are_read_with_their_vectors_for_an_export(store: CacheStore) -> None:
+    """What an export reads (cache_server.transfer): the live entries asked for, in the
+    order asked, each as stored with its vector bit for bit; ids gone or expired left out."""
+    cost = AnswerCost(prompt_tokens=3, completion_tokens=40, upstream_seconds=0.25, model="m")
+    a = dataclasses.replace(entry("alpha", user="ann"), cost=cost)
+    b, short = entry("beta"), entry("short-lived", ttl=10)
+    rng = np.random.default_rng(7)
+    vectors = {e.id: vec(*rng.standard_normal(DIM)) for e in (a, b, short)}
+    for e in (a, b, short):
+        await store.put(e, vectors[e.id], 10, NOW, max_caches=10)
+    gone = entry("gone")
+    asked = [b.id, gone.id, short.id, a.id]
+    read = await store.entries_with_vectors("c1", asked, NOW)
+    assert [e for e, _ in read] == [b, short, a]
+    for e, v in read:
+        assert v.dtype == np.float32 and np.array_equal(v, vectors[e.id])
+    later = await store.entries_with_vectors("c1", asked, NOW + 20)
+    assert [e.id for e, _ in later] == [b.id, a.id]  # `short` has expired
+    assert await store.entries_with_vectors("c1", [], NOW) == []
+    assert await store.entries_with_vectors("not-held", [a.id], NOW) == []
 
 
 async def test_what_an_answer_cost_is_kept_with_it(factory: StoreFactory) -> None:

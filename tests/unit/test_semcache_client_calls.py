@@ -127,11 +127,11 @@ def test_no_retry_starts_when_its_backoff_would_pass_the_deadline() -> None:
 
 
 def test_idempotency_of_each_method() -> None:
-    streams = {cache_rpcs.CHAT.name, cache_rpcs.REINDEX.name}
+    streams = {cache_rpcs.CHAT.name, cache_rpcs.REINDEX.name, cache_rpcs.EXPORT_ENTRIES.name}
     never = {cache_rpcs.QUERY.name, cache_rpcs.SUBMIT_FEEDBACK.name, *streams}
     rpcs = [v for v in vars(cache_rpcs).values() if isinstance(v, Rpc)]
     rpcs += [v for v in vars(embedding_rpcs).values() if isinstance(v, Rpc)]
-    assert len(rpcs) == 18
+    assert len(rpcs) == 20
     for rpc in rpcs:
         assert rpc.idempotent == (rpc.name not in never), rpc.name
         assert rpc.server_streaming == (rpc.name in streams), rpc.name

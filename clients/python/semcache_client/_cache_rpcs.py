@@ -102,6 +102,27 @@ REINDEX = Rpc(
     timeout="bulk",
     server_streaming=True,
 )
+# Moving caches: the operator's program (cache_server.transfer_cli, `make export-cache`,
+# `make import-cache`) calls these; the client offers no method of its own for them. An
+# export is a long stream: never repeated. An import batch stores each entry under an id
+# computed from it, so a repeat replaces what the first try stored.
+EXPORT_ENTRIES = Rpc(
+    S,
+    "ExportEntries",
+    cache_pb.ExportEntriesRequest,
+    cache_pb.ExportEntriesChunk,
+    idempotent=False,
+    timeout="bulk",
+    server_streaming=True,
+)
+IMPORT_ENTRIES = Rpc(
+    S,
+    "ImportEntries",
+    cache_pb.ImportEntriesRequest,
+    cache_pb.ImportEntriesResponse,
+    idempotent=True,
+    timeout="bulk",
+)
 # A stream of events; a miss asks the upstream LLM (and stores its answer), and events may
 # have reached the caller before a failure: never repeated by the client.
 CHAT = Rpc(
