@@ -11,7 +11,6 @@ kept. Recording is a deque append, and never raises into the request it describe
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Literal, NamedTuple
 from cache_server.entries import InvalidInputError
 from cache_server.learned_thresholds.policy import HitPolicy
 from cache_server.lookup import Hit
+from cache_server.stats import PerCacheRings
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,7 @@ class DecisionLog:
 
     def __init__(self, capacity: int = DEFAULT_PER_CACHE, max_caches: int = 10_000) -> None:
         self._capacity = capacity
-        self._max_caches = max_caches
-        self._rings: collections.OrderedDict[str, collections.deque[Decision]] = (
-            collections.OrderedDict()
-        )
+        self._rings = PerCacheRings[Decision](capacity, max_caches)
 
     @property
     def capacity(self) -> int:
@@ -143,15 +140,7 @@ class DecisionLog:
                 latency_ms=seconds * 1e3,
                 threshold=asked.threshold,
             )
-            ring = self._rings.get(cache_id)
-            if ring is None:
-                ring = collections.deque(maxlen=self._capacity)
-                self._rings[cache_id] = ring
-                if len(self._rings) > self._max_caches:
-                    self._rings.popitem(last=False)
-            else:
-                self._rings.move_to_end(cache_id)
-            ring.append(decision)
+            self._rings.append(cache_id, decision)
         except Exception:  # a lost record is never worth a failed request
             log.exception("recording a decision in cache %r failed", cache_id)
 
@@ -169,7 +158,7 @@ class DecisionLog:
 
     def forget(self, cache_id: str) -> None:
         """Drops the cache's decisions (its flush)."""
-        self._rings.pop(cache_id, None)
+        self._rings.forget(cache_id)
 
     def __len__(self) -> int:
         """How many caches have decisions kept."""

@@ -16,16 +16,7 @@ STRATEGY_FROM_PB = {v: k for k, v in STRATEGY_TO_PB.items()}
 
 
 def entry_pb(hit: Hit) -> pb.Entry:
-    e = hit.entry
-    return pb.Entry(
-        id=e.id,
-        prompt=e.prompt,
-        response=e.response,
-        attributes=dict(e.attributes),
-        created_at=e.created_at,
-        expires_at=e.expires_at or 0.0,
-        cost=cost_pb(e.cost),
-    )
+    return stored_entry_pb(hit.entry)
 
 
 def stored_entry_pb(e: CacheEntry) -> pb.Entry:

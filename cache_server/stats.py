@@ -6,10 +6,13 @@ from __future__ import annotations
 import collections
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from cache_server import metrics
+
+T = TypeVar("T")
 
 LATENCY_WINDOW = 4096  # most recent lookups kept for percentiles
 
@@ -56,33 +59,57 @@ class CacheCounters:
         return (float(p50), float(p95), float(p99))
 
 
+class PerCacheRings(Generic[T]):
+    """The last `capacity` items of each cache, in this process, for at most `max_caches`
+    caches (the one added to longest ago is forgotten first, so made-up cache ids cannot grow
+    it). Look-up latencies (LookupLatency) and recent decisions (cache_server.decisions)."""
+
+    def __init__(self, capacity: int, max_caches: int) -> None:
+        self._capacity = capacity
+        self._max_caches = max_caches
+        self._by_cache: collections.OrderedDict[str, collections.deque[T]] = (
+            collections.OrderedDict()
+        )
+
+    def append(self, cache_id: str, item: T) -> None:
+        ring = self._by_cache.get(cache_id)
+        if ring is None:
+            ring = collections.deque(maxlen=self._capacity)
+            self._by_cache[cache_id] = ring
+            if len(self._by_cache) > self._max_caches:
+                self._by_cache.popitem(last=False)
+        else:
+            self._by_cache.move_to_end(cache_id)
+        ring.append(item)
+
+    def get(self, cache_id: str) -> collections.deque[T] | None:
+        return self._by_cache.get(cache_id)
+
+    def forget(self, cache_id: str) -> None:
+        self._by_cache.pop(cache_id, None)
+
+    def __len__(self) -> int:
+        return len(self._by_cache)
+
+
 class LookupLatency:
     """Recent look-up latencies per cache, in this process, for at most `max_caches` caches
     (those looked up longest ago are forgotten first, so made-up cache ids cannot grow it)."""
 
     def __init__(self, max_caches: int = 10_000) -> None:
-        self._max_caches = max_caches
-        self._by_cache: collections.OrderedDict[str, collections.deque[float]] = (
-            collections.OrderedDict()
-        )
+        self._windows = PerCacheRings[float](LATENCY_WINDOW, max_caches)
 
     def record(self, cache_id: str, hit: bool, seconds: float) -> None:
         outcome = "hit" if hit else "miss"
         metrics.LOOKUPS.labels(outcome).inc()
         metrics.LOOKUP_SECONDS.labels(outcome).observe(seconds)
-        window = self._by_cache.pop(cache_id, None)
-        if window is None:
-            window = collections.deque(maxlen=LATENCY_WINDOW)
-            if len(self._by_cache) >= self._max_caches:
-                self._by_cache.popitem(last=False)
-        window.append(seconds)
-        self._by_cache[cache_id] = window
+        self._windows.append(cache_id, seconds)
 
     def of(self, cache_id: str) -> collections.deque[float]:
-        return self._by_cache.get(cache_id) or collections.deque(maxlen=LATENCY_WINDOW)
+        return self._windows.get(cache_id) or collections.deque(maxlen=LATENCY_WINDOW)
 
     def __len__(self) -> int:
-        return len(self._by_cache)
+        return len(self._windows)
 
     def reset(self, cache_id: str) -> None:
-        self._by_cache.pop(cache_id, None)
+        self._windows.forget(cache_id)

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from cache_server.entry_pb import cost_of
+from cache_server.entry_pb import cost_of, cost_pb
 from cache_server.transfer_file import (
     ExportFileError,
     ExportLine,
@@ -151,7 +151,6 @@ def _line(cache_id: str, exported: pb.ExportedEntry, *, with_vector: bool) -> Ex
 
 
 def _entry_pb(line: ExportLine) -> pb.ExportedEntry:
-    cost = line.cost
     return pb.ExportedEntry(
         entry=pb.Entry(
             prompt=line.prompt,
@@ -159,14 +158,7 @@ def _entry_pb(line: ExportLine) -> pb.ExportedEntry:
             attributes=dict(line.attributes),
             created_at=line.created_at,
             expires_at=line.expires_at or 0.0,
-            cost=pb.AnswerCost(
-                prompt_tokens=cost.prompt_tokens,
-                completion_tokens=cost.completion_tokens,
-                upstream_seconds=cost.upstream_seconds,
-                model=cost.model,
-            )
-            if cost is not None
-            else None,
+            cost=cost_pb(line.cost),
         ),
         vector=line.vector,
     )
