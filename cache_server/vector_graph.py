@@ -1,18 +1,22 @@
 """The HNSW side of VectorIndex: an hnswlib graph over one cache's vectors, whose int labels
-stand for entry ids.
+stand for entry ids. Once a cache is searched on its graph, the graph holds the only copy of
+its vectors (space "ip" stores them as given).
 
-Building a graph, inserting and retiring ids, searching it (with the filter in the walk, or
-over-fetched without it and then filtered), exporting it with what its labels stand for, and
-adopting an exported one again. Plain functions over the hnswlib index and its `Labels`, so that
-VectorIndex (cache_server/vector_index.py) keeps the exact matrix, decides when the graph
-answers and counts the graph's changes. Not thread-safe, like VectorIndex.
+Making a graph and adding rows to it in bulk, inserting and retiring ids, searching it (with
+the filter in the walk, over-fetched without it and then filtered, or exactly over its own
+vectors when a filter starves the walk), and exporting it with what its labels stand for.
+Plain functions over the hnswlib index and its `Labels`, so that VectorIndex
+(cache_server/vector_index.py) decides when the graph answers and counts the graph's changes,
+and cache_server/vector_load.py fills or adopts one at a start. Not thread-safe, like
+VectorIndex.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import hnswlib
@@ -25,6 +29,9 @@ FloatArray = npt.NDArray[np.float32]
 # 0.998 at x8), up to MAX_OVERFETCH; a rarer scope is searched with the filter in the walk.
 OVERFETCH = 4
 MAX_OVERFETCH = 512
+# Vectors read back from a graph at a time (an exact search, an export's fingerprints): 16,384
+# rows are 48 MB at 768 dims, bounded whatever the graph's size.
+READ_CHUNK = 16_384
 
 
 def fingerprint(vector: FloatArray) -> bytes:
@@ -52,22 +59,36 @@ class Labels:
         self.next = next_label
 
 
-def build(
-    dimension: int, ids: list[str], vectors: FloatArray, m: int, ef_construction: int
-) -> tuple[hnswlib.Index, Labels]:
-    """A graph over `vectors` (one row per id, in order), each labelled by its row."""
-    count = len(ids)
-    index = hnswlib.Index(space="ip", dim=dimension)
-    index.init_index(
+def new(dimension: int, count: int, m: int, ef_construction: int) -> hnswlib.Index:
+    """An empty graph with room for twice `count` vectors (hnswlib allocates the room up
+    front; the pages of the unused part are not touched, so they take no memory)."""
+    graph = hnswlib.Index(space="ip", dim=dimension)
+    graph.init_index(
         max_elements=max(2 * count, 1024),
         M=m,
         ef_construction=ef_construction,
         allow_replace_deleted=True,
     )
-    labels = np.arange(count, dtype=np.int64)
-    index.add_items(vectors, labels, num_threads=-1)  # bulk build: all cores
-    index.set_num_threads(1)  # queries: one at a time, on the store's thread
-    return index, Labels({entry_id: i for i, entry_id in enumerate(ids)}, count)
+    return graph
+
+
+def add_rows(graph: hnswlib.Index, vectors: FloatArray, first_label: int) -> None:
+    """Adds `vectors` in bulk on all cores, labelled first_label, first_label + 1, ...,
+    growing the graph's room when they would not fit."""
+    needed = graph.get_current_count() + len(vectors)
+    if needed > graph.get_max_elements():
+        graph.resize_index(max(needed, 2 * graph.get_max_elements()))
+    labels = np.arange(first_label, first_label + len(vectors), dtype=np.int64)
+    graph.add_items(vectors, labels, num_threads=-1, replace_deleted=True)
+
+
+def vectors_of(
+    graph: hnswlib.Index, labels: list[int], chunk: int = READ_CHUNK
+) -> Iterator[tuple[list[int], FloatArray]]:
+    """The vectors the graph holds under `labels` (live ones), `chunk` at a time."""
+    for start in range(0, len(labels), chunk):
+        part = labels[start : start + chunk]
+        yield part, np.asarray(graph.get_items(part, return_type="numpy"), dtype=np.float32)
 
 
 def insert(graph: hnswlib.Index, labels: Labels, entry_id: str, vector: FloatArray) -> None:
@@ -156,67 +177,45 @@ def search(
     return out
 
 
-def export(
-    graph: hnswlib.Index, labels: Labels, path: str, vector_of: Callable[[str], FloatArray]
-) -> GraphLabels:
-    """Writes the graph to `path` (hnswlib's format); what its live labels stand for, given
-    each id's vector (the one the graph holds under its label)."""
+def search_exact(
+    graph: hnswlib.Index,
+    labels: Labels,
+    query: FloatArray,
+    k: int,
+    min_similarity: float,
+    accept: Callable[[str], bool],
+    candidates: Collection[str] | None,
+    *,
+    chunk: int = READ_CHUNK,
+) -> list[tuple[str, float]]:
+    """Up to k accepted (id, similarity) pairs at or above `min_similarity`, best first, by
+    reading the graph's vectors: those of `candidates` (ids, the only ones `accept` may
+    approve) when given, else all of them, a chunk at a time."""
+    if candidates is None:
+        wanted = list(labels.id_of)
+    else:
+        wanted = [label for e in candidates if (label := labels.of_id.get(e)) is not None]
+    ids = labels.id_of
+    best: list[tuple[float, str]] = []  # a min-heap of the k best so far
+    for part, vectors in vectors_of(graph, wanted, chunk):
+        scores = vectors @ query
+        for i in np.flatnonzero(scores >= min_similarity).tolist():
+            score = float(scores[i])
+            if len(best) == k and score <= best[0][0]:
+                continue
+            entry_id = ids[part[i]]
+            if accept(entry_id):
+                if len(best) < k:
+                    heapq.heappush(best, (score, entry_id))
+                else:
+                    heapq.heapreplace(best, (score, entry_id))
+    return [(entry_id, score) for score, entry_id in sorted(best, reverse=True)]
+
+
+def export(graph: hnswlib.Index, labels: Labels, path: str) -> GraphLabels:
+    """Writes the graph to `path` (hnswlib's format); what its live labels stand for, with
+    the fingerprint of the vector the graph holds under each."""
     graph.save_index(path)
     live = list(labels.id_of)
-    ids = [labels.id_of[label] for label in live]
-    return GraphLabels(live, ids, [fingerprint(vector_of(e)) for e in ids])
-
-
-def adopt(
-    graph: hnswlib.Index,
-    exported: GraphLabels,
-    entry_ids: list[str],
-    vectors: FloatArray,
-    row: dict[str, int],
-    max_added_share: float,
-) -> tuple[Labels, int] | None:
-    """Reconciles `graph` (exported with `exported`) with `entry_ids` and `vectors`, the truth
-    (`row`: each id's row in `vectors`): a label whose id is not among them, or was exported
-    with another vector (by fingerprint), is marked deleted, and ids the graph lacks are added.
-    The labels and the number of such changes, or None when more than `max_added_share` of
-    the ids would have to be added. Raises ValueError when the graph disagrees with
-    `exported` or with `vectors` (checked on a sample of labels)."""
-    label_of: dict[str, int] = {}
-    for label, entry_id, printed in zip(
-        exported.labels, exported.ids, exported.fingerprints, strict=True
-    ):
-        i = row.get(entry_id)
-        if i is not None and entry_id not in label_of and fingerprint(vectors[i]) == printed:
-            label_of[entry_id] = label
-    in_graph = graph.get_ids_list()
-    if not set(label_of.values()) <= set(in_graph):
-        raise ValueError("labels missing from the graph")
-    sample = list(label_of.items())[:: max(1, len(label_of) // 256)]
-    if sample and not np.array_equal(
-        graph.get_items([label for _, label in sample], return_type="numpy"),
-        vectors[[row[e] for e, _ in sample]],
-    ):
-        raise ValueError("the graph's vectors differ from the ones given")
-    missing = [i for i, entry_id in enumerate(entry_ids) if entry_id not in label_of]
-    if len(missing) > max_added_share * len(entry_ids):
-        return None
-    changes = 0
-    for label in set(in_graph) - set(label_of.values()):
-        try:
-            graph.mark_deleted(label)
-            changes += 1
-        except RuntimeError:  # deleted already
-            pass
-    next_label = max(in_graph, default=-1) + 1
-    if missing:
-        needed = graph.get_current_count() + len(missing)
-        if needed > graph.get_max_elements():
-            graph.resize_index(max(needed, 2 * len(entry_ids)))
-        new_labels = np.arange(next_label, next_label + len(missing), dtype=np.int64)
-        graph.add_items(vectors[missing], new_labels, num_threads=-1, replace_deleted=True)
-        for label, i in zip(new_labels.tolist(), missing, strict=True):
-            label_of[entry_ids[i]] = label
-        next_label += len(missing)
-        changes += len(missing)
-    graph.set_num_threads(1)
-    return Labels(label_of, next_label), changes
+    prints = [fingerprint(v) for _, vectors in vectors_of(graph, live) for v in vectors]
+    return GraphLabels(live, [labels.id_of[label] for label in live], prints)

@@ -6,8 +6,14 @@ HNSW graph (hnswlib) answers instead: measured here on 100k vectors, exact 5-16 
 HNSW ~0.3 ms; on real QQP embeddings at 100k (bench/cache_bench.py), M 16 with ef 64 gave
 recall@1 0.988 on novel queries, ef 128 0.996 at p99 0.44 ms, hence the default. Not
 thread-safe: the store that owns it calls it from one thread. The graph can be saved
-(`export_graph`) and adopted again at the next start (`import_graph`) instead of rebuilt, which
-is what the embedded store's snapshots do (cache_server/store/index_snapshot.py).
+(`export_graph`) and adopted again at the next start instead of rebuilt, which is what the
+embedded store's snapshots do (cache_server/store/index_snapshot.py).
+
+Each vector is held once: by the numpy matrix while the index is exact, by the graph once it
+is approximate (the matrix is dropped when the graph is built; the rare exact search a graph
+still needs, when a filter starves its walk, reads the graph's own vectors in chunks). At 1M
+768-dim entries that is 3 GB rather than 6. An empty index is filled in bulk, one row at a
+time and without a second copy, by the loaders of cache_server/vector_load.py.
 
 This module holds VectorIndex itself: the exact matrix, which ids it holds, when the graph is
 built and answers, and the search breadth for the graph's size; the graph's own operations
@@ -17,7 +23,7 @@ built and answers, and the search breadth for the graph's size; the graph's own 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import hnswlib
 import numpy as np
@@ -31,6 +37,14 @@ from cache_server.vector_graph import GraphLabels, Labels
 # 1.0 ms), 512 1.000 (1.16 ms), where at 100k ef 128 gives 0.992-1.000. So past EF_GROWTH_FROM
 # entries the search breadth grows with the log of the size: x2 at 1M.
 EF_GROWTH_FROM = 100_000
+
+
+def ef_for(configured: int, count: int) -> int:
+    """The HNSW search breadth for a graph of `count` entries: `configured` up to
+    EF_GROWTH_FROM entries, then times 1 + log10(count / EF_GROWTH_FROM)."""
+    if count <= EF_GROWTH_FROM:
+        return configured
+    return round(configured * (1 + math.log10(count / EF_GROWTH_FROM)))
 
 
 class VectorIndex:
@@ -48,27 +62,25 @@ class VectorIndex:
         self._hnsw_m = hnsw_m
         self._hnsw_ef_construction = hnsw_ef_construction
         self._hnsw_ef_search = hnsw_ef_search
-        self._matrix = np.zeros((64, dimension), dtype=np.float32)
+        # Exact: the vectors, one row per id, and which row holds which id. Dropped (None,
+        # empty) once the graph holds the vectors.
+        self._matrix: FloatArray | None = np.zeros((64, dimension), dtype=np.float32)
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
-        # HNSW labels are ints: a label per id, stable while the id lives (vector_graph).
+        # Approximate: HNSW labels are ints, a label per id, stable while the id lives.
         self._hnsw: hnswlib.Index | None = None
         self._labels = Labels()
         self._graph_version = 0  # counts the graph's changes (builds, inserts, removals)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._labels.of_id) if self._hnsw is not None else len(self._ids)
 
     def ef_search(self) -> int:
-        """The HNSW search breadth for the current size: the configured one up to
-        EF_GROWTH_FROM entries, then times 1 + log10(entries / EF_GROWTH_FROM)."""
-        count = len(self._ids)
-        if count <= EF_GROWTH_FROM:
-            return self._hnsw_ef_search
-        return round(self._hnsw_ef_search * (1 + math.log10(count / EF_GROWTH_FROM)))
+        """The HNSW search breadth for the current size (`ef_for`)."""
+        return ef_for(self._hnsw_ef_search, len(self))
 
     def __contains__(self, entry_id: str) -> bool:
-        return entry_id in self._row
+        return entry_id in (self._labels.of_id if self._hnsw is not None else self._row)
 
     @property
     def approximate(self) -> bool:
@@ -89,30 +101,28 @@ class VectorIndex:
     @property
     def graph_version(self) -> int:
         """Grows by one with each change to the HNSW graph: how far it has moved since a
-        snapshot taken at a known version. After `import_graph`, the changes that made (the
-        imported graph being version 0)."""
+        snapshot taken at a known version. After a graph is adopted, the changes that made (the
+        adopted graph being version 0)."""
         return self._graph_version
 
     def add(self, entry_id: str, vector: FloatArray) -> None:
         """Adds or replaces the vector of `entry_id`."""
         if vector.shape != (self.dimension,):
             raise ValueError(f"vector of shape {vector.shape}; this index holds {self.dimension}")
-        if entry_id in self._row:
-            self._matrix[self._row[entry_id]] = vector
-            if self._hnsw is not None:
-                self._hnsw_remove(entry_id)
-                self._hnsw_add(entry_id, vector)
-            return
-        if len(self._ids) == self._matrix.shape[0]:
-            grown = np.zeros((self._matrix.shape[0] * 2, self.dimension), dtype=np.float32)
-            grown[: len(self._ids)] = self._matrix[: len(self._ids)]
-            self._matrix = grown
-        self._row[entry_id] = len(self._ids)
-        self._matrix[len(self._ids)] = vector
-        self._ids.append(entry_id)
         if self._hnsw is not None:
+            if entry_id in self._labels.of_id:
+                self._hnsw_remove(entry_id)
             self._hnsw_add(entry_id, vector)
-        elif len(self._ids) >= self._ann_threshold:
+            return
+        matrix = self._exact_matrix()
+        if entry_id in self._row:
+            matrix[self._row[entry_id]] = vector
+            return
+        matrix = self._room_for(len(self._ids) + 1)
+        self._row[entry_id] = len(self._ids)
+        matrix[len(self._ids)] = vector
+        self._ids.append(entry_id)
+        if len(self._ids) >= self._ann_threshold:
             self._build_hnsw()
 
     def add_many(self, entry_ids: list[str], vectors: FloatArray) -> None:
@@ -121,37 +131,36 @@ class VectorIndex:
             return
         if vectors.shape != (len(entry_ids), self.dimension):
             raise ValueError(f"vectors of shape {vectors.shape} for {len(entry_ids)} ids")
-        start = len(self._ids)
-        needed = start + len(entry_ids)
-        if needed > self._matrix.shape[0]:
-            grown = np.zeros(
-                (max(needed, 2 * self._matrix.shape[0]), self.dimension), dtype=np.float32
-            )
-            grown[:start] = self._matrix[:start]
-            self._matrix = grown
-        self._matrix[start:needed] = vectors
-        for offset, entry_id in enumerate(entry_ids):
-            self._row[entry_id] = start + offset
-        self._ids.extend(entry_ids)
         if self._hnsw is not None:
             for entry_id, vector in zip(entry_ids, vectors, strict=True):
                 self._hnsw_add(entry_id, vector)
-        elif len(self._ids) >= self._ann_threshold:
+            return
+        start = len(self._ids)
+        needed = start + len(entry_ids)
+        self._room_for(needed)[start:needed] = vectors
+        for offset, entry_id in enumerate(entry_ids):
+            self._row[entry_id] = start + offset
+        self._ids.extend(entry_ids)
+        if len(self._ids) >= self._ann_threshold:
             self._build_hnsw()
 
     def remove(self, entry_id: str) -> bool:
+        if self._hnsw is not None:
+            if entry_id not in self._labels.of_id:
+                return False
+            self._hnsw_remove(entry_id)
+            return True
         row = self._row.pop(entry_id, None)
         if row is None:
             return False
+        matrix = self._exact_matrix()
         last = len(self._ids) - 1
         if row != last:  # move the last row into the hole
             moved = self._ids[last]
-            self._matrix[row] = self._matrix[last]
+            matrix[row] = matrix[last]
             self._ids[row] = moved
             self._row[moved] = row
         self._ids.pop()
-        if self._hnsw is not None:
-            self._hnsw_remove(entry_id)
         return True
 
     def search(
@@ -162,28 +171,36 @@ class VectorIndex:
         accept: Callable[[str], bool] | None = None,
         *,
         selectivity: float | None = None,
+        candidates: Collection[str] | None = None,
     ) -> list[tuple[str, float]]:
         """Up to k (id, cosine similarity) pairs with similarity >= min_similarity, best first,
         restricted to ids that `accept` approves. `selectivity`, the share of ids `accept`
         approves when the caller knows it, lets the graph answer a filtered search without
-        calling `accept` on every node it visits (see vector_graph.search_overfetch)."""
-        if not self._ids:
+        calling `accept` on every node it visits (see vector_graph.search_overfetch);
+        `candidates`, when the caller knows them, are the only ids `accept` may approve, so
+        that an exact search over the graph's vectors reads only theirs."""
+        if self._hnsw is None:
+            return self._search_exact(query, k, min_similarity, accept)
+        graph, labels, count = self._hnsw, self._labels, len(self)
+        if not count:
             return []
-        if self._hnsw is not None:
-            graph, labels, count = self._hnsw, self._labels, len(self._ids)
-            found = None
-            if accept is not None and selectivity is not None and selectivity > 0:
-                ef = self.ef_search()
-                found = vector_graph.search_overfetch(
-                    graph, labels, query, k, min_similarity, accept, selectivity, ef, count
-                )
-            if found is None:
-                found = vector_graph.search(
-                    graph, labels, query, k, min_similarity, accept, self.ef_search(), count
-                )
-            if found is not None:
-                return found
-        return self._search_exact(query, k, min_similarity, accept)
+        found = None
+        if accept is not None and selectivity is not None and selectivity > 0:
+            ef = self.ef_search()
+            found = vector_graph.search_overfetch(
+                graph, labels, query, k, min_similarity, accept, selectivity, ef, count
+            )
+        if found is None:
+            found = vector_graph.search(
+                graph, labels, query, k, min_similarity, accept, self.ef_search(), count
+            )
+        if found is not None:
+            return found
+        # The filter starved the graph's walk: every accepted id, exactly.
+        assert accept is not None
+        return vector_graph.search_exact(
+            graph, labels, query, k, min_similarity, accept, candidates
+        )
 
     def _search_exact(
         self,
@@ -192,7 +209,9 @@ class VectorIndex:
         min_similarity: float,
         accept: Callable[[str], bool] | None,
     ) -> list[tuple[str, float]]:
-        scores = self._matrix[: len(self._ids)] @ query
+        if not self._ids:
+            return []
+        scores = self._exact_matrix()[: len(self._ids)] @ query
         if accept is None and k < len(scores):
             top = np.argpartition(-scores, k - 1)[:k]
             order = top[np.argsort(-scores[top])]
@@ -210,63 +229,47 @@ class VectorIndex:
 
     def export_graph(self, path: str) -> GraphLabels:
         """Writes the HNSW graph to `path` (hnswlib's format) and returns what its live labels
-        stand for; `import_graph` adopts both again."""
+        stand for; a loader from `vector_load.adopter` adopts both again."""
         if self._hnsw is None:
             raise ValueError("an exact index has no graph to export")
-        matrix, row = self._matrix, self._row
-        # The graph holds each label's vector as the matrix row of its id does (add, remove).
-        return vector_graph.export(self._hnsw, self._labels, path, lambda e: matrix[row[e]])
+        return vector_graph.export(self._hnsw, self._labels, path)
 
-    def import_graph(
-        self,
-        entry_ids: list[str],
-        vectors: FloatArray,
-        graph: hnswlib.Index,
-        exported: GraphLabels,
-        *,
-        max_added_share: float = 0.5,
-    ) -> int | None:
-        """Bulk load into an empty index, like `add_many`, but adopting `graph` (exported with
-        `exported`, loaded with allow_replace_deleted) instead of building one. `entry_ids` and
-        `vectors` are the truth: a label whose id is not among them, or was exported with
-        another vector (by fingerprint), is marked deleted, and ids the graph lacks are added.
-        Returns the number of such changes, or None, leaving the index empty, when `entry_ids`
-        are too few for a graph or more than `max_added_share` of them would have to be added
-        (a fresh build is then as quick and makes a better graph). Raises ValueError or
-        RuntimeError, leaving the index empty, when the graph disagrees with `exported` or with
-        `vectors` (checked on a sample of labels)."""
-        if self._ids:
-            raise ValueError("import_graph loads an empty index")
-        if vectors.shape != (len(entry_ids), self.dimension) or graph.dim != self.dimension:
-            raise ValueError(f"vectors of shape {vectors.shape}, graph of dim {graph.dim}")
-        if len(entry_ids) < self._ann_threshold:
-            return None
-        row = {entry_id: i for i, entry_id in enumerate(entry_ids)}
-        if len(row) != len(entry_ids):
-            raise ValueError("duplicate entry ids")
-        adopted = vector_graph.adopt(graph, exported, entry_ids, vectors, row, max_added_share)
-        if adopted is None:
-            return None
-        labels, changes = adopted
-        self._matrix = np.zeros((max(len(entry_ids), 64), self.dimension), dtype=np.float32)
-        self._matrix[: len(entry_ids)] = vectors
-        self._ids = list(entry_ids)
-        self._row = row
-        self._labels = labels
-        self._hnsw = graph
-        self._graph_version = changes
-        return changes
+    # -- filled by cache_server/vector_load.py ---------------------------------------------
+
+    def _install_exact(self, entry_ids: list[str], matrix: FloatArray) -> None:
+        """Takes `matrix` (its first len(entry_ids) rows the ids' vectors) as this empty
+        index's own."""
+        self._matrix, self._ids = matrix, entry_ids
+        self._row = {entry_id: i for i, entry_id in enumerate(entry_ids)}
+
+    def _install_graph(self, graph: hnswlib.Index, labels: Labels, version: int) -> None:
+        """Takes `graph`, whose live labels `labels` maps, as this empty index's vectors."""
+        graph.set_num_threads(1)  # queries: one at a time, on the store's thread
+        self._matrix, self._ids, self._row = None, [], {}
+        self._hnsw, self._labels, self._graph_version = graph, labels, version
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _exact_matrix(self) -> FloatArray:
+        assert self._matrix is not None, "an approximate index holds its vectors in the graph"
+        return self._matrix
+
+    def _room_for(self, rows: int) -> FloatArray:
+        """The exact matrix, grown (doubling) to hold at least `rows` rows."""
+        matrix = self._exact_matrix()
+        if rows > matrix.shape[0]:
+            grown = np.zeros((max(rows, 2 * matrix.shape[0]), self.dimension), dtype=np.float32)
+            grown[: len(self._ids)] = matrix[: len(self._ids)]
+            self._matrix = matrix = grown
+        return matrix
 
     def _build_hnsw(self) -> None:
+        """Moves the exact matrix's vectors into a new graph, and drops the matrix."""
         count = len(self._ids)
-        self._hnsw, self._labels = vector_graph.build(
-            self.dimension,
-            self._ids,
-            self._matrix[:count],
-            self._hnsw_m,
-            self._hnsw_ef_construction,
-        )
-        self._graph_version += 1
+        graph = vector_graph.new(self.dimension, count, self._hnsw_m, self._hnsw_ef_construction)
+        vector_graph.add_rows(graph, self._exact_matrix()[:count], 0)
+        labels = Labels({entry_id: i for i, entry_id in enumerate(self._ids)}, count)
+        self._install_graph(graph, labels, self._graph_version + 1)
 
     def _hnsw_add(self, entry_id: str, vector: FloatArray) -> None:
         assert self._hnsw is not None

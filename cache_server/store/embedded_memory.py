@@ -21,6 +21,7 @@ from cache_server.store.base import FloatArray
 from cache_server.store.index_snapshot import IndexSnapshots
 from cache_server.store.scope_index import ScopeIndex
 from cache_server.vector_index import VectorIndex
+from cache_server.vector_load import IndexLoader, loader_for
 
 
 class CacheState:
@@ -105,6 +106,7 @@ class CacheState:
             min_similarity,
             live_and_in_scope if needs_filter else None,
             selectivity=selectivity,
+            candidates=in_scope,
         )
 
     def count(self, now: float) -> int:
@@ -119,21 +121,41 @@ def load(
     snapshots: IndexSnapshots,
 ) -> dict[str, int]:
     """Rebuilds each cache's state (made by `state_for`, given the cache id and the dimension
-    of its vectors) from the database's entries; per cache, how many there are."""
-    loaded: dict[str, tuple[list[str], list[FloatArray]]] = {}
+    of its vectors) from the database's entries, in one pass over them; per cache, how many
+    there are. Each vector goes straight to where it lives (cache_server/vector_load.py), so
+    that memory at the peak of a start is about what it is once open."""
+    counts: dict[str, int] = dict(
+        db.execute("SELECT cache_id, count(*) FROM entries GROUP BY cache_id").fetchall()
+    )
     states: dict[str, CacheState] = {}
+    loaders: dict[str, IndexLoader] = {}
     for cache_id, entry_id, attributes, expires_at, blob, key in db.execute(
         "SELECT cache_id, id, attributes, expires_at, vector, prompt_key FROM entries"
     ):
-        ids, vectors = loaded.setdefault(cache_id, ([], []))
-        ids.append(entry_id)
-        vectors.append(np.frombuffer(blob, dtype="<f4"))
-        state = states[cache_id] = state_for(cache_id, len(vectors[0]))
+        vector = np.frombuffer(blob, dtype="<f4")
+        loader = loaders.get(cache_id)
+        if loader is None:
+            state = states[cache_id] = state_for(cache_id, len(vector))
+            loader = loaders[cache_id] = snapshots.loader(cache_id, state.index, counts[cache_id])
+        else:
+            state = states[cache_id]
         state.scopes.put(entry_id, json.loads(attributes))
         state.key_of[entry_id] = key
         state.keys[key] += 1
         if expires_at is not None:
             state.expires_at[entry_id] = expires_at
-    for cache_id, (ids, vectors) in loaded.items():
-        snapshots.load(cache_id, states[cache_id].index, ids, np.vstack(vectors))
-    return {cache_id: len(ids) for cache_id, (ids, _) in loaded.items()}
+        loader.add(entry_id, vector)
+    for cache_id, loader in loaders.items():
+        if not loader.finish():
+            _refill(db, cache_id, states[cache_id].index, counts[cache_id])
+    return {cache_id: counts[cache_id] for cache_id in loaders}
+
+
+def _refill(db: sqlite3.Connection, cache_id: str, index: VectorIndex, count: int) -> None:
+    """Fills the empty index of `cache_id` from its rows again (its snapshot did not fit)."""
+    loader = loader_for(index, count)
+    for entry_id, blob in db.execute(
+        "SELECT id, vector FROM entries WHERE cache_id = ?", (cache_id,)
+    ):
+        loader.add(entry_id, np.frombuffer(blob, dtype="<f4"))
+    loader.finish()

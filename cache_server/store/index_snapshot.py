@@ -4,12 +4,12 @@ cores, open() took 44.8 s rebuilding, 1.9 s from the snapshot).
 
 SQLite stays the truth; a snapshot is only a head start. It is used when its header matches the
 cache and the index settings (format, cache id, dimension, M, ef_construction) and both
-checksums match; then `VectorIndex.import_graph` reconciles it with the rows just read from
-SQLite: labels of ids gone from the database, or whose vector there no longer has the
+checksums match; then a `vector_load.GraphAdopter` reconciles it with the rows read from SQLite,
+one at a time: labels of ids gone from the database, or whose vector there no longer has the
 fingerprint the snapshot recorded, are marked deleted, ids the snapshot lacks are inserted (and
 a sample of the graph's own vectors is compared with SQLite's). Anything else (a missing, corrupt,
 truncated, foreign or mismatched snapshot, one more than half behind) is logged and the graph is
-rebuilt as before. The exact-search matrix always comes from SQLite.
+rebuilt from the rows. The graph then holds the cache's only copy of its vectors.
 
 Layout: a folder `<db file>.hnsw/` beside the database, two files per approximate cache, named
 by a digest of the cache id (ids may hold ':'):
@@ -48,6 +48,7 @@ import numpy as np
 
 from cache_server.vector_graph import GraphLabels
 from cache_server.vector_index import FloatArray, VectorIndex
+from cache_server.vector_load import GraphAdopter, IndexLoader, loader_for
 
 log = logging.getLogger(__name__)
 
@@ -88,42 +89,33 @@ class IndexSnapshots:
 
     # -- start ----------------------------------------------------------------------------
 
-    def load(
-        self, cache_id: str, index: VectorIndex, entry_ids: list[str], vectors: FloatArray
-    ) -> None:
-        """Fills the empty `index` with one cache's rows, as read from SQLite: through the
-        cache's snapshot when one fits them, else as `add_many` does (rebuilding the graph)."""
+    def loader(self, cache_id: str, index: VectorIndex, count: int) -> IndexLoader:
+        """A loader for the empty `index` of `cache_id`, about to get its `count` rows from
+        SQLite: one adopting the cache's snapshot when it fits, else `vector_load.loader_for`
+        (an exact matrix, or a graph built from the rows)."""
         map_path = self._paths(cache_id)[1]
-        if len(entry_ids) >= index.ann_threshold and map_path.exists():
+        if count >= index.ann_threshold and map_path.exists():
             started = time.perf_counter()
             try:
-                graph, exported = self._read(cache_id, index, len(entry_ids))
-                changes = index.import_graph(entry_ids, vectors, graph, exported)
+                graph, exported = self._read(cache_id, index, count)
+                adopter = GraphAdopter(index, count, graph, exported)
             except Exception as error:  # whatever the files hold, the store opens
-                log.warning(
-                    "cache %r: HNSW snapshot %s ignored (%s: %s); rebuilding the graph",
-                    cache_id,
-                    map_path,
-                    type(error).__name__,
-                    error,
-                )
+                _ignored(cache_id, map_path, error)
             else:
-                if changes is not None:
-                    self._saved[cache_id] = (weakref.ref(index), 0)
-                    self.loaded.append(cache_id)
-                    log.info(
-                        "cache %r: HNSW graph loaded from its snapshot (%d entries, %d changes "
-                        "since) in %.2f s",
-                        cache_id,
-                        len(entry_ids),
-                        changes,
-                        time.perf_counter() - started,
-                    )
-                    return
-                log.warning(
-                    "cache %r: HNSW snapshot too far behind the database; rebuilding", cache_id
-                )
-        index.add_many(entry_ids, vectors)
+                return _Adopting(self, cache_id, index, adopter, started)
+        return loader_for(index, count)
+
+    def _adopted(self, cache_id: str, index: VectorIndex, started: float) -> None:
+        self._saved[cache_id] = (weakref.ref(index), 0)
+        self.loaded.append(cache_id)
+        log.info(
+            "cache %r: HNSW graph loaded from its snapshot (%d entries, %d changes since) in "
+            "%.2f s",
+            cache_id,
+            len(index),
+            index.graph_version,
+            time.perf_counter() - started,
+        )
 
     def _read(
         self, cache_id: str, index: VectorIndex, count: int
@@ -244,6 +236,58 @@ class IndexSnapshots:
                 os.unlink(entry.path)
             except OSError as error:
                 log.warning("stale HNSW snapshot %s not removed (%s)", entry.path, error)
+
+
+class _Adopting:
+    """A GraphAdopter whose failures are logged: `finish` is then False, and the store fills
+    the index from the rows again (a fresh graph)."""
+
+    def __init__(
+        self,
+        snapshots: IndexSnapshots,
+        cache_id: str,
+        index: VectorIndex,
+        adopter: GraphAdopter,
+        started: float,
+    ) -> None:
+        self._snapshots, self._cache_id, self._index = snapshots, cache_id, index
+        self._adopter: GraphAdopter | None = adopter
+        self._started = started
+
+    def add(self, entry_id: str, vector: FloatArray) -> None:
+        if self._adopter is None:
+            return
+        try:
+            self._adopter.add(entry_id, vector)
+        except Exception as error:
+            self._adopter = None  # drops the graph
+            _ignored(self._cache_id, self._snapshots._paths(self._cache_id)[1], error)
+
+    def finish(self) -> bool:
+        if self._adopter is None:
+            return False
+        try:
+            adopted = self._adopter.finish()
+        except Exception as error:
+            _ignored(self._cache_id, self._snapshots._paths(self._cache_id)[1], error)
+            return False
+        if not adopted:
+            log.warning(
+                "cache %r: HNSW snapshot too far behind the database; rebuilding", self._cache_id
+            )
+            return False
+        self._snapshots._adopted(self._cache_id, self._index, self._started)
+        return True
+
+
+def _ignored(cache_id: str, map_path: Path, error: Exception) -> None:
+    log.warning(
+        "cache %r: HNSW snapshot %s ignored (%s: %s); rebuilding the graph",
+        cache_id,
+        map_path,
+        type(error).__name__,
+        error,
+    )
 
 
 def _identity(cache_id: str, index: VectorIndex) -> dict[str, object]:

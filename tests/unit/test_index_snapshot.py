@@ -11,13 +11,17 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import hnswlib
 import numpy as np
 import pytest
 
+from cache_server import vector_graph
 from cache_server.entries import CacheEntry
 from cache_server.store import index_snapshot
 from cache_server.store.embedded import EmbeddedStore
+from cache_server.vector_graph import GraphLabels, fingerprint
 from cache_server.vector_index import FloatArray, VectorIndex
+from cache_server.vector_load import GraphAdopter, SnapshotMismatch
 
 THRESHOLD = 100
 DIM = 32
@@ -79,15 +83,15 @@ def crash_copy(data: Path, to: Path) -> Path:
 
 @pytest.fixture()
 def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of each HNSW graph built from scratch."""
+    """The size of each HNSW graph built from scratch (made empty, for that many rows)."""
     built: list[int] = []
-    original = VectorIndex._build_hnsw
+    original = vector_graph.new
 
-    def counting(self: VectorIndex) -> None:
-        built.append(len(self))
-        original(self)
+    def counting(dimension: int, count: int, m: int, ef_construction: int) -> hnswlib.Index:
+        built.append(count)
+        return original(dimension, count, m, ef_construction)
 
-    monkeypatch.setattr(VectorIndex, "_build_hnsw", counting)
+    monkeypatch.setattr(vector_graph, "new", counting)
     return built
 
 
@@ -349,9 +353,21 @@ async def test_a_few_wrong_ids_in_a_snapshot_are_repaired_not_served(
         await again.close()
 
 
-def test_import_graph_reconciles_with_the_vectors_given(tmp_path: Path) -> None:
-    import hnswlib
+def adopt(
+    index: VectorIndex,
+    ids: list[str],
+    vectors: FloatArray,
+    graph: hnswlib.Index,
+    exported: GraphLabels,
+) -> bool:
+    """Streams the rows into a GraphAdopter of `graph`, as a start does."""
+    adopter = GraphAdopter(index, len(ids), graph, exported)
+    for entry_id, vector in zip(ids, vectors, strict=True):
+        adopter.add(entry_id, vector)
+    return adopter.finish()
 
+
+def test_an_adopted_graph_is_reconciled_with_the_rows_given(tmp_path: Path) -> None:
     vectors = unit_vectors(400)
     source = VectorIndex(DIM, ann_threshold=THRESHOLD)
     source.add_many([eid(i) for i in range(300)], vectors[:300])
@@ -367,16 +383,27 @@ def test_import_graph_reconciles_with_the_vectors_given(tmp_path: Path) -> None:
     now = vectors[rows].copy()
     now[rows.index(50)] = vectors[399]
     index = VectorIndex(DIM, ann_threshold=THRESHOLD)
-    assert index.import_graph([eid(i) for i in rows], now, graph(), exported) == 20 + 101 + 1
-    assert index.approximate and len(index) == 380 and index.graph_version == 122
+    assert adopt(index, [eid(i) for i in rows], now, graph(), exported)
+    assert index.approximate and len(index) == 380 and index.graph_version == 20 + 101 + 1
+    assert index._matrix is None  # the graph holds the only copy
     for row, vector in zip(rows, now, strict=True):
         found = {i for i, s in index.search(vector, 2, 0.999)}
         assert eid(row) in found and not found & {eid(i) for i in range(20)}
     assert eid(50) not in {i for i, _ in index.search(vectors[50], 3, -1.0)}
 
     far_behind = VectorIndex(DIM, ann_threshold=THRESHOLD)  # over half of the rows new
-    assert (
-        far_behind.import_graph([eid(i) for i in range(250, 400)], vectors[250:], graph(), exported)
-        is None
+    assert not adopt(
+        far_behind, [eid(i) for i in range(250, 400)], vectors[250:], graph(), exported
     )
     assert len(far_behind) == 0 and not far_behind.approximate
+
+    # A graph that does not hold the vectors its mapping vouches for (a row's last bit
+    # changed in the rows and in the mapping, not in the graph) is refused.
+    tampered = vectors[:300].copy()
+    tampered[0, 0] = np.nextafter(tampered[0, 0], np.float32(2))
+    prints = [fingerprint(tampered[int(e, 16)]) for e in exported.ids]
+    lying = GraphLabels(exported.labels, exported.ids, prints)
+    fresh = VectorIndex(DIM, ann_threshold=THRESHOLD)
+    with pytest.raises(SnapshotMismatch):
+        adopt(fresh, [eid(i) for i in range(300)], tampered, graph(), lying)
+    assert len(fresh) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cache_server import vector_index
+from cache_server import vector_graph, vector_index
 from cache_server.vector_index import VectorIndex
 
 
@@ -155,10 +155,8 @@ def test_a_scoped_search_on_the_graph_with_a_known_selectivity_finds_the_scopes_
 
 
 def test_the_search_breadth_grows_with_the_log_of_the_size_past_100k() -> None:
-    index = VectorIndex(8, hnsw_ef_search=128)
     for count, expected in ((10, 128), (100_000, 128), (316_228, 192), (1_000_000, 256)):
-        index._ids = ["id"] * count  # only the size matters to the rule
-        assert index.ef_search() == expected, count
+        assert vector_index.ef_for(128, count) == expected, count
 
 
 def test_a_large_graph_is_searched_with_the_grown_breadth(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,3 +186,53 @@ class _RecordingGraph:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._graph, name)
+
+
+def test_once_the_graph_is_built_it_holds_the_only_copy_of_the_vectors() -> None:
+    vectors = unit_vectors(300, dim=16, seed=6)
+    index = VectorIndex(16, ann_threshold=100)
+    for i, v in enumerate(vectors):
+        index.add(f"e{i}", v)
+    assert index.approximate and index._matrix is None
+    graph = index._hnsw
+    assert graph is not None
+    label = index._labels.of_id["e42"]
+    assert np.array_equal(graph.get_items([label], return_type="numpy")[0], vectors[42])
+    index.add("e42", vectors[0])  # replaced: the graph holds the new vector, found by it
+    assert {i for i, _ in index.search(vectors[0], 2, 0.999)} == {"e0", "e42"}
+    assert "e42" in index and index.remove("e42") and "e42" not in index
+    assert len(index) == 299
+
+
+@pytest.mark.parametrize("with_candidates", [True, False])
+def test_an_exact_search_over_the_graphs_vectors_matches_numpy(with_candidates: bool) -> None:
+    """What a search falls back to when a filter starves the graph's walk: every accepted id,
+    scored from the vectors the graph holds (read in chunks), the same as numpy over the rows."""
+    vectors = unit_vectors(2500, dim=16, seed=8)
+    index = VectorIndex(16, ann_threshold=100)
+    index.add_many([f"e{i}" for i in range(2500)], vectors)
+    for i in range(0, 2500, 10):
+        index.remove(f"e{i}")
+    allowed = {f"e{i}" for i in range(2500) if i % 7 == 3 and i % 10}
+    seen: list[str] = []
+
+    def accept(entry_id: str) -> bool:
+        seen.append(entry_id)
+        return entry_id in allowed
+
+    graph = index._hnsw
+    assert graph is not None
+    query = unit_vectors(1, dim=16, seed=9)[0]
+    candidates = allowed | {"e0", "e5"} if with_candidates else None  # e0 removed: skipped
+    found = vector_graph.search_exact(
+        graph, index._labels, query, 5, 0.1, accept, candidates, chunk=64
+    )
+    rows = sorted(int(e[1:]) for e in allowed)
+    scores = vectors[rows] @ query
+    order = np.argsort(-scores)[:5]
+    assert [i for i, _ in found] == [f"e{rows[j]}" for j in order if scores[j] >= 0.1]
+    assert [s for _, s in found] == pytest.approx([float(scores[j]) for j in order])
+    if with_candidates:  # the filter is asked only about candidates
+        assert set(seen) <= allowed | {"e5"}
+    # Nothing reaches the threshold: nothing comes back.
+    assert vector_graph.search_exact(graph, index._labels, query, 5, 1.01, accept, None) == []
