@@ -143,6 +143,20 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
+            protos = [str(p.relative_to(tree)) for p in tree.glob("protos/**/*.proto")]
+            subprocess.run(  # its generated stubs, as `make proto` builds them
+                [
+                    sys.executable,
+                    "-m",
+                    "grpc_tools.protoc",
+                    "-I.",
+                    "--python_out=.",
+                    "--grpc_python_out=.",
+                    *protos,
+                ],
+                check=True,
+                cwd=tree,
+            )
             baseline = (f"before ({args.baseline})", tree)
         try:
             for dims in (int(d) for d in args.dims.split(",")):
