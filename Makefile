@@ -74,9 +74,9 @@ reindex: proto ## Re-embed a cache's prompts with the model served now, after a 
 export-cache: proto ## Write a running cache server's cache to a JSONL file, vectors included (CACHE=id, default every cache; FILE=cache.jsonl.gz; ADDRESS=127.0.0.1:50051)
 	$(PY) -m cache_server.transfer_cli export --address $(or $(ADDRESS),127.0.0.1:50051) --output $(or $(FILE),cache.jsonl.gz) $(if $(CACHE),--cache-id $(CACHE),)
 
-import-cache: proto ## Store an export in a running cache server; re-embeds when its model differs (FILE=path; CACHE=id: all into this cache; ADDRESS)
+import-cache: proto ## Store an export in a running cache server; re-embeds when its model differs; resumes an import that died (FILE=path; CACHE=id: all into this cache; RESTART=1: from the start; ADDRESS)
 	@test -n "$(FILE)" || { echo "make import-cache needs FILE=<an export, .jsonl or .jsonl.gz>"; exit 2; }
-	$(PY) -m cache_server.transfer_cli import --address $(or $(ADDRESS),127.0.0.1:50051) --input $(FILE) $(if $(CACHE),--cache-id $(CACHE),)
+	$(PY) -m cache_server.transfer_cli import --address $(or $(ADDRESS),127.0.0.1:50051) --input $(FILE) $(if $(CACHE),--cache-id $(CACHE),) $(if $(RESTART),--restart,)
 
 calibrate: proto model ## Calibrate MODEL_DIR's default threshold on labelled pairs (DATA, TARGET_PRECISION)
 	$(PY) -m embedder.training.calibrate --model-dir $(MODEL_DIR) --data $(DATA) --target-precision $(TARGET_PRECISION) $(CALIBRATE_ARGS)

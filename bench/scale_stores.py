@@ -1,5 +1,6 @@
 """The data and the stores of bench.scale_table: vectors for N entries at D dims, the embedded
-store's SQLite file written in bulk, and Redis filled by pipeline, each measured.
+store's SQLite file written in bulk, and Redis filled through RedisStore.put_many (the
+import's bulk path), each measured.
 
 Vectors. The first 101,500 of the 102,000 distinct QQP questions (MiniLM, 384 dims,
 `bench.cache_bench.qqp_vectors`) are stored as they are; the last 500 are the queries, never
@@ -42,7 +43,6 @@ from bench.cache_bench import qqp_vectors
 from cache_server.entries import CacheEntry, entry_id, prompt_key
 from cache_server.store.base import CacheStore
 from cache_server.store.embedded import EmbeddedStore
-from cache_server.store.redis_layout import entry_fields
 from cache_server.store.redis_store import RedisStore
 from tests.processes import RedisProcess
 
@@ -54,8 +54,11 @@ SOURCE_COSINE = 0.85
 SEED = 16
 CACHE = "bench"
 CHUNK = 100_000
-# redis-py's default socket timeout (5 s) is shorter than one pipelined batch of 1000 HSETs
-# can take on a large HNSW index: a 1M-entry fill died of it ~7 minutes in.
+FILL_BATCH = 1024  # entries per put_many call (an import call's most)
+# redis-py times a whole pipelined send against the socket timeout, and Redis reads it only
+# as fast as it indexes (a 1M-entry HNSW fill by pipelines of 1000 HSETs died of the 5 s
+# default ~7 minutes in); put_many sends `put_batch` entries per round trip, and the bench's
+# clients wait up to this long for any reply (a FLAT search of 1M vectors included).
 CLIENT_TIMEOUT_S = 600.0
 
 
@@ -270,30 +273,20 @@ async def used_memory(client: aioredis.Redis) -> int:
     return int((await client.info("memory"))["used_memory"])
 
 
-async def fill_redis(
-    store: RedisStore, client: aioredis.Redis, prompts: list[str], vectors: FloatArray
-) -> None:
-    """Entry 0 through `put` (it creates the index, meta and registry), the rest as the put
-    script writes them (entry hash and lru member), pipelined 1000 at a time."""
-
-    def entry(i: int) -> CacheEntry:
-        attrs = attributes(i)
-        return CacheEntry(
-            CACHE, entry_id(CACHE, prompts[i], attrs), prompts[i], str(i), attrs, created_at=1.0
-        )
-
-    await store.put(entry(0), vectors[0], 10**9, 1.0, max_caches=1)
-    keys = store.layout.cache(CACHE)
-    for start in range(1, len(prompts), 1000):
-        pipe = client.pipeline(transaction=False)
-        for i in range(start, min(start + 1000, len(prompts))):
-            e = entry(i)
-            blob = np.ascontiguousarray(vectors[i], dtype="<f4").tobytes()
-            pipe.execute_command(
-                "HSET", keys.entry(e.id), *entry_fields(e, prompt_key(e.prompt), blob)
-            )
-            pipe.zadd(keys.lru, {e.id: 1.0})
-        await pipe.execute()
+async def fill_redis(store: RedisStore, prompts: list[str], vectors: FloatArray) -> None:
+    """Every entry through `RedisStore.put_many`, FILL_BATCH per call: the product's bulk path
+    (what an import stores a batch with), the PUT script per entry, `put_batch` per round trip.
+    The first entry creates the index, meta and registry, as any cache's first put does."""
+    for start in range(0, len(prompts), FILL_BATCH):
+        items = []
+        for i in range(start, min(start + FILL_BATCH, len(prompts))):
+            attrs = attributes(i)
+            key = entry_id(CACHE, prompts[i], attrs)
+            items.append((CacheEntry(CACHE, key, prompts[i], str(i), attrs, 1.0), vectors[i]))
+        results = await store.put_many(items, 10**9, 1.0, max_caches=1)
+        refused = [r for r in results if isinstance(r, Exception)]
+        if refused:
+            raise RuntimeError(f"{len(refused)} entries refused from {start}: {refused[0]}")
 
 
 async def measure_redis(
@@ -317,7 +310,7 @@ async def measure_redis(
         index = store.layout.cache(CACHE).index
         before = await used_memory(client)
         started = time.perf_counter()
-        await fill_redis(store, client, prompts, stored)
+        await fill_redis(store, prompts, stored)
         info = await wait_indexed(client, index)
         out["fill_s"] = time.perf_counter() - started
         out["memory_bytes"] = await used_memory(client) - before

@@ -10,11 +10,12 @@ fill. Vectors and entries: `bench.scale_stores`.
   it), then each `EmbeddedStore.open()` runs in a fresh process: "start (cold)" is the first
   open after the fill, "start (after clean stop)" a second open after that process's clean
   `close()`. Memory: VmRSS growth around the first open, per entry. Fill: the bulk write.
-- Redis: a fresh redis-server (AOF on, as deployed) per row, filled by pipelined HSETs in
-  RedisStore's layout; memory: INFO used_memory growth per entry, and FT.INFO's vector index
-  size per entry. Start: after BGREWRITEAOF and a clean stop, a fresh redis-server loading it,
-  until FT.INFO says the index is complete. Fill: the pipelined HSETs until the index is
-  complete (RediSearch indexes each HSET as it comes).
+- Redis: a fresh redis-server (AOF on, as deployed) per row, filled through
+  RedisStore.put_many (the import's bulk path: the PUT script per entry, pipelined);
+  memory: INFO used_memory growth per entry, and FT.INFO's vector index size per entry.
+  Start: after BGREWRITEAOF and a clean stop, a fresh redis-server loading it, until FT.INFO
+  says the index is complete. Fill: put_many until the index is complete (RediSearch indexes
+  each entry as its script writes it).
 
 Run: python -m bench.scale_table [--sizes 1000,10000,100000,1000000] [--dims 384,768]
      [--stores embedded,redis-flat,redis-hnsw] [--skip 1000000:768:redis-hnsw,...]

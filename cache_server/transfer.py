@@ -15,40 +15,41 @@ length); every other prompt is re-embedded, in batches. The limits are Set's, bu
 that breaks one is refused on its own, and said why, never the whole batch. An import never
 evicts: once the cache is at max_cache_size its new entries are refused (reason
 "max_cache_size"), so that moving a large cache into a smaller one neither keeps an
-arbitrary part of it silently nor pushes out what the cache held.
+arbitrary part of it silently nor pushes out what the cache held. The entries' own checks:
+cache_server.transfer_entries. The batch is stored with one store.put_many (pipelined on
+Redis), each entry as `put` would store it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from cache_server import metrics
 from cache_server.cache_types import CachePolicy, FloatArray
 from cache_server.embedder_client import EmbedderModel, EmbedderUnavailableError
-from cache_server.entries import (
-    MAX_TTL_SECONDS,
-    AnswerCost,
-    CacheEntry,
-    InvalidInputError,
-    check_attributes,
-    check_cache_id,
-    check_text,
-    entry_id,
-)
+from cache_server.entries import CacheEntry, InvalidInputError, check_cache_id
 from cache_server.reindex import in_progress
-from cache_server.store.base import CacheLimitError, CacheStore
+from cache_server.store.base import CacheLimitError, CacheStore, StoreConflictError
+from cache_server.store.bulk import put_many
+from cache_server.transfer_entries import (
+    ImportOutcome,
+    Incoming,
+    Refusal,
+    Refused,
+    checked_entry,
+    too_many_caches,
+    usable_vector,
+)
+
+__all__ = ["CacheTransfer", "ExportChunk", "ImportOutcome", "Incoming", "Refusal"]
 
 MAX_BATCH = 1024  # entries per export read or import call
 DEFAULT_EXPORT_BATCH = 256
 CHUNK_BYTES = 1 << 20  # an export chunk stays near this (gRPC messages are capped at 16 MiB)
 EMBED_BATCH = 32  # prompts per embedder call when re-embedding: one model run, a short call
-PUTS_AT_ONCE = 32  # store writes in flight (Redis: round trips overlapped, few connections)
-UNIT_TOLERANCE = 1e-3  # how far from length 1 a vector may be and still be used as it is
 
 Embed = Callable[[Sequence[str]], Awaitable[FloatArray]]
 ServedModel = Callable[[], Awaitable[EmbedderModel | None]]
@@ -63,52 +64,12 @@ class ExportChunk:
     entries: list[tuple[CacheEntry, FloatArray | None]]
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One entry of an import batch, as an export gave it."""
-
-    prompt: str
-    response: str
-    attributes: Mapping[str, str]
-    created_at: float  # Unix seconds; 0: not known (the time of the import is used)
-    expires_at: float | None  # Unix seconds; None: never
-    cost: AnswerCost | None
-    vector: bytes  # little-endian float32; b"" for none
-
-
-@dataclass(frozen=True)
-class Refusal:
-    index: int  # the entry's position in its batch
-    reason: str  # see the ImportRefusal message of the proto
-    message: str
-
-
-@dataclass
-class ImportOutcome:
-    imported: int = 0
-    reembedded: int = 0
-    skipped_expired: int = 0
-    refused: list[Refusal] = field(default_factory=list)
-
-
 def check_batch_size(value: int, default: int) -> int:
     if value == 0:
         return default
     if not 1 <= value <= MAX_BATCH:
         raise InvalidInputError(f"batch_size {value} must be between 1 and {MAX_BATCH}")
     return value
-
-
-def usable_vector(blob: bytes, dimension: int) -> FloatArray | None:
-    """The vector in `blob` when it has `dimension` finite values and unit length, else None."""
-    if len(blob) != 4 * dimension:
-        return None
-    vector = np.frombuffer(blob, dtype="<f4").astype(np.float32)
-    if not np.all(np.isfinite(vector)):
-        return None
-    if abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
-        return None
-    return vector
 
 
 class CacheTransfer:
@@ -190,8 +151,8 @@ class CacheTransfer:
                 outcome.skipped_expired += 1
                 continue
             try:
-                entry = self._entry(cache_id, incoming, now)
-            except _Refused as refused:
+                entry = checked_entry(cache_id, incoming, now, self.policy)
+            except Refused as refused:
                 outcome.refused.append(Refusal(index, refused.reason, str(refused)))
                 continue
             earlier = valid.pop(entry.id, None)
@@ -209,7 +170,7 @@ class CacheTransfer:
         limit = self.policy.max_caches
         if not await self.store.admits(cache_id, limit):
             for index, _ in valid.values():
-                outcome.refused.append(Refusal(index, "max_caches", _too_many_caches(limit)))
+                outcome.refused.append(Refusal(index, "max_caches", too_many_caches(limit)))
             return
         kept = await self._within_capacity(cache_id, list(valid.values()), now, outcome)
         if not kept:
@@ -224,44 +185,6 @@ class CacheTransfer:
             [entries[i] for i, _ in kept], model == identity, served.dimension
         )
         await self._put_all(kept, vectors, reembedded, identity, now, outcome)
-
-    def _entry(self, cache_id: str, incoming: Incoming, now: float) -> CacheEntry:
-        for name, text, limit in (
-            ("prompt", incoming.prompt, self.policy.max_prompt_chars),
-            ("response", incoming.response, self.policy.max_response_chars),
-        ):
-            try:
-                check_text(name, text, limit)
-            except InvalidInputError as exc:
-                raise _Refused(name, str(exc)) from None
-        try:
-            # The cache server's own scope attributes (chat_scope) come back with its entries.
-            attributes = check_attributes(incoming.attributes)
-        except InvalidInputError as exc:
-            raise _Refused("attributes", str(exc)) from None
-        created_at = incoming.created_at or now
-        expires_at = incoming.expires_at
-        if not math.isfinite(created_at) or created_at < 0:
-            raise _Refused("times", f"created_at {created_at} is not a time")
-        if expires_at is not None and not expires_at - now <= MAX_TTL_SECONDS:
-            raise _Refused(
-                "times", f"expires_at {expires_at} is further than the longest TTL from now"
-            )
-        cost = incoming.cost
-        if cost is not None and not (
-            math.isfinite(cost.upstream_seconds) and cost.upstream_seconds >= 0
-        ):
-            raise _Refused("cost", f"upstream_seconds {cost.upstream_seconds} is not a duration")
-        return CacheEntry(
-            cache_id=cache_id,
-            id=entry_id(cache_id, incoming.prompt, attributes),
-            prompt=incoming.prompt,
-            response=incoming.response,
-            attributes=attributes,
-            created_at=created_at,
-            expires_at=expires_at,
-            cost=cost,
-        )
 
     async def _within_capacity(
         self,
@@ -321,34 +244,17 @@ class CacheTransfer:
         now: float,
         outcome: ImportOutcome,
     ) -> None:
+        """Stores the kept entries with one put_many (pipelined on Redis); an entry that would
+        open one cache too many (another was opened since the check) is refused alone."""
         cap, limit = self.policy.max_cache_size, self.policy.max_caches
-
-        async def put(position: int) -> None:
-            index, entry = kept[position]
-            try:
-                stored = await self.store.put(
-                    entry, vectors[position], cap, now, max_caches=limit, model=model
-                )
-            except CacheLimitError:  # another cache was opened since the check
-                outcome.refused.append(Refusal(index, "max_caches", _too_many_caches(limit)))
-                return
-            metrics.EVICTIONS.inc(stored.evicted)  # only when others write at the same time
-            outcome.imported += 1
-            outcome.reembedded += position in reembedded
-
-        for start in range(0, len(kept), PUTS_AT_ONCE):
-            stop = min(start + PUTS_AT_ONCE, len(kept))
-            await asyncio.gather(*(put(n) for n in range(start, stop)))
-
-
-class _Refused(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def _too_many_caches(limit: int) -> str:
-    return (
-        f"the cache would be one too many: this deployment holds at most {limit} caches "
-        "(max_caches)"
-    )
+        items = [(entry, vectors[n]) for n, (_, entry) in enumerate(kept)]
+        results = await put_many(self.store, items, cap, now, max_caches=limit, model=model)
+        for position, ((index, _), stored) in enumerate(zip(kept, results, strict=True)):
+            if isinstance(stored, CacheLimitError):
+                outcome.refused.append(Refusal(index, "max_caches", too_many_caches(limit)))
+            elif isinstance(stored, StoreConflictError):
+                raise stored  # the cache changed model or dimension since the check
+            else:
+                metrics.EVICTIONS.inc(stored.evicted)  # only when others write at the same time
+                outcome.imported += 1
+                outcome.reembedded += position in reembedded

@@ -18,30 +18,24 @@ The first line is the header:
 `expires_at` is null for an entry that never expires (the time left is expires_at minus
 exported_at); `cost` and `vector` are absent when the entry has none; `id` is informative
 (an import computes it again). Keys this version does not know are ignored; a file of a newer
-version is refused with a clear message.
+version is refused with a clear message. Writing and reading a whole file:
+cache_server.transfer_file_io.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import gzip
-import io
 import json
 import math
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from cache_server.entries import AnswerCost
 
 FORMAT = "semcache-cache-export"
 VERSION = 1
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class ExportFileError(ValueError):
@@ -217,115 +211,7 @@ def _cost(value: Any, number: int) -> AnswerCost | None:
     return AnswerCost(prompt, completion, seconds, _get(value, "model", str, number, ""))
 
 
-class ExportWriter:
-    """Writes an export to `path.partial`, then renames it to `path` on `commit`: a file
-    under the name asked for is always whole. Closed without commit: the partial file goes."""
-
-    def __init__(self, path: Path, header: Header) -> None:
-        self.path = path
-        self.header = header
-        self._partial = path.with_name(path.name + ".partial")
-        self._raw = self._partial.open("wb")
-        self._gzip = (
-            gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
-            if path.suffix == ".gz"
-            else None
-        )
-        self._text = io.TextIOWrapper(self._gzip or self._raw, encoding="utf-8", newline="\n")
-        self._text.write(header_line(header) + "\n")
-        self.entries = 0
-
-    def write(self, line: ExportLine) -> None:
-        self._text.write(entry_line(line) + "\n")
-        self.entries += 1
-
-    def commit(self) -> None:
-        self._text.detach()  # flushed; the files below stay open
-        if self._gzip is not None:
-            self._gzip.close()  # its trailer; the file it writes to stays open
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self._partial, self.path)
-
-    def abandon(self) -> None:
-        with contextlib.suppress(ValueError, OSError):  # detached already, or a full disk
-            self._text.detach()
-            if self._gzip is not None:
-                self._gzip.close()
-        self._raw.close()
-        self._partial.unlink(missing_ok=True)
-
-    def __enter__(self) -> ExportWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self._raw.closed:
-            self.abandon()
-
-
-class ExportReader:
-    """Reads an export: its header at once (ExportFileError when it is not one), then each
-    entry with its line number; `position` is how far into the file (bytes, compressed)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.size = path.stat().st_size
-        self._raw = path.open("rb")
-        compressed = self._raw.read(2) == _GZIP_MAGIC
-        self._raw.seek(0)
-        binary: gzip.GzipFile | io.BufferedReader = (
-            gzip.GzipFile(fileobj=self._raw) if compressed else self._raw
-        )
-        self._lines = iter(binary)
-        self._binary = binary
-        try:
-            first = next(self._lines, b"")
-            self.header = parse_header(_decoded(first, 1))
-        except (OSError, EOFError) as exc:  # not gzip after all, cut short
-            self.close()
-            raise ExportFileError(1, f"unreadable ({exc})") from None
-        except ExportFileError:
-            self.close()
-            raise
-
-    @property
-    def position(self) -> int:
-        return self._raw.tell() if not self._raw.closed else self.size
-
-    def __iter__(self) -> Iterator[tuple[int, ExportLine]]:
-        number = 1
-        try:
-            for raw in self._lines:
-                number += 1
-                if not raw.strip():
-                    continue
-                yield number, parse_entry(_decoded(raw, number), number, self.header)
-        except (OSError, EOFError) as exc:  # a compressed file cut short or corrupt
-            raise ExportFileError(number + 1, f"unreadable ({exc})") from None
-
-    def close(self) -> None:
-        self._binary.close()
-        self._raw.close()
-
-    def __enter__(self) -> ExportReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _decoded(raw: bytes, number: int) -> str:
+def decoded(raw: bytes, number: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from redis import exceptions as redis_errors
@@ -14,7 +14,14 @@ from cache_server.entries import CacheEntry, normalize_prompt, prompt_key
 from cache_server.store.base import FloatArray, ModelMismatchError, StoreConflictError
 from cache_server.store.redis_access import RedisAccess
 from cache_server.store.redis_connection import RedisConnection
-from cache_server.store.redis_layout import ENTRY_FIELDS, CacheKeys, decode_entry, live_filter
+from cache_server.store.redis_hybrid import ScopeShares, policy_clause
+from cache_server.store.redis_layout import (
+    ENTRY_FIELDS,
+    CacheKeys,
+    attribute_filter,
+    decode_entry,
+    live_filter,
+)
 
 MODEL_HINT_S = 5.0
 MAX_MODEL_HINTS = 10_000
@@ -34,9 +41,17 @@ def _no_index(exc: redis_errors.ResponseError) -> bool:
 
 class RedisQueries(RedisConnection):
     def __init__(
-        self, url: str, *, prefix: str, timeout_s: float, access: RedisAccess | None
+        self,
+        url: str,
+        *,
+        algorithm: Literal["FLAT", "HNSW"],
+        prefix: str,
+        timeout_s: float,
+        access: RedisAccess | None,
     ) -> None:
         super().__init__(url, prefix=prefix, timeout_s=timeout_s, access=access)
+        self._algorithm = algorithm  # of the indexes this store creates
+        self._shares = ScopeShares()  # scoped searches on FLAT indexes (redis_hybrid)
         # cache_id -> dimension, as last seen in Redis: a hint (another replica may have
         # flushed the cache since); Redis's meta key is the truth.
         self._dimensions: dict[str, int] = {}
@@ -156,15 +171,11 @@ class RedisQueries(RedisConnection):
             hint = await self._dimension_in_redis(keys)  # another replica may have flushed
             if hint is not None and hint != dimension:
                 return []
-        query = f"({live_filter(attributes, now)})=>[KNN {k} @vector $vec AS distance]"
+        policy = await self._hybrid_policy(keys, attributes)
+        query = f"({live_filter(attributes, now)})=>[KNN {k} @vector $vec{policy} AS distance]"
         blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
         fields = ("RETURN", len(ENTRY_FIELDS) + 1, "distance", *ENTRY_FIELDS)
-        # RediSearch's own query timeout (500 ms by default, ON_TIMEOUT RETURN) would cut a slow
-        # search short and answer with what it had found so far, silently: a FLAT scan of 1M
-        # vectors takes 100-250 ms here. Given the client's own timeout instead, a search that
-        # slow fails (StoreUnavailableError) rather than answering with a wrong nearest entry.
-        timeout_ms = max(1, int(self.timeout_s * 1000))
-        arguments = ("TIMEOUT", timeout_ms, "PARAMS", 2, "vec", blob, "SORTBY", "distance", *fields)
+        arguments = (*self._timeout, "PARAMS", 2, "vec", blob, "SORTBY", "distance", *fields)
         try:
             reply = await self._search(keys, query, *arguments, "LIMIT", 0, k, "DIALECT", 2)
         except redis_errors.ResponseError:
@@ -186,6 +197,36 @@ class RedisQueries(RedisConnection):
             if entry is not None:
                 out.append((entry, similarity))
         return out
+
+    @property
+    def _timeout(self) -> tuple[str, int]:
+        # RediSearch's own query timeout (500 ms by default, ON_TIMEOUT RETURN) would cut a slow
+        # search short and answer with what it had found so far, silently: a FLAT scan of 1M
+        # vectors takes 100-250 ms here. Given the client's own timeout instead, a search that
+        # slow fails (StoreUnavailableError) rather than answering with a wrong nearest entry.
+        return "TIMEOUT", max(1, int(self.timeout_s * 1000))
+
+    async def _hybrid_policy(self, keys: CacheKeys, attributes: Mapping[str, str]) -> str:
+        """The KNN clause's HYBRID_POLICY for a search within `attributes`: named only for a
+        FLAT index, by the scope's share of the cache (redis_hybrid); "" otherwise."""
+        if not attributes or self._algorithm != "FLAT":
+            return ""
+        key = self._shares.key(keys.cache_id, attributes)
+        share = self._shares.get(key)
+        if share is None:
+            scope = (attribute_filter(attributes), "NOCONTENT", *self._timeout, "LIMIT", 0, 0)
+
+            async def ask() -> list[Any]:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.execute_command("FT.SEARCH", keys.index, *scope, "DIALECT", 2)
+                    pipe.zcard(keys.lru)
+                    return list(await pipe.execute(raise_on_error=False))
+
+            counted, size = await self._call(ask)
+            if isinstance(counted, Exception) or isinstance(size, Exception):
+                return ""  # no index (yet): the search itself says what there is
+            share = self._shares.put(key, int(counted[0]), int(size))
+        return policy_clause(share)
 
     async def count(self, cache_id: str, now: float) -> int:
         keys = self.layout.cache(cache_id)

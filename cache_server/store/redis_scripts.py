@@ -17,8 +17,9 @@ from __future__ import annotations
 # meta and registers it. Answers {'ok', evicted}.
 # KEYS: registry, meta, entry hash, lru, exp, stats.
 # ARGV: cache id, token, entry id, dimension, max entries, max caches, now, expires at ('' for
-# never), PEXPIRE milliseconds, entry key prefix, index name, model ('' for not known), n,
-# then n FT.CREATE arguments, then the entry's field/value pairs.
+# never), PEXPIRE milliseconds, entry key prefix, index name, model ('' for not known), the
+# FT.CREATE arguments as a JSON array of strings (one argument: decoded only by the cache's
+# first put), then the entry's field/value pairs.
 PUT = """#!lua
 local registry, meta, key, lru, exp, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local cache_id, token, id, dimension = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -34,17 +35,16 @@ if existing and existing ~= dimension then return {'conflict', existing} end
 local model = ARGV[12]
 local held_model = redis.call('HGET', meta, 'model')
 if model ~= '' and held_model and held_model ~= model then return {'model', held_model} end
-local n = tonumber(ARGV[13])
 if not existing then
   -- No meta, so no index but a leftover of some older failure: drop it and its documents.
   pcall(redis.call, 'FT.DROPINDEX', ARGV[11], 'DD')
-  redis.call('FT.CREATE', ARGV[11], unpack(ARGV, 14, 13 + n))
+  redis.call('FT.CREATE', ARGV[11], unpack(cjson.decode(ARGV[13])))
   redis.call('HSET', meta, 'cache_id', cache_id, 'dim', dimension)
 end
 if model ~= '' and not held_model then redis.call('HSET', meta, 'model', model) end
 if not known then redis.call('HSET', registry, token, cache_id) end
 redis.call('DEL', key)  -- a replaced entry loses attributes it no longer has
-redis.call('HSET', key, unpack(ARGV, 14 + n, #ARGV))
+redis.call('HSET', key, unpack(ARGV, 14, #ARGV))
 if ARGV[8] ~= '' then
   redis.call('PEXPIRE', key, ARGV[9])
   redis.call('ZADD', exp, ARGV[8], id)

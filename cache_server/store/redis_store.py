@@ -1,46 +1,33 @@
 """The shared store: Redis with vector search (RediSearch), for many cache-server replicas.
 
-This module writes; `redis_queries` reads, `redis_connection` turns Redis's failures into the
-store's errors. Keys, index and the version of their layout: `redis_layout`. Every change that
-spans keys is one of the Lua scripts in `redis_scripts` (or one MULTI transaction), so
-replicas sharing one Redis, cancellations and failures between round trips never leave an
-entry half stored or half removed.
+This module writes (entries, one or many at a time: `redis_puts`); `redis_queries` reads,
+`redis_connection` turns Redis's failures into the store's errors. Keys, index and the version
+of their layout: `redis_layout`. Every change that spans keys is one of the Lua scripts in
+`redis_scripts` (or one MULTI transaction), so replicas sharing one Redis, cancellations and
+failures between round trips never leave an entry half stored or half removed.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 
-from cache_server.entries import CacheEntry, prompt_key
 from cache_server.store import redis_scripts
-from cache_server.store.base import (
-    CacheLimitError,
-    FloatArray,
-    ModelMismatchError,
-    PurgeOutcome,
-    PutOutcome,
-    StoreConflictError,
-)
+from cache_server.store.base import FloatArray, PurgeOutcome
 from cache_server.store.redis_access import RedisAccess, redacted_url
 from cache_server.store.redis_evidence import RedisEvidence
 from cache_server.store.redis_feedback import RedisFeedback
-from cache_server.store.redis_layout import (
-    CacheKeys,
-    attribute_filter,
-    entry_fields,
-    index_arguments,
-)
-from cache_server.store.redis_queries import RedisQueries, dimension_conflict
+from cache_server.store.redis_layout import CacheKeys, attribute_filter
+from cache_server.store.redis_puts import RedisPuts
+from cache_server.store.redis_queries import dimension_conflict
 
 __all__ = ["RedisAccess", "RedisStore", "redacted_url"]
 
 
-class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
+class RedisStore(RedisPuts, RedisFeedback, RedisEvidence):
     backend = "redis"
     flush_batch = 1000  # entries one flush step deletes (each step is atomic)
     purge_batch = 1000  # expired ids listed per cache and purge step
@@ -56,11 +43,15 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
         timeout_s: float = 2.0,
         access: RedisAccess | None = None,
     ) -> None:
-        super().__init__(url, prefix=prefix, timeout_s=timeout_s, access=access)
-        self._algorithm = algorithm
-        self._hnsw_m = hnsw_m
-        self._hnsw_ef_runtime = hnsw_ef_runtime
-        self._put_script = self._redis.register_script(redis_scripts.PUT)
+        super().__init__(
+            url,
+            algorithm=algorithm,
+            hnsw_m=hnsw_m,
+            hnsw_ef_runtime=hnsw_ef_runtime,
+            prefix=prefix,
+            timeout_s=timeout_s,
+            access=access,
+        )
         self._flush_step = self._redis.register_script(redis_scripts.FLUSH_STEP)
         self._purge = self._redis.register_script(redis_scripts.PURGE)
         self._add_counters = self._redis.register_script(redis_scripts.ADD_COUNTERS)
@@ -124,74 +115,6 @@ class RedisStore(RedisQueries, RedisFeedback, RedisEvidence):
         self._models.pop(cache_id, None)
 
     # -- writes ---------------------------------------------------------------------------
-
-    async def put(
-        self,
-        entry: CacheEntry,
-        vector: FloatArray,
-        max_entries: int,
-        now: float,
-        *,
-        max_caches: int,
-        model: str = "",
-    ) -> PutOutcome:
-        vector = np.ascontiguousarray(vector, dtype="<f4")
-        dimension = int(vector.shape[0])
-        keys = self.layout.cache(entry.cache_id)
-        create = index_arguments(
-            keys, dimension, self._algorithm, self._hnsw_m, self._hnsw_ef_runtime
-        )
-        ttl_ms = ""
-        if entry.expires_at is not None:
-            # Relative to the caller's clock, so Redis and the cache agree on "now".
-            ttl_ms = str(max(1, int((entry.expires_at - now) * 1000)))
-        args: list[Any] = [
-            entry.cache_id,
-            keys.token,
-            entry.id,
-            dimension,
-            max_entries,
-            max_caches,
-            repr(now),
-            repr(entry.expires_at) if entry.expires_at is not None else "",
-            ttl_ms,
-            keys.entry_prefix,
-            keys.index,
-            model,
-            len(create),
-            *create,
-            *entry_fields(entry, prompt_key(entry.prompt), vector.tobytes()),
-        ]
-        script_keys = [
-            self.layout.registry,
-            keys.meta,
-            keys.entry(entry.id),
-            keys.lru,
-            keys.exp,
-            keys.stats,
-        ]
-        status, value = await self._call(lambda: self._put_script(keys=script_keys, args=args))
-        if status == b"limit":
-            raise CacheLimitError(
-                f"cache {entry.cache_id!r} would be one cache too many: this deployment holds "
-                f"at most {max_caches} caches (max_caches); flush caches no longer used, or "
-                "raise the limit"
-            )
-        if status == b"conflict":
-            self._dimensions[entry.cache_id] = int(value)
-            raise dimension_conflict(entry.cache_id, int(value), dimension)
-        if status == b"model":
-            self._models.pop(entry.cache_id, None)
-            raise ModelMismatchError(entry.cache_id, value.decode(), model)
-        if status == b"collision":
-            raise StoreConflictError(
-                f"cache ids {entry.cache_id!r} and {value.decode()!r} share the key token "
-                f"{keys.token}; rename one of them"
-            )
-        self._dimensions[entry.cache_id] = dimension
-        if model:
-            self._models[entry.cache_id] = (model, time.monotonic())
-        return PutOutcome(evicted=int(value))
 
     async def _drop(self, keys: CacheKeys, entry_ids: list[str]) -> int:
         """Deletes the entries (hash, lru and exp members) in one transaction; the number

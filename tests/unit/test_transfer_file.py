@@ -1,7 +1,7 @@
-"""The export file (cache_server.transfer_file): what is written is read back the same, plain
-or gzip-compressed; a file of a newer version, a line that is not an entry, a vector that
-does not fit the header are refused naming the line; a file under the name asked for is
-always whole."""
+"""The export file (cache_server.transfer_file, transfer_file_io): what is written is read
+back the same, plain or gzip-compressed; a file of a newer version, a line that is not an
+entry, a vector that does not fit the header are refused naming the line; a file under the
+name asked for is always whole."""
 
 from __future__ import annotations
 
@@ -18,14 +18,13 @@ from cache_server.transfer_file import (
     VERSION,
     ExportFileError,
     ExportLine,
-    ExportReader,
-    ExportWriter,
     Header,
     entry_line,
     header_line,
     parse_entry,
     parse_header,
 )
+from cache_server.transfer_file_io import ExportReader, ExportWriter
 
 HEADER = Header("ab" * 32, 4, 1_700_000_000.25, {"address": "x:1", "store_backend": "embedded"})
 
